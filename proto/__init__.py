@@ -1,0 +1,1 @@
+"""The StratusVault API contract (``stratus.v1``) and the code generated from it."""
