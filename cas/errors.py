@@ -1,0 +1,134 @@
+"""Typed errors of the StratusVault library.
+
+Every failure a caller may want to act on has its own class. The gRPC service maps these to
+status codes in one place (``service/errors.py``) and the CLI maps them to exit codes in one
+place (``cli/errors.py``); nothing else needs to know about either.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base class of all StratusVault library errors."""
+
+
+# ---- bad input: the caller sent something that can never be accepted ----------------------
+
+
+class InvalidInputError(CasError):
+    """Input that is malformed or violates a limit; retrying the same input cannot succeed."""
+
+
+class InvalidPathError(InvalidInputError):
+    """A remote path that is not a valid, normalised, relative StratusVault path."""
+
+
+class InvalidDigestError(InvalidInputError):
+    """A digest that is not 32 bytes (or 64 hex characters)."""
+
+
+class MalformedFrameError(InvalidInputError):
+    """A chunk frame whose header or payload cannot be decoded."""
+
+
+class ChunkTooLargeError(InvalidInputError):
+    """A chunk larger than the allowed maximum (also raised by the decompression-bomb guard)."""
+
+
+class ManifestError(InvalidInputError):
+    """A manifest that cannot be decoded or is internally inconsistent."""
+
+
+class DigestMismatchError(InvalidInputError):
+    """Uploaded bytes whose BLAKE3 digest is not the digest they were sent under."""
+
+    def __init__(self, expected: bytes, actual: bytes) -> None:
+        super().__init__(
+            f"chunk digest mismatch: declared {expected.hex()}, content hashes to {actual.hex()}"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+# ---- state: the request is valid but the store's state does not allow it -------------------
+
+
+class NotFoundError(CasError):
+    """A path, version or chunk that does not exist."""
+
+
+class ChunkNotFoundError(NotFoundError):
+    """A chunk digest that the store does not hold."""
+
+    def __init__(self, digest: bytes) -> None:
+        super().__init__(f"chunk {digest.hex()} not found")
+        self.digest = digest
+
+
+class VersionConflictError(CasError):
+    """Optimistic concurrency failure: the head version is not the one the caller expected."""
+
+    def __init__(self, path: str, expected: int, actual: int) -> None:
+        super().__init__(f"{path}: expected head version {expected}, but the head is version {actual}")
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+class MissingChunksError(CasError):
+    """A manifest references chunks that were never uploaded."""
+
+    def __init__(self, missing: list[bytes]) -> None:
+        shown = ", ".join(d.hex()[:16] for d in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        super().__init__(f"{len(missing)} chunk(s) of the manifest are not on the server: {shown}{more}")
+        self.missing = missing
+
+
+# ---- integrity: stored or received data does not match its name ----------------------------
+
+
+class IntegrityError(CasError):
+    """Data that does not match its digest or signature; never silently accepted."""
+
+
+class CorruptChunkError(IntegrityError):
+    """A stored chunk whose content does not hash to its name."""
+
+    def __init__(self, digest: bytes, detail: str = "content does not match its digest") -> None:
+        super().__init__(f"chunk {digest.hex()} is corrupt: {detail}")
+        self.digest = digest
+
+
+class SignatureError(IntegrityError):
+    """A missing or invalid signature on a version that must be signed."""
+
+
+# ---- access: who may do what, and how often ------------------------------------------------
+
+
+class UnauthenticatedError(CasError):
+    """A caller without a usable identity where one is required (no or unusable client certificate)."""
+
+
+class PermissionDeniedError(CasError):
+    """An authenticated caller that the access policy does not allow to do this."""
+
+
+class RateLimitedError(CasError):
+    """A caller over its request budget; ``retry_after_s`` says when a retry can succeed."""
+
+    def __init__(self, retry_after_s: float, message: str = "") -> None:
+        super().__init__(message or f"rate limit exceeded; retry in {retry_after_s:.2f} s")
+        self.retry_after_s = retry_after_s
+
+
+# ---- transport: the server could not be reached ---------------------------------------------
+
+
+class ServerUnavailableError(CasError):
+    """The server cannot be reached (not running, wrong address, network down); retrying may help."""
+
+
+class LimitExceededError(InvalidInputError):
+    """A request over a configured size or count limit (too many digests, chunks, bytes)."""

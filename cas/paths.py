@@ -1,0 +1,72 @@
+"""Remote path validation: every path stored is relative, ``/``-separated, NFC and harmless.
+
+Normalising to NFC first means that the same name typed on macOS (NFD) and Linux (NFC) is one path.
+Everything a filesystem, a terminal or a log line could misread is refused rather than repaired,
+so a path never means something other than what the caller saw.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from cas.errors import InvalidPathError
+
+MAX_PATH_BYTES = 4096
+MAX_SEGMENT_BYTES = 255
+
+
+def _is_control(ch: str) -> bool:
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code <= 0x9F
+
+
+def normalize_path(path: str) -> str:
+    """Return ``path`` in NFC after validating it; raise :class:`InvalidPathError` saying what is wrong."""
+    if not isinstance(path, str):
+        raise InvalidPathError(f"path must be a string, not {type(path).__name__}")
+    if path == "":
+        raise InvalidPathError("path is empty")
+    # Lone surrogates cannot be encoded as UTF-8 and so cannot name anything; refuse them before NFC.
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPathError(f"path contains an unpaired surrogate at index {exc.start}") from None
+    path = unicodedata.normalize("NFC", path)
+    for index, ch in enumerate(path):
+        if ch == "\0":
+            raise InvalidPathError(f"path contains a NUL character at index {index}")
+        if _is_control(ch):
+            raise InvalidPathError(f"path contains control character U+{ord(ch):04X} at index {index}")
+        if ch == "\\":
+            raise InvalidPathError(f"path contains a backslash at index {index}; the separator is '/'")
+    size = len(path.encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidPathError(f"path is {size} bytes in UTF-8, limit is {MAX_PATH_BYTES}")
+    if path.startswith("/"):
+        raise InvalidPathError("path is absolute; it must be relative (no leading '/')")
+    segments = path.split("/")
+    for number, segment in enumerate(segments, start=1):
+        if segment == "":
+            where = "a trailing '/'" if number == len(segments) else "an empty segment ('//')"
+            raise InvalidPathError(f"path has {where}")
+        if segment in (".", ".."):
+            raise InvalidPathError(f"path segment {number} is {segment!r}; '.' and '..' are not allowed")
+        seg_size = len(segment.encode("utf-8"))
+        if seg_size > MAX_SEGMENT_BYTES:
+            raise InvalidPathError(f"path segment {number} is {seg_size} bytes in UTF-8, limit is {MAX_SEGMENT_BYTES}")
+    return path
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Return a listing prefix in NFC: ``""`` (everything), a path, or a path ending in ``/``."""
+    if not isinstance(prefix, str):
+        raise InvalidPathError(f"prefix must be a string, not {type(prefix).__name__}")
+    if prefix == "":
+        return ""
+    if prefix.endswith("/"):
+        body = normalize_path(prefix[:-1] or "/")  # a bare "/" is reported as absolute
+        result = body + "/"
+        if len(result.encode("utf-8")) > MAX_PATH_BYTES:
+            raise InvalidPathError(f"prefix is longer than {MAX_PATH_BYTES} bytes in UTF-8")
+        return result
+    return normalize_path(prefix)

@@ -1,0 +1,377 @@
+"""Delta download: fetch only the chunks the local copy lacks, verify everything, replace atomically.
+
+Flow: GetManifest -> (optional) signature check before anything is written -> index the old local
+file by chunk digest -> walk the manifest in order, copying reused chunks from the old file and
+taking fetched ones from a background thread that streams GetChunks -> check size and whole-file
+BLAKE3 -> fsync, rename, fsync the folder. Memory stays bounded by a fetch window.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+
+from cas import codec
+from cas.digest import digest as blake3_digest
+from cas.digest import new_hasher
+from cas.errors import (
+    ChunkTooLargeError,
+    CorruptChunkError,
+    DigestMismatchError,
+    IntegrityError,
+    InvalidInputError,
+    MalformedFrameError,
+    ManifestError,
+    NotFoundError,
+    SignatureError,
+)
+from cas.manifest import ChunkRef, Manifest
+from cas.paths import normalize_path
+from cli.localfile import AtomicFile, index_local_file, read_exact, write_all
+from cli.plan import FetchWindow, Source, Step, fetch_windows, plan_steps
+from cli.remote import ProgressFn, Remote
+from cli.rpc_errors import map_rpc_error
+from proto import stratus_pb2 as pb
+
+FETCH_WINDOW_BYTES = 16 * 1024 * 1024
+FETCH_WINDOW_CHUNKS = 1024
+_QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
+_END = object()
+
+
+@dataclass
+class GetResult:
+    """What a download did."""
+
+    version: pb.VersionInfo
+    chunks_total: int
+    chunks_reused: int
+    chunks_fetched: int
+    bytes_fetched: int  # frame bytes received from the server
+    seconds: float
+    up_to_date: bool = False  # the local file already was this version; nothing was rewritten
+
+
+def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
+    """Decode a frame from the server and verify its digest; CorruptChunkError on any mismatch."""
+    try:
+        return codec.decode_verified(digest, frame, max_size)
+    except DigestMismatchError as exc:
+        raise CorruptChunkError(digest, f"received bytes hash to {exc.actual.hex()}") from None
+    except (MalformedFrameError, ChunkTooLargeError) as exc:
+        raise CorruptChunkError(digest, str(exc)) from None
+
+
+def fetch_manifest(
+    remote: Remote, path: str, version: int | None, as_of_ms: int | None
+) -> tuple[pb.VersionInfo, Manifest]:
+    """GetManifest, then check that the manifest is consistent and really is the version's."""
+    at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
+    resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
+    info = resp.version
+    if info.deleted:
+        raise NotFoundError(f"{path}: version {info.version} is a deletion")
+    max_size = remote.params.chunking.max_size
+    try:
+        refs = []
+        for ref in resp.manifest.chunks:
+            if ref.length > max_size:
+                raise ManifestError(f"chunk of {ref.length} bytes exceeds the server's maximum {max_size}")
+            refs.append(ChunkRef(bytes(ref.digest), ref.length))
+        manifest = Manifest(tuple(refs), resp.manifest.size, bytes(resp.manifest.file_digest))
+    except ManifestError as exc:
+        raise IntegrityError(f"{path}: the server sent an invalid manifest: {exc}") from None
+    if info.manifest_digest and manifest.digest() != info.manifest_digest:
+        raise IntegrityError(f"{path}: the manifest does not match version {info.version}'s manifest digest")
+    if (info.file_digest and info.file_digest != manifest.file_digest) or info.size != manifest.size:
+        raise IntegrityError(f"{path}: version {info.version} disagrees with its manifest")
+    return info, manifest
+
+
+def verify_signature(path: str, info: pb.VersionInfo, manifest: Manifest, verify_key: object) -> None:
+    """Check that the version is signed by ``verify_key``; SignatureError if unsigned or wrong."""
+    from cas import signing  # lazily: only signed downloads need cryptography loaded
+
+    key = signing.load_public_key(verify_key)  # type: ignore[arg-type]
+    if not info.signature:
+        raise SignatureError(f"{path}: version {info.version} is not signed")
+    if info.signer_public_key and bytes(info.signer_public_key) != key:
+        signer = signing.fingerprint(bytes(info.signer_public_key))
+        raise SignatureError(
+            f"{path}: version {info.version} is signed by {signer}, not by {signing.fingerprint(key)}"
+        )
+    signing.verify_version(
+        key, bytes(info.signature), path, manifest.digest(), manifest.file_digest, manifest.size
+    )
+
+
+class _Fetcher:
+    """Streams the fetch windows of a plan on a background thread into a bounded queue.
+
+    The writer takes chunks by (window, digest); chunks that arrive before they are needed wait
+    in a small buffer, so the server may answer a window in any order.
+    """
+
+    def __init__(self, remote: Remote, windows: Iterator[FetchWindow]) -> None:
+        self._remote = remote
+        self._windows = windows
+        self._max_size = remote.params.chunking.max_size
+        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
+        self._stop = threading.Event()
+        self._call: grpc.Call | None = None
+        self._buffer: dict[tuple[int, bytes], list] = {}
+        self.chunks = 0
+        self.frame_bytes = 0
+        self._thread = threading.Thread(target=self._run, name="stratus-fetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        workers = min(4, os.cpu_count() or 1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="stratus-decode") as pool:
+                for window in self._windows:
+                    self._fetch_window(window, pool)
+            self._put(_END)
+        except grpc.RpcError as err:
+            if not self._stop.is_set():
+                self._put(map_rpc_error(err, self._remote.target))
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer thread, which raises it
+            self._put(exc)
+
+    def _fetch_window(self, window: FetchWindow, pool: ThreadPoolExecutor) -> None:
+        pending = dict(window.uses)
+        call = self._remote.stub.GetChunks(pb.GetChunksRequest(digests=window.digests))
+        self._call = call
+        if self._stop.is_set():
+            call.cancel()
+            return
+        for batch in call:
+            for c in batch.chunks:
+                if c.digest not in pending:
+                    raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
+            # Decoding (zstd + BLAKE3) releases the GIL: spread a batch over the pool.
+            datas = pool.map(lambda c: decode_chunk(c.digest, c.frame, self._max_size), batch.chunks)
+            for c, data in zip(batch.chunks, datas, strict=True):
+                self.chunks += 1
+                self.frame_bytes += len(c.frame)
+                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest)))
+        if pending:
+            first = next(iter(pending))
+            raise IntegrityError(
+                f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
+            )
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, window: int, digest: bytes) -> bytes:
+        """Return the bytes of ``digest`` from fetch window ``window`` (blocks until they arrive)."""
+        key = (window, digest)
+        while key not in self._buffer:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is _END:
+                raise IntegrityError(f"chunk {digest.hex()} never arrived from the server")
+            w, d, data, uses = item
+            self._buffer[(w, d)] = [data, uses]
+        entry = self._buffer[key]
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._buffer[key]
+        return entry[0]
+
+    def close(self) -> None:
+        """Stop the background thread (cancelling an in-flight GetChunks)."""
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._thread.join(timeout=10)
+
+
+def _fetch_one(remote: Remote, digest: bytes) -> bytes:
+    """Fetch a single chunk synchronously (used when a local copy turned out to have changed)."""
+    max_size = remote.params.chunking.max_size
+    try:
+        for batch in remote.stub.GetChunks(pb.GetChunksRequest(digests=[digest])):
+            for c in batch.chunks:
+                if c.digest == digest:
+                    return decode_chunk(digest, c.frame, max_size)
+    except grpc.RpcError as err:
+        raise map_rpc_error(err, remote.target) from err
+    raise IntegrityError(f"the server did not send chunk {digest.hex()}")
+
+
+@dataclass
+class _Counts:
+    reused: int = 0
+    fetched: int = 0
+    extra_fetch_bytes: int = 0
+
+
+def _assemble(
+    remote: Remote,
+    manifest: Manifest,
+    steps: Iterator[Step],
+    windows: Iterator[FetchWindow],
+    sink: BinaryIO | int,
+    old_fd: int | None,
+    progress: ProgressFn | None,
+) -> tuple[_Counts, _Fetcher]:
+    """Write the file's bytes in order to ``sink`` (an fd or a binary writer), verifying the result."""
+    counts = _Counts()
+    hasher = new_hasher()
+    written = 0
+    fetcher = _Fetcher(remote, windows)
+    try:
+        for step in steps:
+            if step.source is Source.FETCH:
+                data = fetcher.take(step.window, step.digest)
+            elif step.source is Source.REPEAT:
+                assert isinstance(sink, int)
+                data = read_exact(sink, step.length, step.source_offset) or b""
+                counts.reused += 1
+            else:
+                assert old_fd is not None
+                data = read_exact(old_fd, step.length, step.source_offset)
+                if data is None or blake3_digest(data) != step.digest:
+                    # The old file changed since it was indexed: fetch this chunk instead.
+                    data = _fetch_one(remote, step.digest)
+                    counts.fetched += 1
+                else:
+                    counts.reused += 1
+            if len(data) != step.length:
+                detail = f"{len(data)} bytes where the manifest says {step.length}"
+                raise CorruptChunkError(step.digest, detail)
+            hasher.update(data)
+            if isinstance(sink, int):
+                write_all(sink, data)
+            else:
+                sink.write(data)
+            written += len(data)
+            if progress is not None:
+                progress(written, manifest.size)
+    finally:
+        fetcher.close()
+    if written != manifest.size:
+        raise IntegrityError(f"assembled {written} bytes, the manifest says {manifest.size}")
+    if hasher.digest() != manifest.file_digest:
+        raise IntegrityError("the assembled file does not match the manifest's BLAKE3 digest")
+    counts.fetched += fetcher.chunks
+    return counts, fetcher
+
+
+def _plan(manifest: Manifest, local: dict[bytes, tuple[int, int]], repeat: bool) -> Iterator[Step]:
+    return plan_steps(
+        manifest.chunks, local, repeat_from_output=repeat,
+        window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS,
+    )
+
+
+def _open_existing(path: Path) -> int | None:
+    """Open the current local copy for reuse; None when there is no readable regular file."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # never open a FIFO or device: reading could block or have side effects
+        return os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+
+
+def get_file(
+    remote: Remote,
+    remote_path: str,
+    local_path: str | Path,
+    *,
+    version: int | None = None,
+    as_of_ms: int | None = None,
+    verify_key: object = None,
+    progress: ProgressFn | None = None,
+) -> GetResult:
+    """Download a version into ``local_path``, reusing the chunks a previous local copy already has."""
+    started = time.perf_counter()
+    path = normalize_path(remote_path)
+    dest = Path(local_path)
+    if dest.is_dir():
+        raise InvalidInputError(f"{dest} is a directory; give the file name to write")
+    info, manifest = fetch_manifest(remote, path, version, as_of_ms)
+    if verify_key is not None:
+        verify_signature(path, info, manifest, verify_key)
+    mode = (info.mode & 0o777) or None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old_fd = _open_existing(dest)
+    try:
+        local: dict[bytes, tuple[int, int]] = {}
+        if old_fd is not None:
+            old_hasher = new_hasher()
+            wanted = set(manifest.unique_digests())
+            local = index_local_file(old_fd, remote.params.chunking, wanted, old_hasher)
+            if os.fstat(old_fd).st_size == manifest.size and old_hasher.digest() == manifest.file_digest:
+                _touch(dest, mode, info.mtime_ns)
+                if progress is not None:
+                    progress(manifest.size, manifest.size)
+                n = len(manifest.chunks)
+                return GetResult(info, n, n, 0, 0, time.perf_counter() - started, up_to_date=True)
+        with AtomicFile(dest) as out:
+            counts, fetcher = _assemble(
+                remote, manifest, _plan(manifest, local, True), fetch_windows(_plan(manifest, local, True)),
+                out.fd, old_fd, progress,
+            )
+            out.commit(mode=mode, mtime_ns=info.mtime_ns)
+    finally:
+        if old_fd is not None:
+            os.close(old_fd)
+    seconds = time.perf_counter() - started
+    return GetResult(info, len(manifest.chunks), counts.reused, counts.fetched, fetcher.frame_bytes, seconds)
+
+
+def _touch(dest: Path, mode: int | None, mtime_ns: int) -> None:
+    if mode is not None and (os.stat(dest).st_mode & 0o777) != mode:
+        os.chmod(dest, mode)
+    if mtime_ns and os.stat(dest).st_mtime_ns != mtime_ns:
+        os.utime(dest, ns=(time.time_ns(), mtime_ns))
+
+
+def get_stream(
+    remote: Remote,
+    remote_path: str,
+    writer: BinaryIO,
+    *,
+    version: int | None = None,
+    as_of_ms: int | None = None,
+    verify_key: object = None,
+    progress: ProgressFn | None = None,
+) -> GetResult:
+    """Download a version into a binary writer (e.g. stdout), verifying every chunk before writing it.
+
+    A writer cannot be rolled back: a whole-file mismatch found at the end raises after the bytes
+    were written (every chunk was verified on its own before that, so this needs a lying server).
+    """
+    started = time.perf_counter()
+    path = normalize_path(remote_path)
+    info, manifest = fetch_manifest(remote, path, version, as_of_ms)
+    if verify_key is not None:
+        verify_signature(path, info, manifest, verify_key)
+    counts, fetcher = _assemble(
+        remote, manifest, _plan(manifest, {}, False), fetch_windows(_plan(manifest, {}, False)),
+        writer, None, progress,
+    )
+    writer.flush()
+    seconds = time.perf_counter() - started
+    return GetResult(info, len(manifest.chunks), counts.reused, counts.fetched, fetcher.frame_bytes, seconds)

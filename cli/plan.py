@@ -1,0 +1,106 @@
+"""Download planning: where each chunk of the wanted version comes from.
+
+Pure functions over a manifest and a local index, so the decisions (what to reuse, what to fetch,
+how to group fetches) are testable without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from cas.manifest import ChunkRef
+
+
+class Source(Enum):
+    """Where the bytes of one chunk of the new file come from."""
+
+    LOCAL = "local"  # the old local file, at source_offset (verified by digest before use)
+    REPEAT = "repeat"  # an earlier position of the file being written, at source_offset
+    FETCH = "fetch"  # the server, in fetch window ``window``
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One chunk of the new file, in file order."""
+
+    offset: int
+    digest: bytes
+    length: int
+    source: Source
+    source_offset: int = -1
+    window: int = -1
+
+
+@dataclass(slots=True)
+class FetchWindow:
+    """One GetChunks request: distinct digests in first-use order and how often each is used."""
+
+    index: int
+    digests: list[bytes]
+    uses: dict[bytes, int]
+    nbytes: int
+
+
+def plan_steps(
+    chunks: Sequence[ChunkRef],
+    local: Mapping[bytes, tuple[int, int]],
+    *,
+    repeat_from_output: bool,
+    window_bytes: int,
+    window_chunks: int,
+) -> Iterator[Step]:
+    """Yield one :class:`Step` per manifest chunk, in file order.
+
+    A chunk already present in ``local`` (digest -> (offset, length) in the old file) is copied
+    from there; with ``repeat_from_output`` (the output is a seekable file) a chunk seen earlier in
+    the new file is copied from its first position, so each digest is fetched at most once. The
+    rest is fetched, grouped into windows of at most ``window_bytes`` distinct bytes and
+    ``window_chunks`` distinct digests. Deterministic: two calls with equal inputs agree, which
+    lets the fetching thread and the writing thread walk the same plan independently.
+    """
+    written: dict[bytes, int] = {}
+    window = -1
+    in_window: set[bytes] = set()
+    window_size = 0
+    offset = 0
+    for ref in chunks:
+        d, n = ref.digest, ref.length
+        if repeat_from_output and d in written:
+            yield Step(offset, d, n, Source.REPEAT, written[d])
+        elif d in local and local[d][1] == n:
+            yield Step(offset, d, n, Source.LOCAL, local[d][0])
+            if repeat_from_output:
+                written[d] = offset
+        else:
+            if d not in in_window:
+                if window < 0 or window_size + n > window_bytes or len(in_window) >= window_chunks:
+                    window += 1
+                    in_window = set()
+                    window_size = 0
+                in_window.add(d)
+                window_size += n
+            yield Step(offset, d, n, Source.FETCH, window=window)
+            if repeat_from_output:
+                written[d] = offset
+        offset += n
+
+
+def fetch_windows(steps: Iterator[Step]) -> Iterator[FetchWindow]:
+    """Group the FETCH steps of a plan into :class:`FetchWindow` requests, in order."""
+    current: FetchWindow | None = None
+    for step in steps:
+        if step.source is not Source.FETCH:
+            continue
+        if current is None or step.window != current.index:
+            if current is not None:
+                yield current
+            current = FetchWindow(step.window, [], {}, 0)
+        if step.digest not in current.uses:
+            current.digests.append(step.digest)
+            current.uses[step.digest] = 0
+            current.nbytes += step.length
+        current.uses[step.digest] += 1
+    if current is not None:
+        yield current

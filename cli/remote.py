@@ -1,0 +1,90 @@
+"""What the transfer code needs from a connection: the stub, the server's parameters, error mapping.
+
+The server owns the chunking parameters and the compression level; a client that chunked with its
+own would never deduplicate against anyone else, so everything here comes from ``ServerInfo``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from cas.chunker import ChunkParams
+from cli.rpc_errors import map_rpc_error
+from proto import stratus_pb2 as pb
+from proto import stratus_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+DEFAULT_BATCH_BYTES = 2 * 1024 * 1024
+# Room for the protobuf framing of a batch on top of its chunk frames.
+_BATCH_OVERHEAD = 64 * 1024
+
+ProgressFn = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class TransferParams:
+    """The parameters a transfer must use, as announced by the server."""
+
+    chunking: ChunkParams
+    compression_level: int
+    batch_bytes: int
+    max_message_bytes: int
+    max_manifest_chunks: int
+
+    @classmethod
+    def from_info(cls, info: pb.ServerInfoResponse) -> TransferParams:
+        """Derive transfer parameters from a ServerInfo response."""
+        c = info.chunking
+        chunking = ChunkParams(c.min_size, c.avg_size, c.max_size) if c.max_size else ChunkParams()
+        batch = info.max_batch_bytes or DEFAULT_BATCH_BYTES
+        if info.max_message_bytes:
+            # A batch must fit one message together with its framing, whatever the server suggests.
+            batch = min(batch, info.max_message_bytes - _BATCH_OVERHEAD - chunking.max_size)
+        batch = max(batch, chunking.max_size + _BATCH_OVERHEAD)
+        return cls(
+            chunking=chunking,
+            compression_level=info.compression_level or 3,
+            batch_bytes=batch,
+            max_message_bytes=info.max_message_bytes,
+            max_manifest_chunks=info.max_manifest_chunks,
+        )
+
+
+class Remote:
+    """A stub plus the server's announced parameters, fetched once and cached."""
+
+    def __init__(self, channel: grpc.Channel, target: str | None = None) -> None:
+        self.stub = pb_grpc.StratusStub(channel)
+        self.target = target
+        self._lock = threading.Lock()
+        self._info: pb.ServerInfoResponse | None = None
+        self._params: TransferParams | None = None
+
+    def call(self, method: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Invoke a stub method, raising typed errors instead of grpc.RpcError."""
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as err:
+            raise map_rpc_error(err, self.target) from err
+
+    def info(self, refresh: bool = False) -> pb.ServerInfoResponse:
+        """ServerInfo, fetched on first use (or when ``refresh``) and cached."""
+        with self._lock:
+            if self._info is None or refresh:
+                self._info = self.call(self.stub.ServerInfo, pb.ServerInfoRequest())
+                self._params = TransferParams.from_info(self._info)
+            return self._info
+
+    @property
+    def params(self) -> TransferParams:
+        """The transfer parameters of the cached ServerInfo."""
+        if self._params is None:
+            self.info()
+        assert self._params is not None
+        return self._params

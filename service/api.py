@@ -1,0 +1,398 @@
+"""gRPC handlers of the ``stratus.v1.Stratus`` service.
+
+Handlers validate and translate: protobuf in, :mod:`cas` / repository calls, protobuf out.
+Errors are raised as typed library errors and become status codes in ``service/errors.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from cas import codec, digest
+from cas.diff import diff_manifests
+from cas.errors import ChunkTooLargeError, InvalidInputError, LimitExceededError, ManifestError, NotFoundError
+from cas.manifest import ChunkRef, Manifest, ManifestBuilder
+from cas.paths import normalize_path, normalize_prefix
+from cas.pipeline import Pipeline
+from proto import stratus_pb2 as pb
+from proto import stratus_pb2_grpc as pb_grpc
+from service.calls import note, rpc
+from service.config import ServerConfig
+from service.gate import Caller, Gate
+from service.metadata import Event, VersionRecord
+from service.repository import Repository, Selector
+
+Ctx = grpc.aio.ServicerContext
+SERVER_VERSION = "0.1.0"
+DOWNLOAD_PIECE = 1 << 20
+
+
+def version_info(r: VersionRecord) -> pb.VersionInfo:
+    """A metadata record as the API's VersionInfo."""
+    return pb.VersionInfo(
+        path=r.path, version=r.version, manifest_digest=r.manifest_digest, size=r.size,
+        created_ms=r.created_ms, identity=r.identity, deleted=r.deleted, mode=r.mode,
+        mtime_ns=r.mtime_ns, file_digest=r.file_digest, chunk_count=r.chunk_count,
+        new_chunks=r.new_chunks, new_bytes=r.new_bytes, signature=r.signature,
+        signer_public_key=r.signer_public_key,
+    )
+
+
+def event_message(e: Event) -> pb.Event:
+    """A change-feed entry as the API's Event."""
+    return pb.Event(
+        cursor=e.cursor, kind=e.kind, path=e.path, version=e.version, size=e.size,
+        time_ms=e.time_ms, identity=e.identity, manifest_digest=e.manifest_digest,
+    )
+
+
+def manifest_from_message(m: pb.Manifest) -> Manifest:
+    """Validate and convert a client's manifest; ManifestError on anything inconsistent."""
+    refs = []
+    for ref in m.chunks:
+        if len(ref.digest) != digest.DIGEST_SIZE:
+            raise ManifestError(f"manifest chunk digest must be {digest.DIGEST_SIZE} bytes, got {len(ref.digest)}")
+        refs.append(ChunkRef(ref.digest, ref.length))
+    if len(m.file_digest) != digest.DIGEST_SIZE:
+        raise ManifestError("manifest file_digest must be 32 bytes")
+    total = sum(r.length for r in refs)
+    if total != m.size:
+        raise ManifestError(f"manifest size {m.size} does not equal the sum of its chunk lengths ({total})")
+    return Manifest(chunks=tuple(refs), size=m.size, file_digest=m.file_digest)
+
+
+def manifest_message(m: Manifest) -> pb.Manifest:
+    """A manifest as the API's Manifest message."""
+    return pb.Manifest(
+        chunks=[pb.ChunkRef(digest=c.digest, length=c.length) for c in m.chunks],
+        size=m.size, file_digest=m.file_digest,
+    )
+
+
+def _selector(at: pb.VersionSelector) -> Selector:
+    return Selector(version=at.version, as_of_ms=at.as_of_ms)
+
+
+def _encode_token(path: str) -> str:
+    return base64.urlsafe_b64encode(path.encode()).decode().rstrip("=") if path else ""
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError("page_token is not one this server issued") from exc
+
+
+def _check_digests(digests: list[bytes], limit: int) -> list[bytes]:
+    if len(digests) > limit:
+        raise LimitExceededError(f"{len(digests)} digests in one request; the limit is {limit}")
+    for d in digests:
+        digest.check_digest(d)
+    return digests
+
+
+class StratusService(pb_grpc.StratusServicer):
+    """The StratusVault API over one repository."""
+
+    def __init__(self, config: ServerConfig, repo: Repository, gate: Gate) -> None:
+        self.config = config
+        self.repo = repo
+        self.gate = gate
+        self.uploads = asyncio.Semaphore(config.max_concurrent_uploads)
+        self.downloads = asyncio.Semaphore(config.max_concurrent_downloads)
+        self.observers: list = []
+
+    def observe_call(self, method: str, context: Ctx, code: grpc.StatusCode, seconds: float, **facts: object) -> None:
+        """Called by service.calls.rpc once per finished call, with what the handler noted."""
+        for observer in self.observers:
+            observer(method, context, code, seconds, **facts)
+
+    def _enter(self, context: grpc.aio.ServicerContext, method: str, path: str = "", *, write: bool = False) -> Caller:
+        caller = self.gate.caller(context, method)
+        note(identity=caller.identity, namespace=caller.namespace, path=path or None)
+        self.gate.authorize(caller, path, write=write)
+        return caller
+
+    # ---- information ------------------------------------------------------------------------
+
+    @rpc()
+    async def ServerInfo(self, request: pb.ServerInfoRequest, context: Ctx) -> pb.ServerInfoResponse:
+        caller = self._enter(context, "ServerInfo")
+        ns_stats = await self.repo.metadata.stats(caller.namespace)
+        disk = self.repo.chunks.stats()
+        p = self.config.chunk_params
+        return pb.ServerInfoResponse(
+            server_version=SERVER_VERSION,
+            chunking=pb.ChunkParams(min_size=p.min_size, avg_size=p.avg_size, max_size=p.max_size),
+            compression="zstd", compression_level=self.config.compression_level,
+            max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
+            max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
+            max_manifest_chunks=self.config.max_manifest_chunks,
+            stats=pb.StoreStats(
+                chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
+                logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
+                version_count=ns_stats.version_count,
+                stored_bytes=disk.stored_bytes if caller.admin else 0,
+                store_chunk_count=disk.chunk_count if caller.admin else 0,
+            ),
+        )
+
+    # ---- delta upload -------------------------------------------------------------------------
+
+    @rpc()
+    async def FindMissingChunks(
+        self, request: pb.FindMissingChunksRequest, context: Ctx
+    ) -> pb.FindMissingChunksResponse:
+        caller = self._enter(context, "FindMissingChunks", write=True)
+        digests = _check_digests(list(request.digests), self.config.max_find_digests)
+        return pb.FindMissingChunksResponse(missing=await self.repo.missing(caller.namespace, digests))
+
+    @rpc()
+    async def PutChunks(self, request_iterator: AsyncIterator[pb.ChunkBatch], context: Ctx) -> pb.PutChunksResponse:
+        caller = self._enter(context, "PutChunks", write=True)
+        received = stored = frame_bytes = 0
+        async with self.uploads:
+            pending: asyncio.Task | None = None
+            async for batch in request_iterator:
+                chunks = []
+                for c in batch.chunks:
+                    digest.check_digest(c.digest)
+                    if len(c.frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
+                        raise ChunkTooLargeError(f"chunk frame of {len(c.frame)} bytes exceeds the chunk size limit")
+                    chunks.append((c.digest, c.frame))
+                # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
+                if pending is not None:
+                    result = await pending
+                    received, stored, frame_bytes = (
+                        received + result.received, stored + result.stored, frame_bytes + result.frame_bytes
+                    )
+                pending = asyncio.ensure_future(self.repo.ingest(caller.namespace, chunks))
+            if pending is not None:
+                result = await pending
+                received, stored, frame_bytes = (
+                    received + result.received, stored + result.stored, frame_bytes + result.frame_bytes
+                )
+        note(nbytes=frame_bytes)
+        return pb.PutChunksResponse(received=received, stored=stored, frame_bytes=frame_bytes)
+
+    async def _commit(
+        self, caller: Caller, path: str, manifest: Manifest, *, if_version: int | None,
+        mode: int, mtime_ns: int, signature: bytes = b"", signer_public_key: bytes = b"",
+    ) -> pb.CommitFileResponse:
+        self.repo.check_manifest_limits(manifest, self.config.max_manifest_chunks)
+        if signature:
+            from cas import signing
+
+            signing.verify(
+                signer_public_key,
+                signing.signed_message(path, manifest.digest(), manifest.file_digest, manifest.size),
+                signature,
+            )
+        ns = caller.namespace
+        head = await self.repo.metadata.head(ns, path)
+        manifest_digest = await self.repo.save_manifest(manifest)
+        if (
+            head is not None and not head.deleted and head.manifest_digest == manifest_digest
+            and head.mode == mode and head.mtime_ns == mtime_ns and head.signature == signature
+            and if_version in (None, head.version)
+        ):
+            return pb.CommitFileResponse(version=version_info(head), unchanged=True)
+        previous = await self.repo.manifest_of(head)
+        delta = diff_manifests(previous, manifest)
+        record = await self.repo.metadata.commit(
+            ns, path, manifest_digest=manifest_digest, size=manifest.size, file_digest=manifest.file_digest,
+            chunk_digests=manifest.unique_digests(), chunk_count=len(manifest.chunks),
+            new_chunks=delta.new_chunks, new_bytes=delta.new_bytes, identity=caller.identity,
+            mode=mode, mtime_ns=mtime_ns, signature=signature, signer_public_key=signer_public_key,
+            if_version=if_version,
+        )
+        note(version=record.version, nbytes=record.size)
+        return pb.CommitFileResponse(version=version_info(record))
+
+    @rpc()
+    async def CommitFile(self, request: pb.CommitFileRequest, context: Ctx) -> pb.CommitFileResponse:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "CommitFile", path, write=True)
+        return await self._commit(
+            caller, path, manifest_from_message(request.manifest),
+            if_version=request.if_version if request.HasField("if_version") else None,
+            mode=request.mode, mtime_ns=request.mtime_ns,
+            signature=request.signature, signer_public_key=request.signer_public_key,
+        )
+
+    # ---- delta download -------------------------------------------------------------------------
+
+    @rpc()
+    async def GetManifest(self, request: pb.GetManifestRequest, context: Ctx) -> pb.GetManifestResponse:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "GetManifest", path)
+        record = await self.repo.resolve(caller.namespace, path, _selector(request.at))
+        manifest = await self.repo.load_manifest(record.manifest_digest)
+        return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
+
+    @rpc()
+    async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> AsyncIterator[pb.ChunkBatch]:
+        caller = self._enter(context, "GetChunks")
+        digests = _check_digests(list(request.digests), self.config.max_find_digests)
+        async with self.downloads:
+            # Read a window of chunks ahead of the one being sent, so disk and network overlap.
+            window = max(1, self.config.batch_bytes // self.config.chunk_avg_size)
+            for start in range(0, len(digests), window):
+                part = digests[start:start + window]
+                frames = await self.repo.read_frames(caller.namespace, part)
+                yield pb.ChunkBatch(chunks=[pb.ChunkData(digest=d, frame=f) for d, f in zip(part, frames, strict=True)])
+
+    # ---- byte streams for thin clients -------------------------------------------------------
+
+    @rpc()
+    async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest], context: Ctx) -> pb.CommitFileResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise InvalidInputError("the first Upload message must be the header")
+        header = first.header
+        path = normalize_path(header.path)
+        caller = self._enter(context, "Upload", path, write=True)
+        spool_dir = self.config.data_dir / "spool"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        async with self.uploads:
+            # Spooling to disk keeps memory flat whatever the size; the chunker then reads it back.
+            fd, spool = tempfile.mkstemp(dir=spool_dir, prefix="upload-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    async for message in request_iterator:
+                        if message.WhichOneof("msg") != "data":
+                            raise InvalidInputError("only data messages may follow the Upload header")
+                        await self.repo.run_blocking(out.write, message.data)
+                manifest = await self._ingest_spool(caller, Path(spool))
+            finally:
+                os.unlink(spool)
+        return await self._commit(
+            caller, path, manifest,
+            if_version=header.if_version if header.HasField("if_version") else None,
+            mode=header.mode, mtime_ns=header.mtime_ns,
+        )
+
+    async def _ingest_spool(self, caller: Caller, spool: Path) -> Manifest:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+
+        def produce() -> Manifest:
+            builder, hasher, batch, size = ManifestBuilder(), digest.new_hasher(), [], 0
+            with Pipeline(self.config.chunk_params, self.config.compression_level) as pipe, open(spool, "rb") as f:
+                for chunk in pipe.process_stream(f, hasher):
+                    builder.add(chunk.digest, chunk.length)
+                    batch.append((chunk.digest, chunk.frame))
+                    size += len(chunk.frame)
+                    if size >= self.config.batch_bytes:
+                        asyncio.run_coroutine_threadsafe(queue.put(batch), loop).result()
+                        batch, size = [], 0
+            asyncio.run_coroutine_threadsafe(queue.put(batch), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+            return builder.build(hasher.digest())
+
+        producer = loop.run_in_executor(None, produce)
+        while (batch := await queue.get()) is not None:
+            if batch:
+                await self.repo.ingest(caller.namespace, batch)
+        return await producer
+
+    @rpc()
+    async def Download(self, request: pb.DownloadRequest, context: Ctx) -> AsyncIterator[pb.DownloadResponse]:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "Download", path)
+        record = await self.repo.resolve(caller.namespace, path, _selector(request.at))
+        if request.offset > record.size:
+            raise InvalidInputError(f"offset {request.offset} is past the end of {path} ({record.size} bytes)")
+        manifest = await self.repo.load_manifest(record.manifest_digest)
+        yield pb.DownloadResponse(version=version_info(record))
+        async with self.downloads:
+            position, piece = 0, bytearray()
+            for ref in manifest.chunks:
+                end = position + ref.length
+                if end > request.offset:
+                    data = await self.repo.read_data(ref.digest)
+                    piece += data[max(0, request.offset - position):]
+                    if len(piece) >= DOWNLOAD_PIECE:
+                        yield pb.DownloadResponse(data=bytes(piece))
+                        piece.clear()
+                position = end
+            if piece:
+                yield pb.DownloadResponse(data=bytes(piece))
+
+    # ---- browsing ---------------------------------------------------------------------------
+
+    @rpc()
+    async def Stat(self, request: pb.StatRequest, context: Ctx) -> pb.VersionInfo:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "Stat", path)
+        return version_info(await self.repo.resolve(caller.namespace, path, _selector(request.at)))
+
+    @rpc()
+    async def ListFiles(self, request: pb.ListFilesRequest, context: Ctx) -> pb.ListFilesResponse:
+        prefix = normalize_prefix(request.prefix)
+        caller = self._enter(context, "ListFiles", prefix)
+        size = min(request.page_size or self.config.default_page_size, self.config.max_page_size)
+        records, last = await self.repo.metadata.list_files(
+            caller.namespace, prefix, after=_decode_token(request.page_token), limit=size,
+            as_of_ms=request.as_of_ms, include_deleted=request.include_deleted,
+        )
+        return pb.ListFilesResponse(files=[version_info(r) for r in records], next_page_token=_encode_token(last))
+
+    @rpc()
+    async def ListVersions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.ListVersionsResponse:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "ListVersions", path)
+        records = await self.repo.metadata.list_versions(caller.namespace, path, limit=request.limit)
+        if not records:
+            raise NotFoundError(f"{path}: no such file")
+        return pb.ListVersionsResponse(versions=[version_info(r) for r in records])
+
+    @rpc()
+    async def Delete(self, request: pb.DeleteRequest, context: Ctx) -> pb.VersionInfo:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "Delete", path, write=True)
+        record = await self.repo.metadata.delete(
+            caller.namespace, path, identity=caller.identity,
+            if_version=request.if_version if request.HasField("if_version") else None,
+        )
+        return version_info(record)
+
+    @rpc()
+    async def Diff(self, request: pb.DiffRequest, context: Ctx) -> pb.DiffResponse:
+        path = normalize_path(request.path)
+        caller = self._enter(context, "Diff", path)
+        base, to, delta = await self.repo.diff(caller.namespace, path, request.from_version, request.to_version)
+        return pb.DiffResponse(
+            to=version_info(to), changed=[pb.ByteRange(offset=o, length=n) for o, n in delta.changed],
+            shared_chunks=delta.shared_chunks, new_chunks=delta.new_chunks,
+            shared_bytes=delta.shared_bytes, new_bytes=delta.new_bytes,
+            **({"from": version_info(base)} if base else {}),
+        )
+
+    # ---- change feed --------------------------------------------------------------------------
+
+    @rpc()
+    async def Changes(self, request: pb.ChangesRequest, context: Ctx) -> pb.ChangesResponse:
+        prefix = normalize_prefix(request.prefix)
+        caller = self._enter(context, "Changes", prefix)
+        limit = min(request.limit or self.config.default_page_size, self.config.max_page_size)
+        events, cursor = await self.repo.metadata.changes(caller.namespace, request.since, limit, prefix)
+        return pb.ChangesResponse(events=[event_message(e) for e in events], cursor=cursor)
+
+    @rpc()
+    async def Watch(self, request: pb.WatchRequest, context: Ctx) -> AsyncIterator[pb.Event]:
+        prefix = normalize_prefix(request.prefix)
+        caller = self._enter(context, "Watch", prefix)
+        async for event in self.repo.metadata.watch(caller.namespace, request.since, prefix):
+            yield event_message(event)
+

@@ -1,0 +1,155 @@
+"""Server configuration: defaults, a TOML or JSON file, ``STRATUS_*`` environment overrides.
+
+Precedence, lowest first: built-in defaults, the config file, environment variables, command-line
+flags. Every setting has a default that is safe for a single machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from cas.chunker import ChunkParams
+from cas.errors import InvalidInputError
+
+DEFAULT_LISTEN = "127.0.0.1:7420"
+MIB = 1024 * 1024
+
+
+class ConfigError(InvalidInputError):
+    """A configuration file or value that cannot be used."""
+
+
+def default_data_dir() -> Path:
+    """Where a server keeps its data when ``--data-dir`` is not given."""
+    return Path(platformdirs.user_data_dir("stratusvault"))
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``stratus serve`` can be told. Field names double as config-file keys."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: str = DEFAULT_LISTEN
+    redis_url: str = ""  # empty: start the embedded Valkey inside data_dir
+    redis_prefix: str = "sv"  # first part of every key, so one Redis can hold several stores
+    tls_dir: str = ""
+    insecure: bool = False
+    insecure_any_host: bool = False
+    access_file: str = ""
+    audit_log: str = ""  # a file path, "-" for stderr, empty for none
+
+    chunk_min_size: int = 16 * 1024
+    chunk_avg_size: int = 64 * 1024
+    chunk_max_size: int = 256 * 1024
+    compression_level: int = 3
+
+    max_message_bytes: int = 16 * MIB
+    batch_bytes: int = 2 * MIB
+    max_page_size: int = 1000
+    default_page_size: int = 100
+    max_manifest_chunks: int = 4_000_000
+    max_find_digests: int = 100_000
+    max_concurrent_uploads: int = 32
+    max_concurrent_downloads: int = 64
+    rate_limit_per_second: float = 0.0  # calls per identity; 0 disables
+    rate_limit_burst: int = 100
+    verify_reads: bool = True  # re-hash chunks on the server before sending them
+    io_threads: int = 0  # 0: twice the CPU count
+    shutdown_grace_seconds: float = 10.0
+
+    @property
+    def chunk_params(self) -> ChunkParams:
+        """The chunking parameters every client must use."""
+        return ChunkParams(self.chunk_min_size, self.chunk_avg_size, self.chunk_max_size)
+
+    def validate(self) -> ServerConfig:
+        """Check cross-field constraints; raises ConfigError naming the bad setting."""
+        try:
+            self.chunk_params  # noqa: B018 - ChunkParams validates itself
+        except ValueError as exc:
+            raise ConfigError(f"chunk sizes: {exc}") from exc
+        if not 1 <= self.compression_level <= 22:
+            raise ConfigError("compression_level must be between 1 and 22")
+        if self.batch_bytes + self.chunk_max_size * 2 > self.max_message_bytes:
+            raise ConfigError("max_message_bytes must exceed batch_bytes by at least two maximum chunks")
+        for name in ("max_page_size", "default_page_size", "max_concurrent_uploads", "max_concurrent_downloads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.tls_dir and self.insecure:
+            raise ConfigError("choose either tls_dir or insecure, not both")
+        return self
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a file or environment value into the field's type, with a clear error."""
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(str(raw)).expanduser()
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use value {raw!r}") from exc
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"config file {path} is not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    return data.get("server", data)
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> ServerConfig:
+    """Build a validated ServerConfig from a file, ``STRATUS_*`` variables and explicit overrides.
+
+    Unknown keys in the file are refused, so a typo never silently falls back to a default.
+    """
+    env = os.environ if environ is None else environ
+    kinds = {f.name: f.type for f in fields(ServerConfig)}
+    values: dict[str, Any] = {}
+    path = config_file or env.get("STRATUS_CONFIG")
+    if path:
+        for key, raw in _read_file(Path(path)).items():
+            name = key.replace("-", "_")
+            if name not in kinds:
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+            values[name] = _coerce(name, kinds[name], raw)
+    for name, kind in kinds.items():
+        raw = env.get(f"STRATUS_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, kinds[name], raw)
+    return dataclasses.replace(ServerConfig(), **values).validate()

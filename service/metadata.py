@@ -1,0 +1,421 @@
+"""Namespace metadata in Redis or Valkey: versions, heads, listings, the change feed, the chunk index.
+
+Key schema (``P`` = prefix, default ``sv``; ``{ns}`` is the Redis Cluster hash tag, so every key of
+a namespace lives on one slot and the multi-key scripts stay legal on a cluster)::
+
+    P:{ns}:files        ZSET    every path ever committed, score 0 (ZRANGEBYLEX paging)
+    P:{ns}:f:<path>     HASH    head: version, created_ms, deleted ("0"/"1")
+    P:{ns}:v:<path>     HASH    "<version>" -> JSON record (immutable once written)
+    P:{ns}:events       STREAM  change feed; the cursor is the stream id
+    P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
+    P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
+
+``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
+always the namespace, so braces or colons inside a path cannot move a key to another slot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+
+import redis.asyncio as aioredis
+
+from cas.errors import (
+    InvalidDigestError,
+    InvalidInputError,
+    InvalidPathError,
+    MissingChunksError,
+    NotFoundError,
+    VersionConflictError,
+)
+from service import metadata_scripts as lua
+from service.metadata_feed import ChangeFeed
+from service.metadata_records import (
+    Event,
+    NamespaceStats,
+    VersionRecord,
+    decode_event,
+    decode_record,
+    encode_body,
+)
+
+__all__ = ["Event", "MetadataStore", "NamespaceStats", "VersionRecord"]
+
+DIGEST_SIZE = 32
+
+_NS_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_STREAM_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+_STATS_FIELDS = (b"unique_bytes", b"logical_bytes", b"file_count", b"version_count")
+# A listing page skips tombstones; past this many scanned paths it returns a short page (with a
+# cursor) rather than hold the caller for an unbounded scan of a namespace full of deletes.
+_MAX_LIST_SCAN = 10_000
+_SLICE = 10_000
+
+
+class _Keys:
+    """Key names of one namespace (bytes, since paths are appended as raw UTF-8)."""
+
+    def __init__(self, prefix: str, ns: str) -> None:
+        if not isinstance(ns, str) or not _NS_RE.fullmatch(ns):
+            raise InvalidInputError(f"invalid namespace {ns!r}: use 1-64 characters of A-Z a-z 0-9 . _ -")
+        self.base = f"{prefix}:{{{ns}}}:".encode()
+        self.files = self.base + b"files"
+        self.events = self.base + b"events"
+        self.chunks = self.base + b"chunks"
+        self.stats = self.base + b"stats"
+
+    def head(self, path: bytes) -> bytes:
+        return self.base + b"f:" + path
+
+    def versions(self, path: bytes) -> bytes:
+        return self.base + b"v:" + path
+
+
+def _path_bytes(path: str, what: str = "path") -> bytes:
+    """UTF-8 of a path (or path prefix), refusing what can never be a key of this schema."""
+    if not isinstance(path, str):
+        raise InvalidPathError(f"{what} must be a string, not {type(path).__name__}")
+    if _CONTROL_RE.search(path):
+        raise InvalidPathError(f"{what} {path!r} contains a control character")
+    try:
+        return path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPathError(f"{what} {path!r} is not valid Unicode (lone surrogate)") from exc
+
+
+def _digest(d: bytes, what: str) -> bytes:
+    if not isinstance(d, bytes | bytearray) or len(d) != DIGEST_SIZE:
+        raise InvalidDigestError(f"{what} must be {DIGEST_SIZE} bytes, got {d!r:.80}")
+    return bytes(d)
+
+
+def _joined_digests(digests: Sequence[bytes]) -> tuple[list[bytes], bytes]:
+    """Digests without duplicates (first-seen order), and their concatenation for the scripts."""
+    try:
+        unique = list(dict.fromkeys(digests))
+        joined = b"".join(unique)
+    except TypeError as exc:
+        raise InvalidDigestError("chunk digests must be bytes") from exc
+    # set(map(len)) runs in C: checking 200k digests one by one in Python costs ~90 ms
+    if set(map(len, unique)) - {DIGEST_SIZE}:
+        bad = next(d for d in unique if len(d) != DIGEST_SIZE)
+        raise InvalidDigestError(f"chunk digest must be {DIGEST_SIZE} bytes, got {len(bad)}")
+    return unique, joined
+
+
+def _split_digests(blob: bytes) -> list[bytes]:
+    return [blob[i : i + DIGEST_SIZE] for i in range(0, len(blob), DIGEST_SIZE)]
+
+
+def _cursor(since: str) -> str:
+    if not isinstance(since, str) or not _STREAM_ID_RE.fullmatch(since):
+        raise InvalidInputError(f"invalid change-feed cursor {since!r}")
+    return since
+
+
+class MetadataStore:
+    """Versions, heads, listings, change feed and chunk index of every namespace, in Redis/Valkey.
+
+    The client must be created with ``decode_responses=False`` (digests and paths are bytes).
+    """
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "sv") -> None:
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError(f"invalid key prefix {prefix!r}: use 1-64 characters of A-Z a-z 0-9 . _ : -")
+        kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
+        if kwargs.get("decode_responses"):
+            raise ValueError("MetadataStore needs a Redis client created with decode_responses=False")
+        self._redis = redis
+        self.prefix = prefix
+        self._write = redis.register_script(lua.WRITE_VERSION)
+        self._read = redis.register_script(lua.READ_RECORDS)
+        self._versions = redis.register_script(lua.READ_VERSIONS)
+        self._add_chunks = redis.register_script(lua.ADD_CHUNKS)
+        self._missing = redis.register_script(lua.MISSING_CHUNKS)
+        self._remove_chunks = redis.register_script(lua.REMOVE_CHUNKS)
+        self._feed = ChangeFeed(redis)
+
+    def _keys(self, ns: str) -> _Keys:
+        return _Keys(self.prefix, ns)
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        ns: str,
+        path: str,
+        *,
+        manifest_digest: bytes,
+        size: int,
+        file_digest: bytes,
+        chunk_digests: Sequence[bytes],
+        chunk_count: int,
+        new_chunks: int,
+        new_bytes: int,
+        identity: str,
+        mode: int,
+        mtime_ns: int,
+        signature: bytes = b"",
+        signer_public_key: bytes = b"",
+        if_version: int | None = None,
+        now_ms: int | None = None,
+    ) -> VersionRecord:
+        """Atomically write a new version of ``path`` and move its head.
+
+        Raises VersionConflictError when ``if_version`` is given and is not the head (0 means
+        "no live head"), MissingChunksError (in request order) when a digest is not in the
+        namespace's chunk index; in both cases nothing changes.
+        """
+        keys = self._keys(ns)
+        p = _path_bytes(path)
+        if not p:
+            raise InvalidPathError("path must not be empty")
+        if size < 0:
+            raise InvalidInputError(f"{path}: negative size {size}")
+        _, joined = _joined_digests(chunk_digests)
+        body = encode_body(
+            deleted=False, size=int(size), identity=str(identity), mode=int(mode), mtime_ns=int(mtime_ns),
+            manifest_digest=_digest(manifest_digest, "manifest digest"),
+            file_digest=_digest(file_digest, "file digest"), chunk_count=int(chunk_count),
+            new_chunks=int(new_chunks), new_bytes=int(new_bytes), signature=signature,
+            signer_public_key=signer_public_key,
+        )
+        return await self._write_version(
+            keys, path, p, "put", body, size, joined, manifest_digest.hex(), identity, if_version, now_ms
+        )
+
+    async def delete(
+        self, ns: str, path: str, *, identity: str, if_version: int | None = None, now_ms: int | None = None
+    ) -> VersionRecord:
+        """Write a tombstone version of ``path``; NotFoundError if it has no live head."""
+        keys = self._keys(ns)
+        p = _path_bytes(path)
+        body = encode_body(
+            deleted=True, size=0, identity=str(identity), mode=0, mtime_ns=0, manifest_digest=b"",
+            file_digest=b"", chunk_count=0, new_chunks=0, new_bytes=0, signature=b"", signer_public_key=b"",
+        )
+        return await self._write_version(
+            keys, path, p, "delete", body, 0, b"", "", identity, if_version, now_ms
+        )
+
+    async def _write_version(
+        self, keys: _Keys, path: str, p: bytes, kind: str, body: str, size: int, digests: bytes,
+        manifest_hex: str, identity: str, if_version: int | None, now_ms: int | None,
+    ) -> VersionRecord:
+        if if_version is not None and if_version < 0:
+            raise InvalidInputError(f"{path}: negative if_version {if_version}")
+        res = await self._write(
+            keys=[keys.files, keys.head(p), keys.versions(p), keys.events, keys.chunks, keys.stats],
+            args=[
+                kind, p, "" if if_version is None else str(int(if_version)),
+                "" if now_ms is None else str(int(now_ms)), body, str(int(size)), digests, manifest_hex,
+                identity,
+            ],
+        )
+        tag = res[0]
+        if tag == b"ok":
+            return decode_record(path, res[1])
+        if tag == b"conflict":
+            raise VersionConflictError(path, 0 if if_version is None else if_version, int(res[1]))
+        if tag == b"missing":
+            raise MissingChunksError(_split_digests(res[1]))
+        if tag == b"notfound":
+            raise NotFoundError(f"{path}: no such file")
+        raise RuntimeError(f"unexpected reply from the commit script: {res!r:.200}")
+
+    # ---- chunk index ----------------------------------------------------------------------
+
+    async def add_chunks(self, ns: str, chunks: Sequence[tuple[bytes, int]]) -> int:
+        """Record (digest, uncompressed length) pairs in the chunk index; returns how many were new."""
+        keys = self._keys(ns)
+        added = 0
+        for start in range(0, len(chunks), _SLICE):
+            # first length wins for a digest repeated in the request
+            part: dict[bytes, int] = {}
+            for d, n in chunks[start : start + _SLICE]:
+                part.setdefault(_digest(d, "chunk digest"), int(n))
+            joined = b"".join(part)
+            lengths = ",".join(map(str, part.values()))
+            added += await self._add_chunks(keys=[keys.chunks, keys.stats], args=[joined, lengths])
+        return added
+
+    async def remove_chunks(self, ns: str, digests: Sequence[bytes]) -> int:
+        """Drop digests from the chunk index (for garbage collection); returns how many were there."""
+        keys = self._keys(ns)
+        removed = 0
+        for start in range(0, len(digests), _SLICE):
+            _, joined = _joined_digests(digests[start : start + _SLICE])
+            removed += await self._remove_chunks(keys=[keys.chunks, keys.stats], args=[joined])
+        return removed
+
+    async def missing_chunks(self, ns: str, digests: Sequence[bytes]) -> list[bytes]:
+        """The digests absent from the namespace's chunk index, in request order, without duplicates."""
+        keys = self._keys(ns)
+        missing: list[bytes] = []
+        unique, _ = _joined_digests(digests)
+        for start in range(0, len(unique), _SLICE):
+            blob = await self._missing(keys=[keys.chunks], args=[b"".join(unique[start : start + _SLICE])])
+            missing += _split_digests(blob)
+        return missing
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    async def head(self, ns: str, path: str) -> VersionRecord | None:
+        """The head version of ``path`` (possibly a tombstone), or None if never committed."""
+        return (await self._records(self._keys(ns), [path], None))[0]
+
+    async def get_version(self, ns: str, path: str, version: int) -> VersionRecord | None:
+        """One version of ``path``, or None if it does not exist."""
+        keys = self._keys(ns)
+        if version < 1:
+            return None
+        raw = await self._redis.hget(keys.versions(_path_bytes(path)), str(int(version)))
+        return None if raw is None else decode_record(path, raw)
+
+    async def version_as_of(self, ns: str, path: str, as_of_ms: int) -> VersionRecord | None:
+        """The newest version of ``path`` created at or before ``as_of_ms`` (O(log n)), or None."""
+        return (await self._records(self._keys(ns), [path], int(as_of_ms)))[0]
+
+    async def list_versions(self, ns: str, path: str, limit: int = 0) -> list[VersionRecord]:
+        """Versions of ``path``, newest first; ``limit`` 0 means all."""
+        keys = self._keys(ns)
+        p = _path_bytes(path)
+        raws = await self._versions(keys=[keys.head(p), keys.versions(p)], args=[max(0, int(limit))])
+        return [decode_record(path, r) for r in raws]
+
+    async def _records(
+        self, keys: _Keys, paths: list[str], as_of_ms: int | None
+    ) -> list[VersionRecord | None]:
+        script_keys: list[bytes] = []
+        for path in paths:
+            p = _path_bytes(path)
+            script_keys += [keys.head(p), keys.versions(p)]
+        raws = await self._read(keys=script_keys, args=["" if as_of_ms is None else str(as_of_ms)])
+        return [None if r is None else decode_record(path, r) for path, r in zip(paths, raws, strict=True)]
+
+    async def list_files(
+        self,
+        ns: str,
+        prefix: str,
+        *,
+        after: str = "",
+        limit: int = 100,
+        as_of_ms: int = 0,
+        include_deleted: bool = False,
+    ) -> tuple[list[VersionRecord], str]:
+        """Files under ``prefix`` sorted by path (UTF-8 byte order), strictly after ``after``.
+
+        Returns (records, cursor): pass the cursor back as ``after``; it is "" once the listing is
+        done. With ``as_of_ms`` each path shows its version at that time. Tombstones are skipped
+        unless ``include_deleted``; pages are full whenever enough paths remain.
+        """
+        keys = self._keys(ns)
+        if limit < 1:
+            raise InvalidInputError(f"page size must be at least 1, got {limit}")
+        pre = _path_bytes(prefix, "prefix")
+        aft = _path_bytes(after, "page token")
+        lo = b"(" + aft if aft and aft >= pre else (b"[" + pre if pre else b"-")
+        # UTF-8 never contains 0xff, so it bounds every path that starts with the prefix
+        hi = b"(" + pre + b"\xff" if pre else b"+"
+        as_of = as_of_ms if as_of_ms > 0 else None
+        out: list[VersionRecord] = []
+        scanned = 0
+        while True:
+            want = limit - len(out) + 1
+            batch = await self._redis.zrangebylex(keys.files, lo, hi, start=0, num=want)
+            if not batch:
+                return out, ""
+            paths = [b.decode("utf-8") for b in batch]
+            records = await self._records(keys, paths, as_of)
+            for i, rec in enumerate(records):
+                if rec is None or (rec.deleted and not include_deleted):
+                    continue
+                out.append(rec)
+                if len(out) == limit:
+                    done = i == len(batch) - 1 and len(batch) < want
+                    return out, "" if done else rec.path
+            if len(batch) < want:
+                return out, ""
+            scanned += len(batch)
+            lo = b"(" + batch[-1]
+            if scanned >= _MAX_LIST_SCAN:
+                return out, paths[-1]
+
+    # ---- change feed ----------------------------------------------------------------------
+
+    async def changes(self, ns: str, since: str, limit: int, prefix: str = "") -> tuple[list[Event], str]:
+        """Up to ``limit`` events after cursor ``since`` ("" = from the beginning) under ``prefix``.
+
+        Returns (events, cursor); the cursor is unchanged when there was nothing new, and moves past
+        events skipped by the prefix filter so they are not scanned again.
+        """
+        keys = self._keys(ns)
+        _path_bytes(prefix, "prefix")
+        if limit < 1:
+            raise InvalidInputError(f"limit must be at least 1, got {limit}")
+        cursor = since
+        out: list[Event] = []
+        scanned = 0
+        while len(out) < limit and scanned < _MAX_LIST_SCAN:
+            start = "(" + _cursor(cursor) if cursor else "-"
+            want = limit - len(out)
+            entries = await self._redis.xrange(keys.events, min=start, max="+", count=want)
+            for entry_id, fields in entries:
+                ev = decode_event(entry_id, fields)
+                cursor = ev.cursor
+                if ev.path.startswith(prefix):
+                    out.append(ev)
+            scanned += len(entries)
+            if len(entries) < want:
+                break
+        return out, cursor
+
+    async def watch(
+        self, ns: str, since: str = "", prefix: str = "", block_ms: int = 1000
+    ) -> AsyncIterator[Event]:
+        """Events under ``prefix`` as they happen, forever.
+
+        ``since`` "" starts with events newer than the call, "0" from the beginning, otherwise after
+        that cursor. All watchers of a namespace share one XREAD BLOCK loop (``block_ms`` per read,
+        taken from the watcher that starts it), so idle watchers hold no Redis connection.
+        """
+        keys = self._keys(ns)
+        _path_bytes(prefix, "prefix")
+        if block_ms < 1:
+            raise InvalidInputError("block_ms must be positive (0 would block forever)")
+        cursor = "0-0" if since == "0" else (since and _cursor(since))
+        async with aclosing(self._feed.entries(keys.events, cursor, block_ms)) as entries:
+            async for entry_id, fields in entries:
+                ev = decode_event(entry_id, fields)
+                if ev.path.startswith(prefix):
+                    yield ev
+
+    # ---- statistics -----------------------------------------------------------------------
+
+    async def stats(self, ns: str) -> NamespaceStats:
+        """Counters of the namespace (chunk index size, bytes, live files, versions)."""
+        keys = self._keys(ns)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hlen(keys.chunks)
+        pipe.hmget(keys.stats, list(_STATS_FIELDS))
+        chunk_count, values = await pipe.execute()
+        unique, logical, files, versions = (int(v or 0) for v in values)
+        return NamespaceStats(
+            chunk_count=int(chunk_count), unique_bytes=unique, logical_bytes=logical,
+            file_count=files, version_count=versions,
+        )
+
+    async def referenced_manifests(self, ns: str) -> AsyncIterator[bytes]:
+        """Manifest digests of every version of every path (for garbage collection), duplicates possible."""
+        keys = self._keys(ns)
+        async for member in self._redis.zscan_iter(keys.files, count=500):
+            p = member[0] if isinstance(member, tuple) else member
+            async for _, raw in self._redis.hscan_iter(keys.versions(p), count=1000):
+                digest = json.loads(raw)["manifest_digest"]
+                if digest:
+                    yield bytes.fromhex(digest)

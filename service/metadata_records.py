@@ -1,0 +1,84 @@
+"""Records of the metadata store and their stored form (see ``service/metadata.py``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+_BINARY_FIELDS = ("manifest_digest", "file_digest", "signature", "signer_public_key")
+
+
+@dataclass
+class VersionRecord:
+    """One immutable version of a path; ``deleted`` marks a tombstone written by a delete."""
+
+    path: str
+    version: int
+    manifest_digest: bytes
+    size: int
+    created_ms: int
+    identity: str
+    deleted: bool
+    mode: int
+    mtime_ns: int
+    file_digest: bytes
+    chunk_count: int
+    new_chunks: int
+    new_bytes: int
+    signature: bytes = b""
+    signer_public_key: bytes = b""
+
+
+@dataclass
+class Event:
+    """One entry of the change feed; pass ``cursor`` back as ``since`` to resume after it."""
+
+    cursor: str
+    kind: str
+    path: str
+    version: int
+    size: int
+    time_ms: int
+    identity: str
+    manifest_digest: bytes
+
+
+@dataclass
+class NamespaceStats:
+    """Counters of one namespace. ``logical_bytes`` sums the sizes of every version ever committed."""
+
+    chunk_count: int
+    unique_bytes: int
+    logical_bytes: int
+    file_count: int
+    version_count: int
+
+
+def decode_record(path: str, raw: bytes) -> VersionRecord:
+    """A version record as stored by the commit script (JSON, digests in hex)."""
+    d = json.loads(raw)
+    for field in _BINARY_FIELDS:
+        d[field] = bytes.fromhex(d[field])
+    return VersionRecord(path=path, **d)
+
+
+def decode_event(entry_id: bytes, f: dict[bytes, bytes]) -> Event:
+    """One change-feed stream entry."""
+    return Event(
+        cursor=entry_id.decode(),
+        kind=f[b"kind"].decode(),
+        path=f[b"path"].decode("utf-8"),
+        version=int(f[b"version"]),
+        size=int(f[b"size"]),
+        time_ms=int(f[b"time_ms"]),
+        identity=f[b"identity"].decode("utf-8"),
+        manifest_digest=bytes.fromhex(f[b"manifest"].decode()),
+    )
+
+
+def encode_body(**fields: object) -> str:
+    """The JSON body of a version record; the commit script prepends version and created_ms."""
+    for name in _BINARY_FIELDS:
+        fields[name] = bytes(fields[name]).hex()  # type: ignore[arg-type]
+    # ensure_ascii=False keeps the record compact for non-ASCII identities; Lua never parses it
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)

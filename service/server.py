@@ -1,0 +1,203 @@
+"""Run the StratusVault gRPC server: ``python -m service.server`` or ``stratus serve``.
+
+Start-up order: configuration, data dir, metadata (external Redis or the embedded Valkey),
+repository, gRPC services (API, health, reflection), then the listening port. SIGTERM or SIGINT
+marks the server NOT_SERVING, lets in-flight calls finish within the grace period, and stops
+the embedded Valkey last, so every acknowledged commit is on disk before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cas.errors import CasError
+from proto import stratus_pb2, stratus_pb2_grpc
+from service.access import load_policy
+from service.api import StratusService
+from service.audit import AuditLog
+from service.certs import grpc_server_credentials
+from service.config import ConfigError, ServerConfig, load_config
+from service.gate import Gate
+from service.metadata import MetadataStore
+from service.ratelimit import RateLimiter
+from service.repository import Repository
+from service.valkey import DataDirLock, EmbeddedValkey
+
+log = logging.getLogger("stratus.server")
+SERVICE_NAME = stratus_pb2.DESCRIPTOR.services_by_name["Stratus"].full_name
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | None]:
+    limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+    if config.insecure:
+        if not config.insecure_any_host and not _is_loopback(config.listen):
+            raise ConfigError(
+                f"refusing plaintext on {config.listen}: --insecure serves loopback only; "
+                "add --insecure-any-host to expose it anyway, or use --tls-dir"
+            )
+        policy = load_policy(config.access_file or None, tls=False)
+        return Gate(policy, limiter, require_certificate=False), None
+    if not config.tls_dir:
+        raise ConfigError(
+            "no TLS material: pass --tls-dir DIR (create one with `stratus certs init DIR`) "
+            "or --insecure for plaintext on loopback"
+        )
+    policy = load_policy(config.access_file or None, tls=True)
+    return Gate(policy, limiter, require_certificate=True), grpc_server_credentials(config.tls_dir)
+
+
+class Server:
+    """A configured, running StratusVault server (also used in-process by tests and benchmarks)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.port = 0
+        self._valkey: EmbeddedValkey | None = None
+        self._redis: aioredis.Redis | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._repo: Repository | None = None
+        self._health = health.aio.HealthServicer()
+        self._lock: DataDirLock | None = None
+        self._audit = AuditLog.disabled()
+
+    async def start(self) -> int:
+        """Start every part and return the bound port."""
+        cfg = self.config
+        gate, credentials = _build_gate(cfg)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.redis_url:
+            self._lock = DataDirLock(cfg.data_dir)
+            self._lock.acquire()
+            url = cfg.redis_url
+        else:
+            self._valkey = EmbeddedValkey(cfg.data_dir)
+            self._valkey.start()
+            url = self._valkey.url
+        # A blocking pool: past its size, callers wait for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=256, timeout=30)
+        self._redis = aioredis.Redis(connection_pool=pool)
+        await self._redis.ping()
+        self._repo = Repository(
+            cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,
+            verify_reads=cfg.verify_reads, threads=cfg.io_threads,
+        )
+        service = StratusService(cfg, self._repo, gate)
+        self._audit = AuditLog.open(cfg.audit_log)
+        service.observers.append(self._audit.observe)
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        stratus_pb2_grpc.add_StratusServicer_to_server(service, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        if credentials is None:
+            self.port = self._grpc.add_insecure_port(cfg.listen)
+        else:
+            self.port = self._grpc.add_secure_port(cfg.listen, credentials)
+        if not self.port:
+            raise ConfigError(f"cannot listen on {cfg.listen}")
+        await self._grpc.start()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self) -> None:
+        """Drain in-flight calls within the grace period, then stop everything."""
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.config.shutdown_grace_seconds)
+        if self._repo is not None:
+            self._repo.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._valkey is not None:
+            self._valkey.stop()
+        if self._lock is not None:
+            self._lock.release()
+        self._audit.close()
+
+    async def wait(self) -> None:
+        """Block until the gRPC server terminates."""
+        assert self._grpc is not None
+        await self._grpc.wait_for_termination()
+
+
+async def run(config: ServerConfig, announce: bool = True) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully."""
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await server.start()
+        if announce:
+            host = config.listen.rsplit(":", 1)[0]
+            backend = "redis " + config.redis_url if config.redis_url else "embedded valkey in " + str(config.data_dir)
+            mode = "PLAINTEXT (--insecure)" if config.insecure else "mTLS"
+            print(f"stratus: serving on {host}:{port} [{mode}] metadata: {backend}", flush=True)
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls")
+    finally:
+        await server.stop()
+
+
+def parse_args(argv: list[str]) -> ServerConfig:
+    """Command-line flags of ``python -m service.server`` (the same ones ``stratus serve`` takes)."""
+    p = argparse.ArgumentParser(prog="stratus-server", description="Run the StratusVault gRPC server.")
+    p.add_argument("--config")
+    p.add_argument("--data-dir")
+    p.add_argument("--listen")
+    p.add_argument("--redis-url")
+    p.add_argument("--tls-dir")
+    p.add_argument("--insecure", action="store_true", default=None)
+    p.add_argument("--insecure-any-host", action="store_true", default=None)
+    p.add_argument("--access-file")
+    p.add_argument("--audit-log")
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+        asyncio.run(run(config))
+    except CasError as exc:
+        print(f"stratus serve: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
