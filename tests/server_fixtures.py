@@ -33,6 +33,7 @@ class RunningServer:
     redis_url: str  # empty: embedded Valkey
     prefix: str
     extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     address: str = ""
 
@@ -44,7 +45,7 @@ class RunningServer:
             args.append("--insecure")
         if self.redis_url:
             args += ["--redis-url", self.redis_url]
-        env = {**os.environ, "STRATUS_REDIS_PREFIX": self.prefix, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "STRATUS_REDIS_PREFIX": self.prefix, "PYTHONPATH": str(ROOT), **self.extra_env}
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None, env=env, cwd=ROOT, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

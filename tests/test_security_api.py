@@ -1,0 +1,242 @@
+"""mTLS, identities, namespaces and grants, end to end against a real TLS server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+
+import grpc
+import pytest
+import redis
+from server_fixtures import RunningServer, drop_prefix
+
+from cas.digest import digest
+from cas.errors import NotFoundError, PermissionDeniedError, ServerUnavailableError, SignatureError
+from cas.signing import generate_key, private_key_from_pem
+from cli.client import StratusClient
+from proto import stratus_pb2 as pb
+from service.certs import add_client, create_dev_pki
+
+ACCESS = """
+[identities.alice]
+namespace = "team"
+
+[identities.reader]
+namespace = "team"
+access = "read"
+
+[identities.bob]
+
+[identities.ops]
+admin = true
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_server(redis_url, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls")
+    create_dev_pki(root / "pki", clients=["alice", "reader", "bob", "ops", "stranger"])
+    add_client(root / "pki", "expired", not_valid_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+               not_valid_after=dt.datetime(2020, 2, 1, tzinfo=dt.UTC))
+    create_dev_pki(root / "other", clients=["alice"])
+    (root / "access.toml").write_text(ACCESS)
+    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    audit = root / "audit.log"
+    running = RunningServer(
+        root / "data", redis_url, prefix,
+        extra_args=["--tls-dir", str(root / "pki"), "--access-file", str(root / "access.toml"),
+                    "--audit-log", str(audit)],
+    ).start()
+    running.pki = root / "pki"
+    running.other_pki = root / "other"
+    running.audit = audit
+    try:
+        yield running
+    finally:
+        running.stop()
+        drop_prefix(redis_url, prefix)
+
+
+def connect(server, name: str, pki=None) -> StratusClient:
+    return StratusClient.connect(server.address, tls_dir=pki or server.pki, client_name=name)
+
+
+def test_mtls_round_trip_and_identity(tls_server):
+    with connect(tls_server, "alice") as alice:
+        info = alice.info()
+        assert (info.identity, info.namespace) == ("alice", "team")
+        data = os.urandom(300_000)
+        alice.put_bytes(data, "shared/report.bin")
+        assert alice.get_bytes("shared/report.bin") == data
+        assert alice.stat("shared/report.bin").identity == "alice"
+
+
+@pytest.mark.parametrize("how", ["no-cert", "other-ca", "expired"])
+def test_bad_client_certificates_cannot_connect(tls_server, how):
+    if how == "no-cert":
+        creds = grpc.ssl_channel_credentials(root_certificates=(tls_server.pki / "ca.pem").read_bytes())
+        stub = pb_stub(grpc.secure_channel(tls_server.address, creds))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ServerInfo(pb.ServerInfoRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        return
+    if how == "other-ca":
+        client = StratusClient.connect(tls_server.address, tls_dir=tls_server.other_pki, client_name="alice")
+    else:
+        client = connect(tls_server, "expired")
+    with client, pytest.raises(ServerUnavailableError):
+        client.info()
+
+
+def pb_stub(channel):
+    from proto import stratus_pb2_grpc
+
+    return stratus_pb2_grpc.StratusStub(channel)
+
+
+def test_tenants_cannot_see_or_infer_each_other(tls_server):
+    secret = os.urandom(200_000)
+    with connect(tls_server, "alice") as alice, connect(tls_server, "bob") as bob:
+        alice.put_bytes(secret, "private/plan.bin")
+        _, alice_cursor = alice.changes()
+        assert bob.info().namespace == "bob"
+        with pytest.raises(NotFoundError):
+            bob.stat("private/plan.bin")
+        with pytest.raises(NotFoundError):
+            bob.get_bytes("private/plan.bin")
+        with pytest.raises(NotFoundError):
+            bob.list_versions("private/plan.bin")
+        assert [f.path for f in bob.iter_files("")] == []
+        assert bob.changes()[0] == []
+        # Chunk existence does not leak: alice's chunks are "missing" for bob, and unreadable.
+        chunk = alice.stub.GetManifest(pb.GetManifestRequest(path="private/plan.bin")).manifest.chunks[0].digest
+        assert list(bob.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=[chunk])).missing) == [chunk]
+        with pytest.raises(grpc.RpcError) as info:
+            list(bob.stub.GetChunks(pb.GetChunksRequest(digests=[chunk])))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        # Asking for alice's namespace explicitly is refused.
+        with pytest.raises(grpc.RpcError) as info:
+            bob.stub.Stat(pb.StatRequest(path="private/plan.bin"), metadata=[("stratus-namespace", "team")])
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Bob can upload the very same bytes (he proves he has them) and it dedups on disk.
+        bob.put_bytes(secret, "mine.bin")
+        assert bob.get_bytes("mine.bin") == secret
+        assert alice.changes(since=alice_cursor)[0] == []
+
+
+def test_read_only_identity_cannot_write(tls_server):
+    with connect(tls_server, "alice") as alice, connect(tls_server, "reader") as reader:
+        alice.put_bytes(b"figures", "ro/figures.csv")
+        assert reader.get_bytes("ro/figures.csv") == b"figures"
+        for attempt in (
+            lambda: reader.put_bytes(b"vandal", "ro/figures.csv"),
+            lambda: reader.delete("ro/figures.csv"),
+            lambda: reader.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=[digest(b"x")])),
+        ):
+            with pytest.raises((PermissionDeniedError, grpc.RpcError)) as info:
+                attempt()
+            if isinstance(info.value, grpc.RpcError):
+                assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert alice.get_bytes("ro/figures.csv") == b"figures"
+
+
+def test_unknown_identity_is_refused_by_the_policy_namespace_reservation(tls_server):
+    # "stranger" is not in the access file, so it gets its own namespace; it cannot claim "team".
+    with connect(tls_server, "stranger") as stranger:
+        assert stranger.info().namespace == "stranger"
+        with pytest.raises(grpc.RpcError) as info:
+            stranger.stub.ListFiles(pb.ListFilesRequest(), metadata=[("stratus-namespace", "team")])
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_store_wide_statistics_are_for_admins_only(tls_server):
+    with connect(tls_server, "ops") as ops, connect(tls_server, "alice") as alice:
+        alice.put_bytes(os.urandom(10_000), "stats/x")
+        assert ops.info().stats.store_chunk_count > 0
+        assert alice.info().stats.store_chunk_count == 0
+
+
+def test_signed_versions_and_tampering(tls_server):
+    pair = generate_key()
+    key = private_key_from_pem(pair.private_pem)
+    other = generate_key()
+    with connect(tls_server, "alice") as alice:
+        version = alice.put_bytes(b"signed content", "sig/doc", sign_key=key).version
+        assert len(version.signature) == 64 and version.signer_public_key == pair.public_key
+        assert alice.get_bytes("sig/doc") == b"signed content"
+        out = tls_server.data_dir / "out"
+        alice.get_file("sig/doc", out, verify_key=pair.public_key)
+        assert out.read_bytes() == b"signed content"
+        with pytest.raises(SignatureError):
+            alice.get_file("sig/doc", tls_server.data_dir / "out2", verify_key=other.public_key)
+        assert not (tls_server.data_dir / "out2").exists()
+        alice.put_bytes(b"unsigned", "sig/plain")
+        with pytest.raises(SignatureError):
+            alice.get_file("sig/plain", tls_server.data_dir / "out3", verify_key=pair.public_key)
+        # Flip one byte of the stored signature behind the server's back.
+        client = redis.Redis.from_url(tls_server.redis_url)
+        key_name = f"{tls_server.prefix}:{{team}}:v:sig/doc"
+        record = json.loads(client.hget(key_name, "1"))
+        field = next(k for k in record if k == "signature")
+        raw = bytearray(bytes.fromhex(record[field]))
+        raw[0] ^= 1
+        record[field] = raw.hex()
+        client.hset(key_name, "1", json.dumps(record))
+        client.close()
+        with pytest.raises(SignatureError):
+            alice.get_file("sig/doc", out, verify_key=pair.public_key)
+        assert out.read_bytes() == b"signed content"
+
+
+def test_a_forged_signature_is_refused_at_commit(tls_server):
+    pair = generate_key()
+    with connect(tls_server, "alice") as alice:
+        empty = pb.Manifest(size=0, file_digest=digest(b""))
+        with pytest.raises(grpc.RpcError) as info:
+            alice.stub.CommitFile(pb.CommitFileRequest(
+                path="sig/forged", manifest=empty, signature=os.urandom(64), signer_public_key=pair.public_key,
+            ))
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
+        with pytest.raises(NotFoundError):
+            alice.stat("sig/forged")
+
+
+def test_audit_log_has_one_line_per_call(tls_server):
+    with connect(tls_server, "alice") as alice:
+        alice.put_bytes(b"audited", "audit/me")
+        with pytest.raises(NotFoundError):
+            alice.stat("audit/none")
+    lines = [json.loads(line) for line in tls_server.audit.read_text().splitlines()]
+    commits = [e for e in lines if e["method"] == "CommitFile" and e.get("path") == "audit/me"]
+    assert commits and commits[-1]["identity"] == "alice" and commits[-1]["status"] == "OK"
+    assert commits[-1]["version"] == 1 and commits[-1]["bytes"] == len(b"audited")
+    misses = [e for e in lines if e["method"] == "Stat" and e.get("path") == "audit/none"]
+    assert misses and misses[-1]["status"] == "NOT_FOUND"
+    assert all({"time", "peer", "duration_ms"} <= e.keys() for e in lines)
+
+
+def test_rate_limit_per_identity_gives_a_retry_hint(redis_url, tmp_path):
+    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    running = RunningServer(
+        tmp_path / "data", redis_url, prefix,
+        extra_env={"STRATUS_RATE_LIMIT_PER_SECOND": "2", "STRATUS_RATE_LIMIT_BURST": "5"},
+    ).start()
+    try:
+        stub = running.stub()
+        codes = []
+        for _ in range(12):
+            try:
+                stub.ListFiles(pb.ListFilesRequest())
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+                trailers = dict(exc.trailing_metadata() or ())
+                assert float(trailers["retry-after"]) > 0
+                assert "retry in" in exc.details()
+        assert codes[:5] == ["OK"] * 5
+        assert "RESOURCE_EXHAUSTED" in codes[5:]
+    finally:
+        running.stop()
+        drop_prefix(redis_url, prefix)
