@@ -125,7 +125,7 @@ class StratusService(pb_grpc.StratusServicer):
 
     # ---- information ------------------------------------------------------------------------
 
-    @rpc()
+    @rpc
     async def ServerInfo(self, request: pb.ServerInfoRequest, context: Ctx) -> pb.ServerInfoResponse:
         caller = self._enter(context, "ServerInfo")
         ns_stats = await self.repo.metadata.stats(caller.namespace)
@@ -149,7 +149,7 @@ class StratusService(pb_grpc.StratusServicer):
 
     # ---- delta upload -------------------------------------------------------------------------
 
-    @rpc()
+    @rpc
     async def FindMissingChunks(
         self, request: pb.FindMissingChunksRequest, context: Ctx
     ) -> pb.FindMissingChunksResponse:
@@ -157,7 +157,7 @@ class StratusService(pb_grpc.StratusServicer):
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
         return pb.FindMissingChunksResponse(missing=await self.repo.missing(caller.namespace, digests))
 
-    @rpc()
+    @rpc
     async def PutChunks(self, request_iterator: AsyncIterator[pb.ChunkBatch], context: Ctx) -> pb.PutChunksResponse:
         caller = self._enter(context, "PutChunks", write=True)
         received = stored = frame_bytes = 0
@@ -219,7 +219,7 @@ class StratusService(pb_grpc.StratusServicer):
         note(version=record.version, nbytes=record.size)
         return pb.CommitFileResponse(version=version_info(record))
 
-    @rpc()
+    @rpc
     async def CommitFile(self, request: pb.CommitFileRequest, context: Ctx) -> pb.CommitFileResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "CommitFile", path, write=True)
@@ -232,7 +232,7 @@ class StratusService(pb_grpc.StratusServicer):
 
     # ---- delta download -------------------------------------------------------------------------
 
-    @rpc()
+    @rpc
     async def GetManifest(self, request: pb.GetManifestRequest, context: Ctx) -> pb.GetManifestResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "GetManifest", path)
@@ -240,7 +240,7 @@ class StratusService(pb_grpc.StratusServicer):
         manifest = await self.repo.load_manifest(record.manifest_digest)
         return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
 
-    @rpc()
+    @rpc
     async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> AsyncIterator[pb.ChunkBatch]:
         caller = self._enter(context, "GetChunks")
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
@@ -254,7 +254,7 @@ class StratusService(pb_grpc.StratusServicer):
 
     # ---- byte streams for thin clients -------------------------------------------------------
 
-    @rpc()
+    @rpc
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest], context: Ctx) -> pb.CommitFileResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("msg") != "header":
@@ -306,7 +306,7 @@ class StratusService(pb_grpc.StratusServicer):
                 await self.repo.ingest(caller.namespace, batch)
         return await producer
 
-    @rpc()
+    @rpc
     async def Download(self, request: pb.DownloadRequest, context: Ctx) -> AsyncIterator[pb.DownloadResponse]:
         path = normalize_path(request.path)
         caller = self._enter(context, "Download", path)
@@ -331,13 +331,13 @@ class StratusService(pb_grpc.StratusServicer):
 
     # ---- browsing ---------------------------------------------------------------------------
 
-    @rpc()
+    @rpc
     async def Stat(self, request: pb.StatRequest, context: Ctx) -> pb.VersionInfo:
         path = normalize_path(request.path)
         caller = self._enter(context, "Stat", path)
         return version_info(await self.repo.resolve(caller.namespace, path, _selector(request.at)))
 
-    @rpc()
+    @rpc
     async def ListFiles(self, request: pb.ListFilesRequest, context: Ctx) -> pb.ListFilesResponse:
         prefix = normalize_prefix(request.prefix)
         caller = self._enter(context, "ListFiles", prefix)
@@ -348,7 +348,7 @@ class StratusService(pb_grpc.StratusServicer):
         )
         return pb.ListFilesResponse(files=[version_info(r) for r in records], next_page_token=_encode_token(last))
 
-    @rpc()
+    @rpc
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.ListVersionsResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "ListVersions", path)
@@ -357,7 +357,7 @@ class StratusService(pb_grpc.StratusServicer):
             raise NotFoundError(f"{path}: no such file")
         return pb.ListVersionsResponse(versions=[version_info(r) for r in records])
 
-    @rpc()
+    @rpc
     async def Delete(self, request: pb.DeleteRequest, context: Ctx) -> pb.VersionInfo:
         path = normalize_path(request.path)
         caller = self._enter(context, "Delete", path, write=True)
@@ -367,7 +367,7 @@ class StratusService(pb_grpc.StratusServicer):
         )
         return version_info(record)
 
-    @rpc()
+    @rpc
     async def Diff(self, request: pb.DiffRequest, context: Ctx) -> pb.DiffResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "Diff", path)
@@ -381,7 +381,7 @@ class StratusService(pb_grpc.StratusServicer):
 
     # ---- change feed --------------------------------------------------------------------------
 
-    @rpc()
+    @rpc
     async def Changes(self, request: pb.ChangesRequest, context: Ctx) -> pb.ChangesResponse:
         prefix = normalize_prefix(request.prefix)
         caller = self._enter(context, "Changes", prefix)
@@ -389,7 +389,7 @@ class StratusService(pb_grpc.StratusServicer):
         events, cursor = await self.repo.metadata.changes(caller.namespace, request.since, limit, prefix)
         return pb.ChangesResponse(events=[event_message(e) for e in events], cursor=cursor)
 
-    @rpc()
+    @rpc
     async def Watch(self, request: pb.WatchRequest, context: Ctx) -> AsyncIterator[pb.Event]:
         prefix = normalize_prefix(request.prefix)
         caller = self._enter(context, "Watch", prefix)

@@ -9,12 +9,14 @@ the observers (audit log, metrics) receive it when the call ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -33,74 +35,61 @@ def note(**facts: Any) -> None:
         current.update(facts)
 
 
-CallObserver = Callable[..., None]
+@contextlib.asynccontextmanager
+async def _guard(owner: Any, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Run one call: typed errors become status codes, and the owner's observer hears the outcome.
 
-
-def rpc(observe: CallObserver | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a servicer method (unary or streaming) so typed errors become status codes.
-
-    ``observe(method, context, code, seconds, **facts)`` is called once per call, after it ends;
-    the server uses it for the audit log and metrics.
+    The observer runs before the status is sent, so whoever sees the status also finds the
+    call in the audit log.
     """
+    started = time.perf_counter()
+    _facts.set({})
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        method = fn.__name__
+    def observe(code: grpc.StatusCode) -> None:
+        hook = getattr(owner, "observe_call", None)
+        if hook is not None:
+            hook(method, context, code, time.perf_counter() - started, **(_facts.get() or {}))
 
-        async def fail(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc.StatusCode:
-            code = status_for(exc)
-            context.set_trailing_metadata(trailing_details(exc))
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("internal error in %s", method)
-                await context.abort(code, f"internal server error in {method}; see the server log")
-            await context.abort(code, str(exc))
-            return code  # pragma: no cover - abort always raises
+    try:
+        yield
+    except grpc.aio.AbortError:
+        observe(context.code() or grpc.StatusCode.UNKNOWN)
+        raise
+    except asyncio.CancelledError:
+        observe(grpc.StatusCode.CANCELLED)
+        raise
+    except Exception as exc:
+        code = status_for(exc) if isinstance(exc, errors.CasError) else grpc.StatusCode.INTERNAL
+        observe(code)
+        context.set_trailing_metadata(trailing_details(exc))
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("internal error in %s", method)
+            await context.abort(code, f"internal server error in {method}; see the server log")
+        await context.abort(code, str(exc))
+    else:
+        observe(grpc.StatusCode.OK)
 
-        def finish(self: Any, context: grpc.aio.ServicerContext, code: grpc.StatusCode, started: float) -> None:
-            hook = observe or getattr(self, "observe_call", None)
-            if hook is not None:
-                hook(method, context, code, time.perf_counter() - started, **(_facts.get() or {}))
 
-        if inspect.isasyncgenfunction(fn):
+def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a servicer method (unary or server-streaming) so typed errors become status codes.
 
-            @functools.wraps(fn)
-            async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, code = time.perf_counter(), grpc.StatusCode.OK
-                _facts.set({})
-                try:
-                    async for item in fn(self, request, context):
-                        yield item
-                except errors.CasError as exc:
-                    code = status_for(exc)
-                    await fail(context, exc)
-                except grpc.aio.AbortError:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception as exc:
-                    code = grpc.StatusCode.INTERNAL
-                    await fail(context, exc)
-                finally:
-                    finish(self, context, code, started)
-
-            return stream_wrapper
+    After each call the servicer's ``observe_call(method, context, code, seconds, **facts)`` is
+    invoked; the server feeds the audit log from it.
+    """
+    method = fn.__name__
+    if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            _facts.set({})
-            try:
-                return await fn(self, request, context)
-            except errors.CasError as exc:
-                code = status_for(exc)
-                await fail(context, exc)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                await fail(context, exc)
-            finally:
-                finish(self, context, code, started)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _guard(self, method, context):
+                async for item in fn(self, request, context):
+                    yield item
 
-        return unary_wrapper
+        return stream_wrapper
 
-    return decorate
+    @functools.wraps(fn)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _guard(self, method, context):
+            return await fn(self, request, context)
+
+    return unary_wrapper

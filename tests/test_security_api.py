@@ -210,7 +210,8 @@ def test_audit_log_has_one_line_per_call(tls_server):
             alice.stat("audit/none")
     lines = [json.loads(line) for line in tls_server.audit.read_text().splitlines()]
     commits = [e for e in lines if e["method"] == "CommitFile" and e.get("path") == "audit/me"]
-    assert commits and commits[-1]["identity"] == "alice" and commits[-1]["status"] == "OK"
+    assert commits, lines[-6:]
+    assert commits[-1]["identity"] == "alice" and commits[-1]["status"] == "OK"
     assert commits[-1]["version"] == 1 and commits[-1]["bytes"] == len(b"audited")
     misses = [e for e in lines if e["method"] == "Stat" and e.get("path") == "audit/none"]
     assert misses and misses[-1]["status"] == "NOT_FOUND"
