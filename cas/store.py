@@ -6,13 +6,14 @@ implement it with the same semantics as the local filesystem store below.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cas import codec
@@ -31,6 +32,15 @@ class StoreStats:
     stored_bytes: int
 
 
+@dataclass
+class Staged:
+    """Frames written to temp files by :meth:`LocalChunkStore.stage`, not yet published."""
+
+    count: int
+    files: list[tuple[int, Path, Path, int]] = field(default_factory=list)  # index, temp, final, size
+    folders: set[Path] = field(default_factory=set)
+
+
 class ChunkStore(ABC):
     """A set of chunk frames named by the BLAKE3 digest of their uncompressed bytes."""
 
@@ -43,6 +53,11 @@ class ChunkStore(ABC):
 
         Does not verify the frame: callers check it with :func:`cas.codec.decode_verified` first.
         """
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bool]:
+        """Store several (digest, frame) pairs; a store may make them durable together, which is
+        much cheaper than one durability barrier per chunk. Same result as calling put for each."""
+        return [self.put(d, f) for d, f in items]
 
     @abstractmethod
     def get_frame(self, digest: bytes, verify: bool = True) -> bytes:
@@ -111,28 +126,71 @@ class LocalChunkStore(ChunkStore):
 
     def put(self, digest: bytes, frame: bytes) -> bool:
         """Store ``frame`` under ``digest``; True if newly written, False if already present."""
-        final = self.path_for(digest)
-        if final.exists():
-            return False
-        folder = final.parent
-        self._make_folder(folder)
-        temp = folder / f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return self.put_many([(digest, frame)])[0]
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bool]:
+        """Store a batch of frames with two durability barriers for the whole batch."""
+        return self.publish(self.stage(items))
+
+    def stage(self, items: Sequence[tuple[bytes, bytes]]) -> Staged:
+        """Write temp files for the frames not yet stored, without any durability barrier.
+
+        Nothing is visible under a chunk's name until :meth:`publish`; :meth:`discard` removes
+        the temp files of a batch that will not be published. Callers stage several batches and
+        publish them together to pay for one barrier per many chunks.
+        """
+        staged = Staged(len(items))
         try:
-            try:
-                view = memoryview(frame)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            created = self._publish(temp, final, len(frame))
+            for index, (digest, frame) in enumerate(items):
+                final = self.path_for(digest)
+                if final.exists():
+                    continue
+                staged.folders |= self._make_folder(final.parent)
+                temp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+                _write_file(temp, frame)
+                staged.files.append((index, temp, final, len(frame)))
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def publish(self, *batches: Staged) -> list[bool]:
+        """Make staged frames durable, give them their names, make the names durable.
+
+        Returns, per staged item in order, True if it was newly stored. A crash at any point
+        leaves either nothing or complete, valid chunk files: temp files never carry a chunk's
+        name, and they reach the disk before they are linked to it.
+        """
+        files = [f for batch in batches for f in batch.files]
+        folders = set().union(*(batch.folders for batch in batches))
+        try:
+            if self._fsync and files:
+                self._barrier([temp for _, temp, _, _ in files])
+            results: list[bool] = []
+            for batch in batches:
+                flags = [False] * batch.count
+                for index, temp, final, size in batch.files:
+                    flags[index] = self._publish(temp, final, size)
+                    folders.add(final.parent)
+                results += flags
+            if self._fsync and files:
+                self._barrier(sorted(folders))
+            return results
         finally:
+            for batch in batches:
+                self.discard(batch)
+
+    def discard(self, staged: Staged) -> None:
+        """Remove the temp files of a staged batch (after publish, or instead of it)."""
+        for _, temp, _, _ in staged.files:
             temp.unlink(missing_ok=True)
-        if created and self._fsync:
-            _fsync_dir(folder)
-        return created
+
+    def _barrier(self, paths: list[Path]) -> None:
+        """Make the given files or folders durable: one syncfs if possible, else fsync each."""
+        if _syncfs(self.root):
+            return
+        for path in paths:
+            _fsync_path(path)
 
     def _publish(self, temp: Path, final: Path, size: int) -> bool:
         # Under the lock so that the first stats() scan and the counters never disagree.
@@ -155,14 +213,13 @@ class LocalChunkStore(ChunkStore):
                 self._stats.stored_bytes += size
             return True
 
-    def _make_folder(self, folder: Path) -> None:
+    def _make_folder(self, folder: Path) -> set[Path]:
+        """Create ``folder`` if needed; returns the folders whose entries changed (to make durable:
+        a new folder must itself survive a crash, or the chunk inside it is lost)."""
         if folder.is_dir():
-            return
+            return set()
         folder.mkdir(parents=True, exist_ok=True)
-        if self._fsync:
-            # New folders must themselves survive a crash, or the chunk inside them is lost.
-            _fsync_dir(folder.parent)
-            _fsync_dir(self.root)
+        return {folder.parent, self.root}
 
     def get_frame(self, digest: bytes, verify: bool = True) -> bytes:
         """Return the stored frame, verified against its digest unless ``verify`` is False."""
@@ -192,7 +249,7 @@ class LocalChunkStore(ChunkStore):
                 self._stats.chunk_count -= 1
                 self._stats.stored_bytes -= size
         if self._fsync:
-            _fsync_dir(path.parent)
+            _fsync_path(path.parent)
         return True
 
     def iterate(self) -> Iterator[bytes]:
@@ -232,12 +289,43 @@ def _subdirs(folder: Path) -> Iterator[Path]:
         yield folder / name
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_libc = None
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.syncfs.argtypes = [ctypes.c_int]
+except (OSError, AttributeError):  # not Linux: fall back to one fsync per path
+    _libc = None
+
+
+def _syncfs(folder: Path) -> bool:
+    """Flush every dirty page of the filesystem holding ``folder``; False where unsupported."""
+    if _libc is None:
+        return False
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed", str(folder))
+    finally:
+        os.close(fd)
+    return True
 
 
 def put_data(store: ChunkStore, data: bytes, level: int = 3) -> bytes:

@@ -156,9 +156,11 @@ class _Fetcher:
             call.cancel()
             return
         for batch in call:
+            seen: set[bytes] = set()
             for c in batch.chunks:
-                if c.digest not in pending:
+                if c.digest not in pending or c.digest in seen:
                     raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
+                seen.add(c.digest)
             # Decoding (zstd + BLAKE3) releases the GIL: spread a batch over the pool.
             datas = pool.map(lambda c: decode_chunk(c.digest, c.frame, self._max_size), batch.chunks)
             for c, data in zip(batch.chunks, datas, strict=True):

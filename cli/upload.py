@@ -35,9 +35,9 @@ from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
 
-WINDOW_BYTES = 16 * 1024 * 1024
+WINDOW_BYTES = 8 * 1024 * 1024
 WINDOW_CHUNKS = 1024
-PIPELINE_IN_FLIGHT = 16 * 1024 * 1024
+PIPELINE_IN_FLIGHT = 8 * 1024 * 1024
 FIND_BATCH = 4096  # digests per FindMissingChunks call when re-checking a whole manifest
 _CHUNK_OVERHEAD = 48  # protobuf bytes around one frame in a ChunkBatch
 _MANIFEST_ENTRY_BYTES = 40  # upper bound of one ChunkRef in a serialised CommitFileRequest
@@ -132,7 +132,10 @@ class _Sender:
                 continue
             if item is _END:
                 return
-            yield from item
+            # Popping hands each chunk's bytes over to the encoder: the window list keeps none alive.
+            item.reverse()
+            while item:
+                yield item.pop()
 
     def _requests(self) -> Iterator[pb.ChunkBatch]:
         assert self._pipe is not None

@@ -160,30 +160,32 @@ class StratusService(pb_grpc.StratusServicer):
     @rpc
     async def PutChunks(self, request_iterator: AsyncIterator[pb.ChunkBatch], context: Ctx) -> pb.PutChunksResponse:
         caller = self._enter(context, "PutChunks", write=True)
-        received = stored = frame_bytes = 0
+        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes)
+        pending: asyncio.Future | None = None
         async with self.uploads:
-            pending: asyncio.Task | None = None
-            async for batch in request_iterator:
-                chunks = []
-                for c in batch.chunks:
-                    digest.check_digest(c.digest)
-                    if len(c.frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
-                        raise ChunkTooLargeError(f"chunk frame of {len(c.frame)} bytes exceeds the chunk size limit")
-                    chunks.append((c.digest, c.frame))
-                # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
+            try:
+                async for batch in request_iterator:
+                    chunks = [self._checked_chunk(c) for c in batch.chunks]
+                    # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(upload.add(chunks))
                 if pending is not None:
-                    result = await pending
-                    received, stored, frame_bytes = (
-                        received + result.received, stored + result.stored, frame_bytes + result.frame_bytes
-                    )
-                pending = asyncio.ensure_future(self.repo.ingest(caller.namespace, chunks))
-            if pending is not None:
-                result = await pending
-                received, stored, frame_bytes = (
-                    received + result.received, stored + result.stored, frame_bytes + result.frame_bytes
-                )
-        note(nbytes=frame_bytes)
-        return pb.PutChunksResponse(received=received, stored=stored, frame_bytes=frame_bytes)
+                    await pending
+                result = await upload.finish()
+            finally:
+                if pending is not None:
+                    await asyncio.wait([pending])  # its temp files must exist before discard
+                upload.discard()
+        note(nbytes=result.frame_bytes)
+        return pb.PutChunksResponse(received=result.received, stored=result.stored, frame_bytes=result.frame_bytes)
+
+    def _checked_chunk(self, chunk: pb.ChunkData) -> tuple[bytes, bytes]:
+        digest.check_digest(chunk.digest)
+        # A frame never exceeds its chunk by more than the header and zstd's worst-case overhead.
+        if len(chunk.frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
+            raise ChunkTooLargeError(f"chunk frame of {len(chunk.frame)} bytes exceeds the chunk size limit")
+        return chunk.digest, chunk.frame
 
     async def _commit(
         self, caller: Caller, path: str, manifest: Manifest, *, if_version: int | None,

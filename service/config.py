@@ -53,6 +53,7 @@ class ServerConfig:
 
     max_message_bytes: int = 16 * MIB
     batch_bytes: int = 2 * MIB
+    flush_bytes: int = 16 * MIB  # uploaded chunks share one durability barrier per this many bytes
     max_page_size: int = 1000
     default_page_size: int = 100
     max_manifest_chunks: int = 4_000_000

@@ -21,7 +21,7 @@ from cas.chunker import ChunkParams
 from cas.diff import ManifestDiff, diff_manifests
 from cas.errors import ChunkTooLargeError, InvalidInputError, NotFoundError
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
-from cas.store import ChunkStore, LocalChunkStore
+from cas.store import ChunkStore, LocalChunkStore, Staged
 from service.metadata import MetadataStore, VersionRecord
 
 # Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
@@ -63,6 +63,7 @@ class Repository:
         self.chunks: ChunkStore = LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
         self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
         self.verify_reads = verify_reads
+        self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
@@ -75,26 +76,22 @@ class Repository:
 
     # ---- chunks ---------------------------------------------------------------------------
 
-    def _verify(self, digest: bytes, frame: bytes) -> int:
+    def verify(self, digest: bytes, frame: bytes) -> int:
+        """Decode and BLAKE3-check a frame; returns the chunk's length."""
         return len(codec.decode_verified(digest, frame, self.params.max_size))
 
-    async def ingest(self, ns: str, chunks: Sequence[tuple[bytes, bytes]]) -> IngestResult:
-        """Verify a batch of (digest, frame) pairs, then store them and index them in ``ns``.
+    def open_upload(self, ns: str, flush_bytes: int) -> ChunkUpload:
+        """Start taking a stream of uploaded chunk batches into namespace ``ns``."""
+        return ChunkUpload(self, ns, flush_bytes)
 
-        Every chunk of the batch is decoded and BLAKE3-checked before any is stored, so a batch
-        with one bad chunk changes nothing.
-        """
-        loop = asyncio.get_running_loop()
-        lengths = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, self._verify, d, f) for d, f in chunks)
-        )
-        written = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, self.chunks.put, d, bytes(f)) for d, f in chunks)
-        )
-        await self.metadata.add_chunks(ns, [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)])
-        return IngestResult(
-            received=len(chunks), stored=sum(written), frame_bytes=sum(len(f) for _, f in chunks)
-        )
+    async def ingest(self, ns: str, chunks: Sequence[tuple[bytes, bytes]]) -> IngestResult:
+        """Verify, store and index one batch of (digest, frame) pairs (see ChunkUpload)."""
+        upload = self.open_upload(ns, flush_bytes=0)
+        try:
+            await upload.add(chunks)
+            return await upload.finish()
+        finally:
+            upload.discard()
 
     async def missing(self, ns: str, digests: list[bytes]) -> list[bytes]:
         """Digests that ``ns`` has not uploaded (request order, no duplicates)."""
@@ -179,3 +176,62 @@ class Repository:
                 raise InvalidInputError(
                     f"manifest chunk length {ref.length} is outside 1..{self.params.max_size}"
                 )
+
+
+class ChunkUpload:
+    """The chunks of one PutChunks stream on their way into the store.
+
+    Each batch is decoded and BLAKE3-checked in full before any of it is written, so a batch
+    with one bad chunk changes nothing. Verified frames go to temp files right away (memory
+    stays flat) and are published, with one durability barrier for all of them, every
+    ``flush_bytes`` and at the end; only then are they added to the namespace's chunk index,
+    so the index never names a chunk that a crash could lose.
+    """
+
+    def __init__(self, repo: Repository, ns: str, flush_bytes: int) -> None:
+        self.repo = repo
+        self.ns = ns
+        self.flush_bytes = flush_bytes
+        self._staged: list[Staged] = []
+        self._index: list[tuple[bytes, int]] = []
+        self._pending_bytes = 0
+        self.received = self.stored = self.frame_bytes = 0
+
+    async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
+        """Verify and stage one batch; publish what is staged once enough has gathered."""
+        loop = asyncio.get_running_loop()
+        pool, store = self.repo.pool, self.repo.chunks
+        lengths = await asyncio.gather(*(loop.run_in_executor(pool, self.repo.verify, d, f) for d, f in chunks))
+        items = [(d, bytes(f)) for d, f in chunks]
+        step = max(1, -(-len(items) // self.repo.store_parallelism))
+        self._staged += await asyncio.gather(
+            *(loop.run_in_executor(pool, store.stage, items[i:i + step]) for i in range(0, len(items), step))
+        )
+        self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
+        size = sum(len(f) for _, f in items)
+        self.received += len(items)
+        self.frame_bytes += size
+        self._pending_bytes += size
+        if self._pending_bytes >= self.flush_bytes:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Publish everything staged so far and add it to the namespace's chunk index."""
+        staged, self._staged = self._staged, []
+        index, self._index = self._index, []
+        self._pending_bytes = 0
+        if index:
+            flags = await self.repo.run_blocking(self.repo.chunks.publish, *staged)
+            self.stored += sum(flags)
+            await self.repo.metadata.add_chunks(self.ns, index)
+
+    async def finish(self) -> IngestResult:
+        """Publish the rest and report what the whole stream did."""
+        await self.flush()
+        return IngestResult(received=self.received, stored=self.stored, frame_bytes=self.frame_bytes)
+
+    def discard(self) -> None:
+        """Drop whatever is staged and unpublished (the stream failed)."""
+        for batch in self._staged:
+            self.repo.chunks.discard(batch)
+        self._staged, self._index = [], []

@@ -281,7 +281,7 @@ class ScriptedService(pb_grpc.StratusServicer):
 
 @pytest.fixture(scope="module")
 def scripted():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="scripted-server"))
     pb_grpc.add_StratusServicer_to_server(ScriptedService(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -358,11 +358,16 @@ def test_client_validates_remote_path_before_reading(scripted):
         client.put_stream(io.BufferedReader(Exploding()), "../escape")
 
 
+def _client_threads() -> int:
+    # The scripted server lives in this process too; its pool grows on demand and is not ours.
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("scripted-server"))
+
+
 def _wait_threads(baseline: int, timeout: float = 10) -> int:
     deadline = time.monotonic() + timeout
-    while threading.active_count() > baseline and time.monotonic() < deadline:
+    while _client_threads() > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
-    return threading.active_count()
+    return _client_threads()
 
 
 def test_server_failure_mid_stream_raises_and_stops_reading(scripted, tmp_path):
@@ -372,10 +377,9 @@ def test_server_failure_mid_stream_raises_and_stops_reading(scripted, tmp_path):
     with open(path, "wb") as f:
         for _ in range(64):
             f.write(os.urandom(1 << 20))
-    baseline = threading.active_count()
     with StratusClient.connect(scripted, insecure=True) as client:
         client.server_info()
-        baseline = threading.active_count()
+        baseline = _client_threads()
         started = time.monotonic()
         with pytest.raises(IntegrityError, match="scripted"):
             client.put_file(path, "big")
@@ -404,7 +408,7 @@ def test_reader_failure_cancels_the_upload_stream(scripted):
 
     with StratusClient.connect(scripted, insecure=True) as client:
         client.server_info()
-        baseline = threading.active_count()
+        baseline = _client_threads()
         with pytest.raises(OSError, match="scripted"):
             client.put_stream(io.BufferedReader(FailingStream()), "broken")
         # The server saw the chunk stream end (cancelled), and no client thread is left behind.
