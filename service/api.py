@@ -247,12 +247,26 @@ class StratusService(pb_grpc.StratusServicer):
         caller = self._enter(context, "GetChunks")
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
         async with self.downloads:
-            # Read a window of chunks ahead of the one being sent, so disk and network overlap.
+            # Read the next window while the current one is on the wire, so disk, hashing and
+            # network overlap; at most two windows are in memory.
             window = max(1, self.config.batch_bytes // self.config.chunk_avg_size)
-            for start in range(0, len(digests), window):
-                part = digests[start:start + window]
-                frames = await self.repo.read_frames(caller.namespace, part)
-                yield pb.ChunkBatch(chunks=[pb.ChunkData(digest=d, frame=f) for d, f in zip(part, frames, strict=True)])
+            parts = [digests[i:i + window] for i in range(0, len(digests), window)]
+
+            def read(n: int) -> asyncio.Future | None:
+                if n >= len(parts):
+                    return None
+                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, parts[n]))
+
+            ahead = read(0)
+            try:
+                for n, part in enumerate(parts):
+                    frames = await ahead
+                    ahead = read(n + 1)
+                    chunks = [pb.ChunkData(digest=d, frame=f) for d, f in zip(part, frames, strict=True)]
+                    yield pb.ChunkBatch(chunks=chunks)
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
 
     # ---- byte streams for thin clients -------------------------------------------------------
 
