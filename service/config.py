@@ -51,12 +51,12 @@ class ServerConfig:
     chunk_max_size: int = 256 * 1024
     compression_level: int = 3
 
-    max_message_bytes: int = 16 * MIB
+    max_message_bytes: int = 64 * MIB  # bounds CommitFile manifests: ~1.6M chunks, ~100 GiB files
     batch_bytes: int = 2 * MIB
     flush_bytes: int = 16 * MIB  # uploaded chunks share one durability barrier per this many bytes
     max_page_size: int = 1000
     default_page_size: int = 100
-    max_manifest_chunks: int = 4_000_000
+    max_manifest_chunks: int = 1_500_000
     max_find_digests: int = 100_000
     max_concurrent_uploads: int = 32
     max_concurrent_downloads: int = 64

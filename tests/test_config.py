@@ -1,0 +1,57 @@
+"""Server configuration: defaults, file, STRATUS_* environment, flags; bad input is refused clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_config
+
+
+def test_defaults_are_sane():
+    config = load_config(environ={})
+    assert config.listen == "127.0.0.1:7420" and config.redis_url == ""
+    assert config.chunk_params.avg_size == 64 * 1024 and config.compression_level == 3
+
+
+def test_file_then_environment_then_flags(tmp_path: Path):
+    toml = tmp_path / "stratus.toml"
+    toml.write_text('[server]\ncompression_level = 6\nlisten = "127.0.0.1:9000"\nverify-reads = false\n')
+    config = load_config(toml, environ={})
+    assert (config.compression_level, config.listen, config.verify_reads) == (6, "127.0.0.1:9000", False)
+    config = load_config(toml, environ={"STRATUS_COMPRESSION_LEVEL": "9"})
+    assert config.compression_level == 9 and config.listen == "127.0.0.1:9000"
+    config = load_config(toml, {"compression_level": 1}, environ={"STRATUS_COMPRESSION_LEVEL": "9"})
+    assert config.compression_level == 1
+    as_json = tmp_path / "stratus.json"
+    as_json.write_text(json.dumps({"max_page_size": 50, "data_dir": "~/vault"}))
+    config = load_config(environ={"STRATUS_CONFIG": str(as_json)})
+    assert config.max_page_size == 50 and config.data_dir == Path("~/vault").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("compresion_level = 3\n", "unknown setting 'compresion_level'"),
+        ("compression_level = 'high'\n", "compression_level"),
+        ("compression_level = 40\n", "between 1 and 22"),
+        ("chunk_min_size = 999999\n", "chunk sizes"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_bad_files_are_refused_with_the_setting_named(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={})
+
+
+def test_bad_environment_value_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="insecure"):
+        load_config(environ={"STRATUS_INSECURE": "maybe"})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.toml", environ={})
+    with pytest.raises(ConfigError, match="either tls_dir or insecure"):
+        load_config(environ={"STRATUS_INSECURE": "1", "STRATUS_TLS_DIR": "/x"})
