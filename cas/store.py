@@ -6,6 +6,7 @@ implement it with the same semantics as the local filesystem store below.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -22,6 +23,9 @@ from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError
 
 _HEX = frozenset("0123456789abcdef")
 _TEMP_SUFFIX = ".tmp"
+_STAGING = ".staging"
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
 
 
 @dataclass
@@ -101,10 +105,11 @@ class ChunkStore(ABC):
 class LocalChunkStore(ChunkStore):
     """Frames as files ``root/ab/cd/<hex digest>``, written atomically and durably.
 
-    A put writes a temp file in the target folder, fsyncs it, publishes it with a hard link (which,
-    unlike a rename, fails if the name exists: concurrent puts of one digest from any number of
-    threads or processes leave exactly one file and exactly one of them returns True), then fsyncs
-    the folder. On filesystems without hard links it falls back to ``os.replace``.
+    A put writes a temp file in ``root/.staging``, makes it durable, then gives it its name with
+    a rename that refuses to replace (``renameat2(RENAME_NOREPLACE)``, else a hard link): so
+    concurrent puts of one digest from any number of threads or processes leave exactly one file,
+    and exactly one of them returns True. Then the folder is made durable. Temp files left by a
+    crashed process are removed when a store is opened.
 
     ``stats()`` scans the store once, on first use, and then keeps counters; changes made by other
     processes after that scan are not reflected.
@@ -117,7 +122,10 @@ class LocalChunkStore(ChunkStore):
         self._fsync = fsync
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
-        self._use_link = True
+        self._folders: set[str] = set()  # level-2 folders known to exist: saves a stat per put
+        self.staging = self.root / _STAGING
+        self.staging.mkdir(exist_ok=True)
+        _remove_orphans(self.staging)
 
     def path_for(self, digest: bytes) -> Path:
         """Return the file path of ``digest`` (whether or not it exists)."""
@@ -143,10 +151,10 @@ class LocalChunkStore(ChunkStore):
         try:
             for index, (digest, frame) in enumerate(items):
                 final = self.path_for(digest)
-                if final.exists():
+                if os.path.exists(final):
                     continue
                 staged.folders |= self._make_folder(final.parent)
-                temp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+                temp = self.staging / f"{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
                 _write_file(temp, frame)
                 staged.files.append((index, temp, final, len(frame)))
         except BaseException:
@@ -174,7 +182,7 @@ class LocalChunkStore(ChunkStore):
                     folders.add(final.parent)
                 results += flags
             if self._fsync and files:
-                self._barrier(sorted(folders))
+                self._barrier(sorted(folders | {self.staging}))
             return results
         finally:
             for batch in batches:
@@ -193,33 +201,27 @@ class LocalChunkStore(ChunkStore):
             _fsync_path(path)
 
     def _publish(self, temp: Path, final: Path, size: int) -> bool:
+        if not _rename_noreplace(temp, final):
+            return False
         # Under the lock so that the first stats() scan and the counters never disagree.
         with self._lock:
-            if self._use_link:
-                try:
-                    os.link(temp, final)
-                except FileExistsError:
-                    return False
-                except OSError as exc:
-                    if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                        raise
-                    self._use_link = False
-            if not self._use_link:
-                if final.exists():
-                    return False
-                os.replace(temp, final)
             if self._stats is not None:
                 self._stats.chunk_count += 1
                 self._stats.stored_bytes += size
-            return True
+        return True
 
     def _make_folder(self, folder: Path) -> set[Path]:
         """Create ``folder`` if needed; returns the folders whose entries changed (to make durable:
         a new folder must itself survive a crash, or the chunk inside it is lost)."""
-        if folder.is_dir():
+        key = str(folder)
+        if key in self._folders:
             return set()
-        folder.mkdir(parents=True, exist_ok=True)
-        return {folder.parent, self.root}
+        changed: set[Path] = set()
+        if not os.path.isdir(key):
+            folder.mkdir(parents=True, exist_ok=True)
+            changed = {folder.parent, self.root}
+        self._folders.add(key)
+        return changed
 
     def get_frame(self, digest: bytes, verify: bool = True) -> bytes:
         """Return the stored frame, verified against its digest unless ``verify`` is False."""
@@ -313,6 +315,49 @@ try:
     _libc.syncfs.argtypes = [ctypes.c_int]
 except (OSError, AttributeError):  # not Linux: fall back to one fsync per path
     _libc = None
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (then False); atomic either way."""
+    if _libc is not None and getattr(_libc, "renameat2", None) is not None:
+        if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    # No renameat2 here: a hard link also refuses to replace an existing name.
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    os.unlink(src)
+    return True
+
+
+def _remove_orphans(staging: Path) -> None:
+    """Delete temp files whose writing process is gone (it crashed before publishing)."""
+    with os.scandir(staging) as entries:
+        for entry in entries:
+            parts = entry.name.split(".")
+            if len(parts) != 4 or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if _alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _syncfs(folder: Path) -> bool:

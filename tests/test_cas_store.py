@@ -212,3 +212,29 @@ def check_one_valid_file_each(store: LocalChunkStore, digests: list[bytes]) -> N
     assert sorted(files) == sorted(store.path_for(d) for d in digests)  # no temp files left
     for d in digests:
         store.get(d)  # verifies
+
+
+def test_opening_a_store_removes_temp_files_of_dead_writers(tmp_path):
+    store = LocalChunkStore(tmp_path / "s")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = store.staging / f"{'ab' * 32}.{int(dead.stdout)}.0123456789ab.tmp"
+    mine = store.staging / f"{'cd' * 32}.{os.getpid()}.0123456789ab.tmp"
+    orphan.write_bytes(b"half a chunk")
+    mine.write_bytes(b"in progress")
+    LocalChunkStore(tmp_path / "s")
+    assert not orphan.exists() and mine.exists()
+
+
+def test_batched_put_matches_single_puts_and_survives_duplicates(tmp_path):
+    store = LocalChunkStore(tmp_path / "s")
+    blobs = [os.urandom(1000 + n) for n in range(20)]
+    items = [(digest(b), codec.encode(b)) for b in blobs]
+    assert store.put(*items[3]) is True
+    flags = store.put_many(items + items[:2])
+    assert flags == [True] * 3 + [False] + [True] * 16 + [False, False]
+    assert all(store.get(d) == b for (d, _), b in zip(items, blobs, strict=True))
+    assert store.stats().chunk_count == 20
+    assert list(store.staging.iterdir()) == []
+    staged = store.stage([(digest(b"x" * 10), codec.encode(b"x" * 10))])
+    store.discard(staged)
+    assert not store.has(digest(b"x" * 10)) and list(store.staging.iterdir()) == []
