@@ -10,7 +10,7 @@ import asyncio
 import base64
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -299,28 +299,32 @@ class StratusService(pb_grpc.StratusServicer):
         )
 
     async def _ingest_spool(self, caller: Caller, spool: Path) -> Manifest:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+        """Chunk, hash and compress a spooled upload (server-side chunking) and store it."""
+        builder, hasher = ManifestBuilder(), digest.new_hasher()
 
-        def produce() -> Manifest:
-            builder, hasher, batch, size = ManifestBuilder(), digest.new_hasher(), [], 0
+        def batches() -> Iterator[list[tuple[bytes, bytes]]]:
             with Pipeline(self.config.chunk_params, self.config.compression_level) as pipe, open(spool, "rb") as f:
+                batch, size = [], 0
                 for chunk in pipe.process_stream(f, hasher):
                     builder.add(chunk.digest, chunk.length)
                     batch.append((chunk.digest, chunk.frame))
                     size += len(chunk.frame)
                     if size >= self.config.batch_bytes:
-                        asyncio.run_coroutine_threadsafe(queue.put(batch), loop).result()
+                        yield batch
                         batch, size = [], 0
-            asyncio.run_coroutine_threadsafe(queue.put(batch), loop).result()
-            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
-            return builder.build(hasher.digest())
+                if batch:
+                    yield batch
 
-        producer = loop.run_in_executor(None, produce)
-        while (batch := await queue.get()) is not None:
-            if batch:
-                await self.repo.ingest(caller.namespace, batch)
-        return await producer
+        source = batches()  # advanced on worker threads, one step at a time
+        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes)
+        try:
+            while (batch := await self.repo.run_blocking(next, source, None)) is not None:
+                await upload.add(batch)
+            await upload.finish()
+        finally:
+            upload.discard()
+            source.close()
+        return builder.build(hasher.digest())
 
     @rpc
     async def Download(self, request: pb.DownloadRequest, context: Ctx) -> AsyncIterator[pb.DownloadResponse]:

@@ -84,15 +84,6 @@ class Repository:
         """Start taking a stream of uploaded chunk batches into namespace ``ns``."""
         return ChunkUpload(self, ns, flush_bytes)
 
-    async def ingest(self, ns: str, chunks: Sequence[tuple[bytes, bytes]]) -> IngestResult:
-        """Verify, store and index one batch of (digest, frame) pairs (see ChunkUpload)."""
-        upload = self.open_upload(ns, flush_bytes=0)
-        try:
-            await upload.add(chunks)
-            return await upload.finish()
-        finally:
-            upload.discard()
-
     async def missing(self, ns: str, digests: list[bytes]) -> list[bytes]:
         """Digests that ``ns`` has not uploaded (request order, no duplicates)."""
         return await self.metadata.missing_chunks(ns, digests)
