@@ -1,0 +1,359 @@
+"""Results of a run: targets checked, ``latest.md`` (tables), ``latest.json`` (every figure), PNG charts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+MIB = 1024 * 1024
+PEER_STEPS = ("fresh", "unchanged", "edit_10x4k", "insert_front_1b", "append_1m")
+
+
+def _get(data: dict, *keys: object) -> object:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _fmt(value: object, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and unit == "B":
+        return _bytes(value)
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}{(' ' + unit) if unit else ''}"
+    return str(value)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,} B"
+
+
+# ---- targets -------------------------------------------------------------------------------------
+
+
+def _target(name: str, value: str, goal: str, met: bool | None, note: str = "") -> dict:
+    return {"target": name, "measured": value, "goal": goal, "met": met, "note": note}
+
+
+def _ratio_target(name: str, ours: float | None, theirs: float | None, factor: float, higher_better: bool,
+                  fmt: Callable[[float], str]) -> dict:
+    if ours is None or theirs is None:
+        return _target(name, "n/a", "", None, "peer not measured")
+    ratio = ours / theirs if theirs else (1.0 if not ours else float("inf"))
+    if higher_better:
+        return _target(name, f"{fmt(ours)} vs {fmt(theirs)} ({ratio:.2f}x)", f">= {factor:g}x", ratio >= factor)
+    return _target(name, f"{fmt(ours)} vs {fmt(theirs)} ({ratio:.2f}x)", f"<= {factor:g}x", ratio <= factor)
+
+
+def evaluate(results: dict) -> list[dict]:
+    """Every target of the benchmark brief that this run measured, met or not."""
+    g = results.get("groups", {})
+    out = []
+    t = _get(g, "transfer", "summary")
+    if t:
+        out.append(_target("upload MB/s (mTLS, mixed)", _fmt(t["upload_mb_per_s"]), ">= 150",
+                           t["upload_mb_per_s"] >= 150))
+        out.append(_target("download MB/s (mTLS, mixed)", _fmt(t["download_mb_per_s"]), ">= 250",
+                           t["download_mb_per_s"] >= 250))
+        for way in ("upload", "download"):
+            cost = t[f"tls_cost_{way}_pct"]
+            out.append(_target(f"TLS cost, {way}", _fmt(cost, "%"), "< 15%", cost < 15))
+    lat = _get(g, "latency")
+    if lat:
+        one = next((lv for lv in lat["levels"] if lv["method"] == "Stat" and lv["clients"] == 1), None)
+        if one:
+            out.append(_target("Stat p50 at 1 client", _fmt(one.get("p50_ms"), "ms", 2), "< 1 ms",
+                               one.get("p50_ms", 1e9) < 1))
+        w = lat["watch"]
+        ok = w["error_count"] == 0 and w["events_received"] >= w["events_expected"]
+        out.append(_target(f"{w['watchers']} Watch streams + {w['active_clients']} active clients",
+                           f"{w['error_count']} errors, {w['events_received']}/{w['events_expected']} events",
+                           "0 errors, all events", ok))
+    mem = _get(g, "memory")
+    if mem:
+        size = f"{mem['size'] // MIB} MiB file"
+        out.append(_target(f"server peak RSS ({size})", _fmt(mem["server_peak_mib"], "MiB", 0), "< 300 MiB",
+                           mem["server_peak_mib"] < 300))
+        out.append(_target(f"client peak RSS ({size})", _fmt(mem["client_peak_mib"], "MiB", 0), "< 300 MiB",
+                           mem["client_peak_mib"] < 300))
+    peers = _get(g, "peers")
+    if peers:
+        out += _peer_targets(peers)
+    return out
+
+
+def _peer_targets(p: dict) -> list[dict]:
+    out = []
+    sv_stored = _get(p, "versions", "stratusvault", "stored")
+    for peer in ("borg", "restic"):
+        out.append(_ratio_target(f"bytes stored, versions, vs {peer}", sv_stored, _get(p, "versions", peer, "stored"),
+                                 1.0, False, lambda v: _bytes(int(v))))
+    for step in PEER_STEPS[2:]:
+        ours, theirs = _get(p, "mixed", "stratusvault", step, "bytes"), _get(p, "mixed", "rsync", step, "bytes")
+        out.append(_ratio_target(f"bytes sent, {step}, vs rsync literal", ours, theirs, 1.0, False,
+                                 lambda v: _bytes(int(v))))
+    out.append(_ratio_target("bytes sent, versions (sum of deltas), vs rsync literal",
+                             _get(p, "versions", "stratusvault", "delta_bytes_total"),
+                             _get(p, "versions", "rsync", "delta_bytes_total"), 1.0, False, lambda v: _bytes(int(v))))
+    for peer in ("restic", "borg"):
+        for what, key in (("fresh upload", "fresh"), ("restore", "restore")):
+            out.append(_ratio_target(f"{what} MB/s vs {peer}", _get(p, "mixed", "stratusvault", key, "mb_per_s"),
+                                     _get(p, "mixed", peer, key, "mb_per_s"), 1.5, True, lambda v: f"{v:.0f} MB/s"))
+    ours = _get(p, "tree", "stratusvault", "unchanged", "seconds")
+    theirs = _get(p, "tree", "restic", "unchanged", "seconds")
+    # "at least as fast": our time over theirs must not exceed 1
+    out.append(_ratio_target("unchanged tree re-upload time vs restic", ours, theirs, 1.0, False,
+                             lambda v: f"{v:.2f} s"))
+    return out
+
+
+# ---- charts ----------------------------------------------------------------------------------------
+
+
+def draw_all(results: dict, out: Path) -> list[str]:
+    """PNG charts of the groups that ran; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    g = results["groups"]
+    drawn = []
+    for name, draw in (("transfer", _chart_transfer), ("latency", _chart_latency), ("memory", _chart_memory),
+                       ("peers", _chart_peers)):
+        if name in g and "error" not in g[name]:
+            fig = draw(plt, g[name])
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=110)
+            plt.close(fig)
+            drawn.append(f"{name}.png")
+    return drawn
+
+
+def _chart_transfer(plt: object, t: dict) -> object:
+    s = t["summary"]
+    fig, ax = plt.subplots(figsize=(7, 4))  # type: ignore[attr-defined]
+    labels = ["upload", "download"]
+    tls = [s["upload_mb_per_s"], s["download_mb_per_s"]]
+    plain = [s["upload_plain_mb_per_s"], s["download_plain_mb_per_s"]]
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], tls, 0.4, label="mTLS")
+    ax.bar([x + 0.2 for x in xs], plain, 0.4, label="plaintext")
+    for x, goal in zip(xs, (150, 250), strict=True):
+        ax.hlines(goal, x - 0.45, x + 0.45, colors="red", linestyles="dashed")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("MB/s")
+    ax.set_title(f"Transfer of {_bytes(s['size'])} over loopback (dashed: target)")
+    ax.legend()
+    return fig
+
+
+def _chart_latency(plt: object, lat: dict) -> object:
+    fig, ax = plt.subplots(figsize=(7, 4))  # type: ignore[attr-defined]
+    for method in ("Stat", "ListFiles"):
+        levels = [lv for lv in lat["levels"] if lv["method"] == method and lv.get("count")]
+        clients = [lv["clients"] for lv in levels]
+        ax.plot(clients, [lv["p50_ms"] for lv in levels], marker="o", label=f"{method} p50")
+        ax.plot(clients, [lv["p99_ms"] for lv in levels], marker="x", linestyle="--", label=f"{method} p99")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("ms")
+    ax.set_title("Metadata call latency (mTLS)")
+    ax.legend()
+    return fig
+
+
+def _chart_memory(plt: object, m: dict) -> object:
+    fig, ax = plt.subplots(figsize=(7, 4))  # type: ignore[attr-defined]
+    times = [row[0] for row in m["timeline"]]
+    ax.plot(times, [row[2] for row in m["timeline"]], label="server RSS")
+    ax.plot(times, [row[3] for row in m["timeline"]], label="client RSS")
+    ax.axhline(300, color="red", linestyle="dashed", label="limit")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MiB")
+    ax.set_title(f"RSS while moving {_bytes(m['size'])} up, then down")
+    ax.legend()
+    return fig
+
+
+def _chart_peers(plt: object, p: dict) -> object:
+    names = [n for n in p["peers"] if n in p["mixed"]]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))  # type: ignore[attr-defined]
+    panels = (
+        (axes[0][0], "fresh upload MB/s (mixed)", [_get(p, "mixed", n, "fresh", "mb_per_s") for n in names], False),
+        (axes[0][1], "restore MB/s (mixed)", [_get(p, "mixed", n, "restore", "mb_per_s") for n in names], False),
+        (axes[1][0], "MiB stored, all versions", [(_get(p, "versions", n, "stored") or 0) / MIB for n in names],
+         False),
+        (axes[1][1], "bytes per 10x4 KiB edit (log)", [_get(p, "mixed", n, "edit_10x4k", "bytes") for n in names],
+         True),
+    )
+    for ax, title, values, log in panels:
+        ax.bar(names, [v or 0 for v in values], color=["tab:blue", "tab:orange", "tab:green", "tab:red"][: len(names)])
+        ax.set_title(title)
+        if log:
+            ax.set_yscale("log")
+    return fig
+
+
+# ---- markdown -------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _cpu(cpu: dict | None) -> str:
+    if not cpu:
+        return "n/a"
+    return f"{cpu['server_cpu']:.1f} / {cpu['client_cpu']:.1f} / {cpu['valkey_cpu']:.1f} / {cpu['others_cpu']:.1f}"
+
+
+def _transfer_md(t: dict) -> list[str]:
+    s = t["summary"]
+    lines = [f"## Transfer (loopback gRPC, {_bytes(s['size'])} mixed file)", ""]
+    lines += _table(["", "mTLS MB/s", "plaintext MB/s", "TLS cost"], [
+        ["upload (fresh)", _fmt(s["upload_mb_per_s"]), _fmt(s["upload_plain_mb_per_s"]),
+         _fmt(s["tls_cost_upload_pct"], "%")],
+        ["download (to a new file)", _fmt(s["download_mb_per_s"]), _fmt(s["download_plain_mb_per_s"]),
+         _fmt(s["tls_cost_download_pct"], "%")],
+    ])
+    if len(t["rounds"]) > 1:
+        lines += [f"Best of {len(t['rounds'])} rounds (fresh servers each); every round is in latest.json.", ""]
+    r = t["rounds"][0]
+    rows = []
+    for key, label in (("upload_tls", "fresh upload"), ("download_tls", "download"),
+                       ("reupload_unchanged", "re-upload, unchanged"), ("edit_10x4k", "10 scattered 4 KiB edits"),
+                       ("insert_front_1b", "1-byte insertion at the front"), ("append_1m", "1 MiB append"),
+                       ("delta_download", "delta download (latest onto v1 copy)")):
+        m = r.get(key)
+        if not m:
+            continue
+        chunks = f"{m['chunks_sent']}/{m['chunks_total']} sent" if "chunks_sent" in m else \
+            f"{m['chunks_fetched']} fetched, {m['chunks_reused']} reused"
+        rows.append([label, _fmt(m["seconds"], "s", 2), _fmt(m["mb_per_s"], "", 0), _bytes(m["wire_sent"]),
+                     _bytes(m["wire_received"]), chunks, _cpu(m.get("cpu"))])
+    lines += ["mTLS server, first round. Bytes are serialised protobuf messages (every RPC, both ways).", ""]
+    lines += _table(["operation", "time", "MB/s", "bytes sent", "bytes received", "chunks",
+                     "CPU s server / client / valkey / others"], rows)
+    return lines
+
+
+def _latency_md(lat: dict) -> list[str]:
+    lines = [f"## Latency (mTLS, {lat['files']} files; client and server share the machine)", ""]
+    rows = [[lv["method"] + (" (gRPC floor)" if lv["method"] == "HealthCheck" else ""), lv["clients"],
+             _fmt(lv.get("p50_ms"), "", 2), _fmt(lv.get("p99_ms"), "", 2), _fmt(lv.get("max_ms"), "", 1),
+             _fmt(lv["calls_per_s"], "", 0), sum(lv["errors"].values())] for lv in lat["levels"]]
+    lines += _table(["call", "clients", "p50 ms", "p99 ms", "max ms", "calls/s", "errors"], rows)
+    lines += [f"{lat['connections']} connections opened (mTLS handshakes) in {lat['connect_seconds']:.1f} s before "
+              "the first level; each level runs for a fixed time after one warm-up call per client.", ""]
+    w = lat["watch"]
+    d, a = w["delivery"], w["active_calls"]
+    lines += _table(["Watch test", "value"], [
+        ["Watch streams open", f"{w['opened']} (10 per connection)"],
+        ["active clients (Stat 70% / ListFiles 30%)", w["active_clients"]],
+        ["commits during the test", w["commits"]],
+        ["events delivered / expected", f"{w['events_received']} / {w['events_expected']}"],
+        ["errors", f"{w['error_count']} {w['errors'] or ''}"],
+        ["commit-to-delivery p50 / p99", f"{_fmt(d.get('p50_ms'), 'ms')} / {_fmt(d.get('p99_ms'), 'ms')}"],
+        ["active clients' call p50 / p99", f"{_fmt(a.get('p50_ms'), 'ms')} / {_fmt(a.get('p99_ms'), 'ms')}"],
+    ])
+    return lines
+
+
+def _memory_md(m: dict) -> list[str]:
+    lines = [f"## Memory ({_bytes(m['size'])} streamed up and down, RSS sampled every 50 ms)", ""]
+    rows = []
+    for who in ("server", "client", "valkey"):
+        base = m.get(f"{who}_baseline_mib")
+        rows.append([who, _fmt(base, "MiB", 0) if base is not None else "n/a",
+                     _fmt(m[f"{who}_upload_peak_mib"], "MiB", 0), _fmt(m[f"{who}_download_peak_mib"], "MiB", 0),
+                     _fmt(m[f"{who}_peak_mib"], "MiB", 0)])
+    lines += _table(["process", "before", "peak, upload", "peak, download", "peak"], rows)
+    lines += [f"Upload {_fmt(m['upload_mb_per_s'])} MB/s, download {_fmt(m['download_mb_per_s'])} MB/s "
+              f"(the client also generates the data).", ""]
+    return lines
+
+
+def _peers_md(p: dict) -> list[str]:
+    names = [n for n in p["peers"] if n in p["mixed"] or n in p["versions"] or n in p["tree"]]
+    versions = " ".join(f"{n} {p['tool_versions'].get(n, '')}" for n in names)
+    lines = [f"## Peers ({versions})", ""]
+    lines += [f"`mixed` file: {_bytes(p['mixed_size'])}. Bytes: StratusVault = protocol bytes sent; restic, borg = "
+              "repository growth; rsync = Literal data.", ""]
+    rows = []
+    mixed = p["mixed"]
+    rows.append(["fresh upload MB/s"] + [_fmt(_get(mixed, n, "fresh", "mb_per_s"), "", 0) for n in names])
+    for step in PEER_STEPS[1:]:
+        rows.append([f"{step}: seconds"] + [_fmt(_get(mixed, n, step, "seconds"), "", 2) for n in names])
+        rows.append([f"{step}: bytes"] + [_bytes(_get(mixed, n, step, "bytes")) for n in names])
+    rows.append(["restore MB/s"] + [_fmt(_get(mixed, n, "restore", "mb_per_s"), "", 0) for n in names])
+    rows.append(["restored file identical"] + [_fmt(_get(mixed, n, "restore", "identical")) for n in names])
+    lines += _table(["mixed"] + names, rows)
+    v = p["versions"]
+    lines += [f"`versions`: {p['versions_source']}.", ""]
+    rows = [["logical bytes"] + [_bytes(_get(v, n, "logical")) for n in names],
+            ["bytes stored after all versions"] + [_bytes(_get(v, n, "stored")) for n in names],
+            ["bytes sent/added, versions 2..n"] + [_bytes(_get(v, n, "delta_bytes_total")) for n in names],
+            ["seconds, all versions"] + [_fmt(sum(s["seconds"] for s in v[n]["steps"]) if n in v else None, "", 2)
+                                         for n in names]]
+    lines += _table(["versions"] + names, rows)
+    tr = p["tree"]
+    lines += [f"`tree`: {p['tree_files']} files, {_bytes(p['tree_bytes'])}; StratusVault through the "
+              f"{_get(tr, 'stratusvault', 'fresh', 'method') or 'n/a'}; every command is a new process.", ""]
+    rows = []
+    for step in ("fresh", "unchanged", "changed_1pct"):
+        rows.append([f"{step}: seconds"] + [_fmt(_get(tr, n, step, "seconds"), "", 2) for n in names])
+        rows.append([f"{step}: bytes"] + [_bytes(_get(tr, n, step, "bytes")) for n in names])
+    lines += _table(["tree"] + names, rows)
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The whole report as Markdown."""
+    meta = results["meta"]
+    lines = ["# StratusVault benchmarks", "",
+             f"{meta['started']} · mode **{meta['mode']}** · {meta['cpus']} CPUs ({meta['cpu_model']}) · "
+             f"Python {meta['python']} · commit {meta['commit']} · {meta['seconds']:.0f} s in total", "",
+             f"Command: `{meta['command']}`", ""]
+    if results["notes"]:
+        lines += ["Notes:", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    lines += ["## Targets", ""]
+    lines += _table(["target", "measured", "goal", "status"], [
+        [t["target"], t["measured"], t["goal"], {True: "met", False: "**missed**", None: "n/a"}[t["met"]]]
+        for t in results["targets"]])
+    g = results["groups"]
+    for name, render in (("transfer", _transfer_md), ("latency", _latency_md), ("memory", _memory_md),
+                         ("peers", _peers_md)):
+        if name in g and "error" not in g[name]:
+            lines += render(g[name])
+        elif name in g:
+            lines += [f"## {name}", "", f"failed: {g[name]['error']}", ""]
+    lines += ["Charts: " + ", ".join(f"`{c}`" for c in results.get("charts", [])), ""]
+    return "\n".join(lines)
+
+
+def write(results: dict, out: Path) -> None:
+    """Evaluate targets, draw charts, write latest.json and latest.md into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    results["targets"] = evaluate(results)
+    try:
+        results["charts"] = draw_all(results, out)
+    except Exception as exc:  # noqa: BLE001 - a chart failure must not lose the figures
+        results["notes"].append(f"charts failed: {exc}")
+        results["charts"] = []
+    (out / "latest.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "latest.md").write_text(markdown(results))

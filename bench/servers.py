@@ -1,0 +1,248 @@
+"""Benchmark servers and clients: real ``service.server`` processes on loopback, counted channels.
+
+Each benchmark group starts its own servers (fresh data dir, embedded Valkey), so no group sees
+chunks that another group uploaded. mTLS is the default, as in production; ``insecure=True``
+starts a plaintext server for the TLS-cost comparison.
+
+:class:`WireCounter` is a client interceptor that adds up the serialised size of every request
+and response message (chunk batches, digest lists, manifests, everything). That is what the
+protocol puts on the wire, before HTTP/2 framing (~9 bytes per 16 KiB frame) and TLS records.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psutil
+
+from cli.client import StratusClient, channel_options, tls_credentials
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"serving on (\S+):(\d+)")
+START_TIMEOUT = 60.0
+
+
+def dir_bytes(path: Path) -> int:
+    """Apparent size (sum of st_size) of every regular file under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+@dataclass
+class BenchServer:
+    """A ``python -m service.server`` process with its own data dir."""
+
+    data_dir: Path
+    tls_dir: Path | None = None  # None: --insecure
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    address: str = ""
+    _log: object = None
+
+    @property
+    def insecure(self) -> bool:
+        return self.tls_dir is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> BenchServer:
+        """Start the server and wait for its ``serving on HOST:PORT`` line."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "service.server", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"]
+        args += ["--insecure"] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        self._log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT, text=True
+        )
+        assert self.proc.stdout is not None
+        line_box: list[str] = []
+        reader = threading.Thread(target=lambda: line_box.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(START_TIMEOUT)
+        match = READY.search(line_box[0]) if line_box else None
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line_box!r}; see {self._log.name}")
+        self.address = f"127.0.0.1:{match.group(2)}"
+        return self
+
+    def client(self) -> tuple[StratusClient, WireCounter]:
+        """A client on a new channel that counts the bytes it sends and receives."""
+        counter = WireCounter()
+        if self.tls_dir is None:
+            channel = grpc.insecure_channel(self.address, options=channel_options())
+        else:
+            channel = grpc.secure_channel(self.address, tls_credentials(self.tls_dir), options=channel_options())
+        return StratusClient(grpc.intercept_channel(channel, counter), target=self.address), counter
+
+    def client_args(self) -> list[str]:
+        """``--server`` and TLS options for CLI invocations and benchmark child processes."""
+        args = ["--server", self.address]
+        return args + (["--insecure"] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)])
+
+    def stored(self) -> dict[str, int]:
+        """Bytes the server keeps on disk: chunks, manifests, metadata (Valkey AOF/RDB)."""
+        parts = {name: dir_bytes(self.data_dir / name) for name in ("chunks", "manifests", "valkey")}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def stop(self) -> None:
+        """SIGTERM, wait for the graceful shutdown (it stops Valkey too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout:
+            self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> BenchServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _busy_seconds() -> float:
+    """CPU seconds used by the whole machine so far (Linux /proc/stat), 0 elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def _own_cpu() -> float:
+    """CPU of this process plus its finished children (restic, borg, client processes...)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+class CpuProbe:
+    """CPU seconds spent by the server, its Valkey, the client side and everything else, from
+    construction to :meth:`stop`. On a shared 2-core machine "others" says how fair a timing was."""
+
+    def __init__(self, server: BenchServer | None = None) -> None:
+        self._server = psutil.Process(server.pid) if server is not None else None
+        children = self._server.children() if self._server is not None else []
+        self._valkey = children[0] if children else None
+        self._start = (time.perf_counter(), _cpu(self._server), _cpu(self._valkey), _own_cpu(), _busy_seconds())
+
+    def stop(self) -> dict[str, float]:
+        """Seconds of wall clock and of CPU per party since the probe started."""
+        wall0, server0, valkey0, own0, busy0 = self._start
+        wall = time.perf_counter() - wall0
+        server, valkey, own = _cpu(self._server) - server0, _cpu(self._valkey) - valkey0, _own_cpu() - own0
+        busy = _busy_seconds() - busy0
+        return {"wall": wall, "server_cpu": server, "valkey_cpu": valkey, "client_cpu": own,
+                "others_cpu": max(0.0, busy - server - valkey - own)}
+
+
+class _CountingStream:
+    """Wraps a response-streaming call: counts each message, delegates everything else."""
+
+    def __init__(self, call: object, counter: WireCounter) -> None:
+        self._call = call
+        self._counter = counter
+
+    def __iter__(self) -> _CountingStream:
+        return self
+
+    def __next__(self) -> object:
+        message = next(self._call)  # type: ignore[call-overload]
+        self._counter.add(received=message.ByteSize())
+        return message
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._call, name)
+
+
+class WireCounter(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Counts serialised message bytes in both directions, for every RPC of a channel."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self._lock = threading.Lock()
+
+    def add(self, sent: int = 0, received: int = 0) -> None:
+        with self._lock:
+            self.sent += sent
+            self.received += received
+
+    def snapshot(self) -> tuple[int, int]:
+        """(sent, received) so far."""
+        with self._lock:
+            return self.sent, self.received
+
+    def _on_done(self, future: grpc.Future) -> None:
+        if future.exception() is None:
+            self.add(received=future.result().ByteSize())
+
+    def _requests(self, iterator: Iterator) -> Iterator:
+        for request in iterator:
+            self.add(sent=request.ByteSize())
+            yield request
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        self.add(sent=request.ByteSize())
+        outcome = continuation(client_call_details, request)
+        outcome.add_done_callback(self._on_done)
+        return outcome
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        self.add(sent=request.ByteSize())
+        return _CountingStream(continuation(client_call_details, request), self)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        outcome = continuation(client_call_details, self._requests(request_iterator))
+        outcome.add_done_callback(self._on_done)
+        return outcome
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return _CountingStream(continuation(client_call_details, self._requests(request_iterator)), self)

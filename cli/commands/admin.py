@@ -1,0 +1,161 @@
+"""Running and equipping a server: ``serve``, ``certs init``, ``keys init``.
+
+These and ``demo`` are the only commands that import the server side (``service``); the client
+commands never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.errors import UsageError
+from cli.runtime import Runtime
+from cli.settings import default_tls_dir
+
+SERVE_EPILOG = """[bold]Examples[/bold]
+
+  stratus certs init && stratus serve     [dim]# mTLS, default TLS dir[/dim]
+  stratus serve --data-dir ~/vault --tls-dir ~/tls --listen 0.0.0.0:7420
+  stratus serve --insecure                [dim]# plaintext, loopback only[/dim]
+  stratus serve --redis-url redis://127.0.0.1:6379
+  stratus serve --config server.toml      [dim]# STRATUS_* variables override it[/dim]
+
+Without --redis-url the server runs a private Valkey in the data dir.
+"""
+
+CERTS_EPILOG = """[bold]Examples[/bold]
+
+  stratus certs init                      [dim]# into the default TLS dir[/dim]
+  stratus certs init ./tls --server-name vault.example.com \\
+      --client alice --client backup-bot
+"""
+
+KEYS_EPILOG = """[bold]Examples[/bold]
+
+  stratus keys init ~/.stratus/key        [dim]# writes key and key.pub[/dim]
+  stratus put --sign ~/.stratus/key q3.pdf reports/q3.pdf
+  stratus get --verify-key ~/.stratus/key.pub reports/q3.pdf q3.pdf
+"""
+
+certs_app = typer.Typer(help="Development certificates for mutual TLS.", no_args_is_help=True)
+keys_app = typer.Typer(help="Ed25519 signing keys.", no_args_is_help=True)
+
+
+def serve(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", metavar="DIR", help="Chunks, manifests, Valkey.")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", metavar="HOST:PORT", help="Default 127.0.0.1:7420.")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis-url", metavar="URL", help="External Redis/Valkey (default: embedded Valkey in the data dir).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", metavar="FILE", help="TOML or JSON settings.")] = None,
+    tls_dir: Annotated[str | None, typer.Option("--tls-dir", metavar="DIR", help="ca.pem, server.pem, ...")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback only).")] = False,
+    insecure_any_host: Annotated[bool, typer.Option(
+        "--insecure-any-host", help="Allow plaintext on a non-loopback address.")] = False,
+    access_file: Annotated[str | None, typer.Option(
+        "--access-file", metavar="FILE", help="Access policy (who may read/write which prefixes).")] = None,
+    audit_log: Annotated[str | None, typer.Option(
+        "--audit-log", metavar="FILE", help="Append one JSON line per call (- for stderr).")] = None,
+) -> None:
+    """Run the StratusVault server until Ctrl-C or SIGTERM (in-flight calls are drained)."""
+    from service.config import ConfigError, load_config
+    from service.server import run
+
+    rt = Runtime.of(ctx)
+    overrides = {
+        "data_dir": data_dir, "listen": listen, "redis_url": redis_url,
+        # the global --tls-dir / --insecure count too: `stratus --insecure serve` does what it says
+        "tls_dir": tls_dir or rt.tls_dir, "insecure": (insecure or rt.insecure) or None,
+        "insecure_any_host": insecure_any_host or None, "access_file": access_file, "audit_log": audit_log,
+    }
+    try:
+        settings = load_config(config, overrides)
+        if not settings.tls_dir and not settings.insecure and (default_tls_dir() / "server.pem").is_file():
+            settings = load_config(config, {**overrides, "tls_dir": str(default_tls_dir())})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    logging.basicConfig(level=logging.DEBUG if rt.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run(settings))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@certs_app.command("init", epilog=CERTS_EPILOG)
+def certs_init(
+    ctx: typer.Context,
+    directory: Annotated[Path | None, typer.Argument(
+        metavar="[DIR]", help="Where to write (default: the TLS dir in your config dir).")] = None,
+    server_names: Annotated[list[str] | None, typer.Option(
+        "--server-name", metavar="NAME", help="Extra DNS name or IP for the server certificate (repeatable).")] = None,
+    clients: Annotated[list[str] | None, typer.Option(
+        "--client", metavar="NAME", help="A client certificate (repeatable; the first is the default).")] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity of server and client certificates.")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Create a private CA, a server certificate and client certificates (dev PKI)."""
+    from service.certs import PkiFileExistsError, create_dev_pki
+
+    rt = Runtime.of(ctx)
+    target = directory or default_tls_dir()
+    try:
+        pki = create_dev_pki(target, server_names or [], clients or ["client"], days, overwrite=force)
+    except PkiFileExistsError as exc:
+        raise UsageError(f"{exc}; pass --force to replace them") from None
+    files = {"ca": pki.ca_cert, "ca_key": pki.ca_key, "server": pki.server_cert, "server_key": pki.server_key,
+             "clients": {name: {"cert": str(c), "key": str(k)} for name, (c, k) in pki.clients.items()}}
+    if rt.out.json:
+        rt.out.document({"directory": str(target), **{k: str(v) if isinstance(v, Path) else v
+                                                     for k, v in files.items()}})
+        return
+    rt.out.done(f"created a development PKI in {target}:")
+    if rt.out.quiet:
+        return
+    rt.out.table(["file", "what"], [
+        [pki.ca_cert.name, "CA certificate (both sides trust only this)"],
+        [pki.ca_key.name, "CA key: only needed to issue more certificates; keep it offline"],
+        [f"{pki.server_cert.name}, {pki.server_key.name}", "server certificate and key"],
+        *[[f"{c.name}, {k.name}", f"client {name}"] for name, (c, k) in pki.clients.items()],
+    ])
+    tls = "" if target == default_tls_dir() else f" --tls-dir {target}"
+    rt.out.done(f"next: [bold]stratus serve{tls}[/bold], then [bold]stratus{tls} ls[/bold]")
+
+
+@keys_app.command("init", epilog=KEYS_EPILOG)
+def keys_init(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Private key file; the public key goes to PATH.pub.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Create an Ed25519 key pair for signing versions: PATH (private, 0600) and PATH.pub."""
+    from cas import signing
+
+    rt = Runtime.of(ctx)
+    public = path.with_name(path.name + ".pub")
+    existing = [str(p) for p in (path, public) if p.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist(s); pass --force to replace")
+    pair = signing.generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signing.save_private_key(path, pair.private_pem, overwrite=force)
+    signing.save_public_key(public, pair.public_key, overwrite=force)
+    fingerprint = signing.fingerprint(pair.public_key)
+    if rt.out.json:
+        rt.out.document({"private_key": str(path), "public_key": str(public), "fingerprint": fingerprint,
+                         "public_key_hex": pair.public_key.hex()})
+        return
+    rt.out.done(f"private key: {path} (keep it secret)\npublic key:  {public}\nfingerprint: {fingerprint}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the admin commands to the app."""
+    app.command("serve", epilog=SERVE_EPILOG)(serve)
+    app.add_typer(certs_app, name="certs")
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,223 @@
+"""``stratus put`` and ``stratus get``: delta transfers of files and trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.errors import UsageError
+from cli.output import Output, human_bytes
+from cli.push import DEFAULT_JOBS, PutReport, Uploader
+from cli.restore import Downloader, GetReport
+from cli.runtime import Runtime
+from cli.timeparse import format_ms, parse_time_ms
+from cli.tree import Excludes, remote_prefix
+
+MAX_NOTES_SHOWN = 20
+
+PUT_EPILOG = """[bold]Examples[/bold]
+
+  stratus put big.db backups/big.db       [dim]# delta upload[/dim]
+  stratus put photos backups/photos       [dim]# one remote path per file[/dim]
+  stratus put -x '*.tmp' -x .git/ src backups/src
+  stratus put --delete src backups/src    [dim]# also remove files gone locally[/dim]
+  stratus put --if-version 3 notes.md notes.md
+  stratus put --sign ~/.stratus/key notes.md notes.md
+  tar c data | stratus put - backups/data.tar
+
+A second run skips, without reading them, files whose size, mtime, ctime
+and inode are unchanged since they were uploaded and whose version is
+still the head. --no-cache reads every file again.
+"""
+
+GET_EPILOG = """[bold]Examples[/bold]
+
+  stratus get backups/big.db big.db       [dim]# reuses chunks of ./big.db[/dim]
+  stratus get --version 3 backups/big.db big.db
+  stratus get --as-of 2h backups/photos photos
+  stratus get --as-of 2024-05-01T12:00 backups/ restore
+  stratus get backups/notes.md - | less   [dim]# to standard output[/dim]
+  stratus get --verify-key key.pub notes.md notes.md
+
+A folder is restored as it was at one point in time (now, or --as-of).
+"""
+
+JobsOption = Annotated[int, typer.Option("--jobs", "-j", min=1, max=64, help="Files in flight at once (folders).")]
+NoCacheOption = Annotated[bool, typer.Option(
+    "--no-cache", help="Do not trust the local state cache: read every file (the cache is refreshed).")]
+
+
+def put(
+    ctx: typer.Context,
+    local: Annotated[str, typer.Argument(metavar="LOCAL", help="File, folder, or - for standard input.")],
+    remote: Annotated[str, typer.Argument(metavar="REMOTE", help="Remote path (a prefix for a folder).")],
+    if_version: Annotated[int | None, typer.Option(
+        "--if-version", min=0, metavar="N",
+        help="Commit only if the head is version N (0: only if the path does not exist). Single files only.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", "-x", metavar="PATTERN", help="Skip matching files/folders (repeatable; gitignore-style).")
+    ] = None,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks", help="Follow symlinks (default: skip them with a note).")] = False,
+    delete: Annotated[bool, typer.Option(
+        "--delete", help="Folders: delete remote files under REMOTE that no longer exist locally.")] = False,
+    sign: Annotated[Path | None, typer.Option(
+        "--sign", metavar="KEYFILE", help="Sign the version with this Ed25519 private key (`stratus keys init`).")
+    ] = None,
+    jobs: JobsOption = DEFAULT_JOBS,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Upload a file or a folder, sending only the chunks the server does not have."""
+    rt = Runtime.of(ctx)
+    sign_key = None
+    if sign is not None:
+        from cas import signing
+
+        sign_key = signing.load_private_key(sign)
+    uploader = Uploader(rt, use_cache=not no_cache, sign_key=sign_key, jobs=jobs)
+    source = Path(local)
+    if local == "-":
+        report = uploader.put_stream(remote, if_version=if_version)
+    elif source.is_dir():
+        if if_version is not None:
+            raise UsageError("--if-version applies to a single file, not to a folder")
+        report = uploader.put_tree(
+            source, remote_prefix(remote), excludes=Excludes(exclude or []),
+            follow_symlinks=follow_symlinks, delete=delete,
+        )
+    else:
+        if delete:
+            raise UsageError("--delete applies to folders")
+        target = remote + source.name if remote.endswith("/") else remote
+        report = uploader.put_file(source, target, if_version=if_version)
+    _render_put(rt.out, report)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def get(
+    ctx: typer.Context,
+    remote: Annotated[str, typer.Argument(metavar="REMOTE", help="Remote file, or folder (prefix) to restore.")],
+    local: Annotated[str, typer.Argument(metavar="LOCAL", help="Local file or folder, or - for standard output.")],
+    version: Annotated[int | None, typer.Option("--version", min=1, metavar="N", help="Version N of a file.")] = None,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", metavar="TIME", help="As it was at TIME: ISO 8601 (2024-05-01T12:00) or an age (90m, 2h, 3d).")
+    ] = None,
+    verify_key: Annotated[str | None, typer.Option(
+        "--verify-key", metavar="PUB", help="Require a valid signature by this public key (file or hex); else exit 5.")
+    ] = None,
+    jobs: JobsOption = DEFAULT_JOBS,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Download a file or restore a folder, fetching only the chunks the local copy lacks."""
+    rt = Runtime.of(ctx)
+    if version is not None and as_of is not None:
+        raise UsageError("give either --version or --as-of, not both")
+    as_of_ms = parse_time_ms(as_of) if as_of else None
+    key = None
+    if verify_key is not None:
+        from cas import signing
+
+        key = signing.load_public_key(verify_key)
+    downloader = Downloader(rt, use_cache=not no_cache, verify_key=key, jobs=jobs)
+    if local == "-":
+        if remote.endswith("/"):
+            raise UsageError("only a single file can go to standard output")
+        report = downloader.get_stdout(remote, version=version, as_of_ms=as_of_ms)
+        rt.out.json = False  # stdout holds the file; the summary goes to stderr
+        _render_get(rt.out, report, to_stderr=True)
+        return
+    target = downloader.locate(remote, version=version, as_of_ms=as_of_ms)
+    if isinstance(target, str):
+        if version is not None:
+            raise UsageError(f"{remote} is a folder: --version selects a version of one file; use --as-of")
+        report = downloader.get_tree(target, Path(local), as_of_ms=as_of_ms)
+    else:
+        report = downloader.get_file(target, Path(local))
+    _render_get(rt.out, report)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+
+
+def _notes(out: Output, notes: list[str]) -> None:
+    for line in notes[:MAX_NOTES_SHOWN]:
+        out.note(f"[dim]note:[/dim] {line}")
+    if len(notes) > MAX_NOTES_SHOWN:
+        out.note(f"[dim]note: ... and {len(notes) - MAX_NOTES_SHOWN} more (all of them are in --json)[/dim]")
+
+
+def _failures(out: Output, outcomes: list) -> None:
+    for o in outcomes:
+        if o.status == "failed":
+            out.stderr.print(f"stratus: error: {o.remote or o.local}: {o.error}", markup=False)
+
+
+def _render_put(out: Output, report: PutReport) -> None:
+    _failures(out, report.outcomes)  # on stderr, also under --json
+    if out.json:
+        out.document(report.to_dict())
+        return
+    _notes(out, report.notes)
+    s = report.stats
+    if report.kind != "tree":
+        o = report.outcomes[0]
+        if o.status == "skipped":
+            out.done(f"unchanged: {o.remote} is version {o.version} (skipped without reading {o.local})")
+        elif o.status == "unchanged":
+            out.done(f"unchanged: {o.remote} already holds this content as version {o.version}; "
+                      f"read {human_bytes(o.bytes_read)}, sent nothing")
+        else:
+            out.done(
+                f"uploaded {o.local} -> {o.remote} version {o.version}: read {human_bytes(o.bytes_read)}, "
+                f"sent {human_bytes(o.bytes_sent)} ({o.chunks_sent} of {o.chunks_total} chunks) in {s.seconds:.2f} s"
+            )
+        return
+    out.done(
+        f"{report.local} -> {report.remote or '/'}: {s.files_scanned} files scanned ({human_bytes(s.bytes_scanned)}), "
+        f"{s.files_uploaded} uploaded, {s.files_same_content} unchanged after reading, "
+        f"{s.files_skipped_unchanged} skipped unchanged, {s.files_failed} failed"
+        + (f", {s.files_deleted} deleted" if s.files_deleted else "")
+    )
+    out.done(
+        f"read {human_bytes(s.bytes_read)}, sent {human_bytes(s.bytes_sent)} "
+        f"({s.chunks_sent} of {s.chunks_total} chunks) in {s.seconds:.2f} s"
+        + (f"; {s.files_excluded} excluded" if s.files_excluded else "")
+        + (f"; {s.symlinks_skipped} symlinks skipped" if s.symlinks_skipped else "")
+    )
+
+
+def _render_get(out: Output, report: GetReport, *, to_stderr: bool = False) -> None:
+    _failures(out, report.outcomes)  # on stderr, also under --json
+    if out.json:
+        out.document(report.to_dict())
+        return
+    say = out.note if to_stderr else out.done
+    _notes(out, report.notes)
+    s = report.stats
+    when = f" as of {format_ms(report.as_of_ms)}" if report.as_of_ms else ""
+    if report.kind != "tree":
+        o = report.outcomes[0]
+        if o.status in ("skipped", "up_to_date"):
+            say(f"up to date: {o.local} already is {o.remote} version {o.version}")
+        else:
+            say(f"downloaded {o.remote} version {o.version} -> {o.local}: {human_bytes(o.size)}, "
+                f"reused {o.chunks_reused} chunks, fetched {o.chunks_fetched} ({human_bytes(o.bytes_fetched)}) "
+                f"in {s.seconds:.2f} s")
+        return
+    say(
+        f"{report.remote or '/'}{when} -> {report.local}: {s.files_listed} files ({human_bytes(s.bytes_total)}), "
+        f"{s.files_downloaded} downloaded, {s.files_up_to_date + s.files_skipped_unchanged} already up to date, "
+        f"{s.files_failed} failed; fetched {human_bytes(s.bytes_fetched)}, reused {s.chunks_reused} chunks "
+        f"in {s.seconds:.2f} s"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the transfer commands to the app."""
+    app.command("put", epilog=PUT_EPILOG)(put)
+    app.command("get", epilog=GET_EPILOG)(get)

@@ -1,0 +1,214 @@
+"""Small files of a restore come down in groups: one GetChunks call for the chunks of a whole group.
+
+The mirror of :mod:`cli.smallfiles`. Each file still gets its own GetManifest (pinned to the
+version the listing named), its manifest and signature are checked exactly as the client's
+download checks them, every chunk is verified, the whole-file BLAKE3 is checked, and each file is
+written through a temp file that is fsynced and renamed with its mode and mtime. Chunks an
+existing local copy already has are reused. If the group's GetChunks fails (a corrupt chunk on
+the server, say), every file of the group is retried alone through
+:meth:`cli.client.StratusClient.get_file`, so the failure lands on the file it belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+from cas.chunker import chunk_bytes
+from cas.digest import digest as blake3_digest
+from cas.errors import CasError, IntegrityError, ManifestError
+from cas.manifest import ChunkRef, Manifest
+from cli.client import StratusClient
+from cli.download import decode_chunk, verify_signature
+from cli.localfile import AtomicFile
+from cli.rpc_errors import translate_errors
+from cli.tree import RestoreItem
+from proto import stratus_pb2 as pb
+
+SMALL_FILE_MAX = 1024 * 1024
+GROUP_FILES = 128
+GROUP_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class SmallGetResult:
+    """What happened to one file of a group (``error`` set when it failed)."""
+
+    item: RestoreItem
+    up_to_date: bool = False
+    chunks_total: int = 0
+    chunks_reused: int = 0
+    chunks_fetched: int = 0
+    bytes_fetched: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
+class _Plan:
+    result: SmallGetResult
+    info: pb.VersionInfo
+    manifest: Manifest
+    local: dict[bytes, bytes] = field(default_factory=dict)  # reusable chunks of the old local copy
+
+
+def groups(items: list[RestoreItem]) -> list[list[RestoreItem]]:
+    """Split small files into groups of at most GROUP_FILES files and about GROUP_BYTES bytes."""
+    out: list[list[RestoreItem]] = []
+    size = 0
+    for item in items:
+        if not out or len(out[-1]) >= GROUP_FILES or size + item.info.size > GROUP_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += item.info.size
+    return out
+
+
+def _manifest(client: StratusClient, target: str, item: RestoreItem) -> tuple[pb.VersionInfo, Manifest]:
+    path = item.info.path
+    request = pb.GetManifestRequest(path=path, at=pb.VersionSelector(version=item.info.version))
+    with translate_errors(target):
+        resp = client.stub.GetManifest(request)
+    info = resp.version
+    max_size = client.params.chunking.max_size
+    try:
+        if any(ref.length > max_size for ref in resp.manifest.chunks):
+            raise ManifestError(f"a chunk exceeds the server's maximum of {max_size} bytes")
+        refs = tuple(ChunkRef(bytes(r.digest), r.length) for r in resp.manifest.chunks)
+        manifest = Manifest(refs, resp.manifest.size, bytes(resp.manifest.file_digest))
+    except ManifestError as exc:
+        raise IntegrityError(f"{path}: the server sent an invalid manifest: {exc}") from None
+    if info.deleted or info.version != item.info.version or manifest.digest() != info.manifest_digest:
+        raise IntegrityError(f"{path}: the server answered with another version than the one listed")
+    if info.size != manifest.size or (info.file_digest and info.file_digest != manifest.file_digest):
+        raise IntegrityError(f"{path}: version {info.version} disagrees with its manifest")
+    return info, manifest
+
+
+def _read_local(path: str | os.PathLike[str]) -> bytes | None:
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4 * SMALL_FILE_MAX:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _set_mode_mtime(path: str | os.PathLike[str], info: pb.VersionInfo) -> None:
+    st = os.stat(path)
+    if info.mode and (st.st_mode & 0o777) != (info.mode & 0o777):
+        os.chmod(path, info.mode & 0o777)
+    if info.mtime_ns and st.st_mtime_ns != info.mtime_ns:
+        os.utime(path, ns=(time.time_ns(), info.mtime_ns))
+
+
+def _plan(client: StratusClient, target: str, item: RestoreItem, verify_key: object) -> _Plan:
+    """GetManifest and checks; ``result.up_to_date`` when the local copy already is that version."""
+    info, manifest = _manifest(client, target, item)
+    if verify_key is not None:
+        verify_signature(info.path, info, manifest, verify_key)
+    plan = _Plan(SmallGetResult(item, chunks_total=len(manifest.chunks)), info, manifest)
+    old = _read_local(item.dest)
+    if old is not None:
+        if len(old) == manifest.size and blake3_digest(old) == manifest.file_digest:
+            _set_mode_mtime(item.dest, info)
+            plan.result.up_to_date = True
+            plan.result.chunks_reused = len(manifest.chunks)
+            return plan
+        wanted = {c.digest for c in manifest.chunks}
+        for chunk in chunk_bytes(old, client.params.chunking):
+            d = blake3_digest(chunk.data)
+            if d in wanted:
+                plan.local[d] = chunk.data
+    return plan
+
+
+def _fetch(client: StratusClient, target: str, plans: list[_Plan]) -> dict[bytes, bytes]:
+    owners: dict[bytes, SmallGetResult] = {}
+    for p in plans:
+        for ref in p.manifest.chunks:
+            if ref.digest not in p.local:
+                owners.setdefault(ref.digest, p.result)
+    fetched: dict[bytes, bytes] = {}
+    if not owners:
+        return fetched
+    max_size = client.params.chunking.max_size
+    with translate_errors(target):
+        for batch in client.stub.GetChunks(pb.GetChunksRequest(digests=list(owners))):
+            for c in batch.chunks:
+                owner = owners.get(bytes(c.digest))
+                if owner is None:
+                    raise IntegrityError(f"the server sent chunk {bytes(c.digest).hex()}, which was not requested")
+                fetched[bytes(c.digest)] = decode_chunk(bytes(c.digest), c.frame, max_size)
+                owner.bytes_fetched += len(c.frame)
+                owner.chunks_fetched += 1
+    if len(fetched) != len(owners):
+        raise IntegrityError(f"the server did not send {len(owners) - len(fetched)} requested chunk(s)")
+    return fetched
+
+
+def _write(p: _Plan, fetched: dict[bytes, bytes]) -> None:
+    parts = []
+    for ref in p.manifest.chunks:
+        data = p.local.get(ref.digest)
+        if data is not None:
+            p.result.chunks_reused += 1
+        else:
+            data = fetched[ref.digest]
+        parts.append(data)
+    content = b"".join(parts)
+    if len(content) != p.manifest.size or blake3_digest(content) != p.manifest.file_digest:
+        raise IntegrityError(f"{p.info.path}: the assembled file does not match its BLAKE3 digest")
+    dest = p.result.item.dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with AtomicFile(dest) as out:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(out.fd, view):]
+        out.commit(mode=(p.info.mode & 0o777) or None, mtime_ns=p.info.mtime_ns)
+
+
+def download_group(
+    client: StratusClient, target: str, items: list[RestoreItem], *, verify_key: object = None
+) -> list[SmallGetResult]:
+    """Restore a group of small files; per-file failures are returned, fatal ones raised."""
+    results: list[SmallGetResult] = []
+    plans: list[_Plan] = []
+    for item in items:
+        try:
+            plan = _plan(client, target, item, verify_key)
+        except (CasError, OSError) as exc:
+            results.append(SmallGetResult(item, error=exc))
+            continue
+        if plan.result.up_to_date:
+            results.append(plan.result)
+            continue
+        plans.append(plan)
+    try:
+        fetched = _fetch(client, target, plans)
+    except IntegrityError:
+        return results + [_alone(client, p.result.item, verify_key) for p in plans]
+    for p in plans:
+        try:
+            _write(p, fetched)
+        except (CasError, OSError) as exc:
+            p.result.error = exc
+        results.append(p.result)
+    return results
+
+
+def _alone(client: StratusClient, item: RestoreItem, verify_key: object) -> SmallGetResult:
+    result = SmallGetResult(item)
+    try:
+        got = client.get_file(item.info.path, item.dest, version=item.info.version, verify_key=verify_key)
+    except (CasError, OSError) as exc:
+        result.error = exc
+        return result
+    result.up_to_date = got.up_to_date
+    result.chunks_total, result.chunks_reused = got.chunks_total, got.chunks_reused
+    result.chunks_fetched, result.bytes_fetched = got.chunks_fetched, got.bytes_fetched
+    return result
