@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 import grpc
 
-from cas.errors import InvalidInputError
+from cas.errors import CasError, InvalidInputError
+from cli import batch as _batch
 from cli import download as _download
 from cli import upload as _upload
 from cli.download import GetResult
@@ -185,6 +186,21 @@ class StratusClient:
             io.BytesIO(data), remote_path, if_version=if_version, mode=mode, mtime_ns=mtime_ns,
             sign_key=sign_key, progress=progress,
         )
+
+    # ---- batches of small files ---------------------------------------------------------------------
+
+    def commit_many(self, requests: Sequence[pb.CommitFileRequest]) -> list[pb.CommitFileResponse | CasError]:
+        """Commit many manifests with CommitFiles (split to the server's limits).
+
+        Returns, in request order, each file's response or the typed error that refused that file
+        (VersionConflictError, MissingChunksError with its digests, InvalidInputError...). Errors
+        of a whole call (server unreachable, credentials refused) are raised.
+        """
+        return _batch.commit_many(self._remote, requests)
+
+    def get_manifests(self, requests: Sequence[pb.GetManifestRequest]) -> list[pb.GetManifestResponse | CasError]:
+        """Fetch many manifests with GetManifests; per request, the response or its typed error."""
+        return _batch.get_manifests(self._remote, requests)
 
     # ---- delta download ---------------------------------------------------------------------------
 

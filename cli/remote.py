@@ -21,6 +21,7 @@ from proto import stratus_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 DEFAULT_BATCH_BYTES = 2 * 1024 * 1024
+DEFAULT_BATCH_FILES = 1000  # servers that do not announce max_batch_files
 # Room for the protobuf framing of a batch on top of its chunk frames.
 _BATCH_OVERHEAD = 64 * 1024
 
@@ -36,6 +37,7 @@ class TransferParams:
     batch_bytes: int
     max_message_bytes: int
     max_manifest_chunks: int
+    max_batch_files: int = DEFAULT_BATCH_FILES
 
     @classmethod
     def from_info(cls, info: pb.ServerInfoResponse) -> TransferParams:
@@ -53,6 +55,7 @@ class TransferParams:
             batch_bytes=batch,
             max_message_bytes=info.max_message_bytes,
             max_manifest_chunks=info.max_manifest_chunks,
+            max_batch_files=info.max_batch_files or DEFAULT_BATCH_FILES,
         )
 
 

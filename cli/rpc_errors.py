@@ -7,7 +7,7 @@ transfer code, the CLI and its exit codes) deals in :class:`cas.errors.CasError`
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -30,6 +30,8 @@ _CONFLICT_RE = re.compile(r"^(?:(?P<path>.*): )?expected head version (?P<expect
                           r"version (?P<actual>\d+)")
 _RETRY_RE = re.compile(r"retry in (?P<seconds>\d+(?:\.\d+)?) ?s")
 _HEX_DIGEST_RE = re.compile(r"\b[0-9a-f]{64}\b")
+
+_CODES = {status.value[0]: status for status in grpc.StatusCode}
 
 # Trailing-metadata keys the server may use to hand back structured details.
 MISSING_CHUNKS_KEY = "sv-missing-chunks-bin"
@@ -89,7 +91,22 @@ def map_rpc_error(err: grpc.RpcError, server: str | None = None) -> CasError:
     """
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = (err.details() if hasattr(err, "details") else None) or str(code)
-    trailers = _trailers(err)
+    return _map_status(code, message, _trailers(err), server)
+
+
+def map_item_error(code: int, message: str, missing: Sequence[bytes] = ()) -> CasError:
+    """Return the typed error of one failed entry of a batch call (CommitFiles, GetManifests).
+
+    The server reports each entry's failure as the status code the single call would have had.
+    """
+    status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+    trailers: dict[str, str | bytes] = {MISSING_CHUNKS_KEY: b"".join(missing)} if missing else {}
+    return _map_status(status, message or str(status), trailers, None)
+
+
+def _map_status(
+    code: grpc.StatusCode, message: str, trailers: dict[str, str | bytes], server: str | None
+) -> CasError:
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(message)
     if code == grpc.StatusCode.ABORTED:

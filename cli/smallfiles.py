@@ -1,11 +1,11 @@
-"""Small files of a tree go up in groups: one FindMissingChunks and one PutChunks per group.
+"""Small files of a tree go up in groups: one FindMissingChunks, PutChunks and CommitFiles per group.
 
 Uploading a 1 KiB file on its own costs three round trips, a streaming call and a compression
 pool: for a tree of thousands of small files that overhead, not the bytes, sets the pace. Here a
 group of small files is read, chunked and hashed in memory, the group's chunks are checked and
-sent together, and then each file is committed on its own (commits stay per file: each is its
-own version, with its own if-version and signature). Larger files take the client's pipelined
-path (:meth:`cli.client.StratusClient.put_file`).
+sent together, and then the group is committed with one CommitFiles call (the results stay per
+file: each is its own version, with its own if-version and signature, and fails on its own).
+Larger files take the client's pipelined path (:meth:`cli.client.StratusClient.put_file`).
 """
 
 from __future__ import annotations
@@ -161,20 +161,23 @@ def upload_group(
         if frames:
             with translate_errors(target):
                 client.stub.PutChunks(_batches(frames, client.params.batch_bytes))
-    for p, result in prepared:
-        try:
-            with translate_errors(target):
-                response = client.stub.CommitFile(_commit_request(p, sign_key))
-            result.version, result.unchanged = response.version, response.unchanged
-        except MissingChunksError:
+    answers = client.commit_many([_commit_request(p, sign_key) for p, _ in prepared]) if prepared else []
+    for (p, result), answer in zip(prepared, answers, strict=True):
+        if isinstance(answer, MissingChunksError):
             # A garbage collection raced the group: the client's full path resends what is needed.
-            retry = client.put_file(p.file.path, p.remote, sign_key=sign_key)
+            try:
+                retry = client.put_file(p.file.path, p.remote, sign_key=sign_key)
+            except Exception as exc:  # noqa: BLE001 - the caller decides what is fatal
+                result.error = exc
+                continue
             result.version, result.unchanged = retry.version, retry.unchanged
             result.bytes_sent += retry.bytes_sent
             result.chunks_sent += retry.chunks_sent
-        except Exception as exc:  # noqa: BLE001 - the caller decides what is fatal
-            result.error = exc
+        elif isinstance(answer, BaseException):
+            result.error = answer
             continue
+        else:
+            result.version, result.unchanged = answer.version, answer.unchanged
         try:
             _, after = observe(p.file.path)
         except OSError:

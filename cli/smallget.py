@@ -1,8 +1,8 @@
-"""Small files of a restore come down in groups: one GetChunks call for the chunks of a whole group.
+"""Small files of a restore come down in groups: one GetManifests and one GetChunks call per group.
 
-The mirror of :mod:`cli.smallfiles`. Each file still gets its own GetManifest (pinned to the
-version the listing named), its manifest and signature are checked exactly as the client's
-download checks them, every chunk is verified, the whole-file BLAKE3 is checked, and each file is
+The mirror of :mod:`cli.smallfiles`. One GetManifests call asks for every file of the group, each
+pinned to the version the listing named; each file's manifest and signature are checked exactly
+as the client's download checks them, every chunk is verified, the whole-file BLAKE3 is checked, and each file is
 written through a temp file that is fsynced and renamed with its mode and mtime. Chunks an
 existing local copy already has are reused. If the group's GetChunks fails (a corrupt chunk on
 the server, say), every file of the group is retried alone through
@@ -66,11 +66,11 @@ def groups(items: list[RestoreItem]) -> list[list[RestoreItem]]:
     return out
 
 
-def _manifest(client: StratusClient, target: str, item: RestoreItem) -> tuple[pb.VersionInfo, Manifest]:
+def _manifest(
+    client: StratusClient, item: RestoreItem, resp: pb.GetManifestResponse
+) -> tuple[pb.VersionInfo, Manifest]:
+    """Check that the server's answer is the version the listing named, and a sound manifest."""
     path = item.info.path
-    request = pb.GetManifestRequest(path=path, at=pb.VersionSelector(version=item.info.version))
-    with translate_errors(target):
-        resp = client.stub.GetManifest(request)
     info = resp.version
     max_size = client.params.chunking.max_size
     try:
@@ -106,9 +106,13 @@ def _set_mode_mtime(path: str | os.PathLike[str], info: pb.VersionInfo) -> None:
         os.utime(path, ns=(time.time_ns(), info.mtime_ns))
 
 
-def _plan(client: StratusClient, target: str, item: RestoreItem, verify_key: object) -> _Plan:
-    """GetManifest and checks; ``result.up_to_date`` when the local copy already is that version."""
-    info, manifest = _manifest(client, target, item)
+def _plan(
+    client: StratusClient, item: RestoreItem, answer: pb.GetManifestResponse | CasError, verify_key: object
+) -> _Plan:
+    """Checks of a GetManifests answer; ``result.up_to_date`` when the local copy already is that version."""
+    if isinstance(answer, CasError):
+        raise answer
+    info, manifest = _manifest(client, item, answer)
     if verify_key is not None:
         verify_signature(info.path, info, manifest, verify_key)
     plan = _Plan(SmallGetResult(item, chunks_total=len(manifest.chunks)), info, manifest)
@@ -178,9 +182,12 @@ def download_group(
     """Restore a group of small files; per-file failures are returned, fatal ones raised."""
     results: list[SmallGetResult] = []
     plans: list[_Plan] = []
-    for item in items:
+    answers = client.get_manifests(
+        [pb.GetManifestRequest(path=i.info.path, at=pb.VersionSelector(version=i.info.version)) for i in items]
+    )
+    for item, answer in zip(items, answers, strict=True):
         try:
-            plan = _plan(client, target, item, verify_key)
+            plan = _plan(client, item, answer, verify_key)
         except (CasError, OSError) as exc:
             results.append(SmallGetResult(item, error=exc))
             continue

@@ -91,7 +91,7 @@ class StoreStats(_message.Message):
     def __init__(self, chunk_count: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., version_count: _Optional[int] = ..., store_chunk_count: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks")
+    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class ServerInfoResponse(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     MAX_MANIFEST_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FILES_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     chunking: ChunkParams
     compression: str
@@ -114,7 +115,8 @@ class ServerInfoResponse(_message.Message):
     namespace: str
     stats: StoreStats
     max_manifest_chunks: int
-    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ...) -> None: ...
+    max_batch_files: int
+    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ...) -> None: ...
 
 class FindMissingChunksRequest(_message.Message):
     __slots__ = ("digests",)
@@ -178,6 +180,36 @@ class CommitFileResponse(_message.Message):
     unchanged: bool
     def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "missing")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    missing: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., missing: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CommitFilesRequest(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[CommitFileRequest]
+    def __init__(self, files: _Optional[_Iterable[_Union[CommitFileRequest, _Mapping]]] = ...) -> None: ...
+
+class CommitFileResult(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: CommitFileResponse
+    error: ItemError
+    def __init__(self, ok: _Optional[_Union[CommitFileResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class CommitFilesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CommitFileResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CommitFileResult, _Mapping]]] = ...) -> None: ...
+
 class VersionSelector(_message.Message):
     __slots__ = ("version", "as_of_ms")
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +233,26 @@ class GetManifestResponse(_message.Message):
     version: VersionInfo
     manifest: Manifest
     def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ...) -> None: ...
+
+class GetManifestsRequest(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[GetManifestRequest]
+    def __init__(self, files: _Optional[_Iterable[_Union[GetManifestRequest, _Mapping]]] = ...) -> None: ...
+
+class GetManifestResult(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: GetManifestResponse
+    error: ItemError
+    def __init__(self, ok: _Optional[_Union[GetManifestResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class GetManifestsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GetManifestResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[GetManifestResult, _Mapping]]] = ...) -> None: ...
 
 class GetChunksRequest(_message.Message):
     __slots__ = ("digests",)

@@ -54,10 +54,20 @@ class StratusStub:
                 request_serializer=proto_dot_stratus__pb2.CommitFileRequest.SerializeToString,
                 response_deserializer=proto_dot_stratus__pb2.CommitFileResponse.FromString,
                 _registered_method=True)
+        self.CommitFiles = channel.unary_unary(
+                '/stratus.v1.Stratus/CommitFiles',
+                request_serializer=proto_dot_stratus__pb2.CommitFilesRequest.SerializeToString,
+                response_deserializer=proto_dot_stratus__pb2.CommitFilesResponse.FromString,
+                _registered_method=True)
         self.GetManifest = channel.unary_unary(
                 '/stratus.v1.Stratus/GetManifest',
                 request_serializer=proto_dot_stratus__pb2.GetManifestRequest.SerializeToString,
                 response_deserializer=proto_dot_stratus__pb2.GetManifestResponse.FromString,
+                _registered_method=True)
+        self.GetManifests = channel.unary_unary(
+                '/stratus.v1.Stratus/GetManifests',
+                request_serializer=proto_dot_stratus__pb2.GetManifestsRequest.SerializeToString,
+                response_deserializer=proto_dot_stratus__pb2.GetManifestsResponse.FromString,
                 _registered_method=True)
         self.GetChunks = channel.unary_stream(
                 '/stratus.v1.Stratus/GetChunks',
@@ -138,7 +148,20 @@ class StratusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitFiles(self, request, context):
+        """Many small files in one round trip; each file succeeds or fails on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetManifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetManifests(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,10 +250,20 @@ def add_StratusServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_stratus__pb2.CommitFileRequest.FromString,
                     response_serializer=proto_dot_stratus__pb2.CommitFileResponse.SerializeToString,
             ),
+            'CommitFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitFiles,
+                    request_deserializer=proto_dot_stratus__pb2.CommitFilesRequest.FromString,
+                    response_serializer=proto_dot_stratus__pb2.CommitFilesResponse.SerializeToString,
+            ),
             'GetManifest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetManifest,
                     request_deserializer=proto_dot_stratus__pb2.GetManifestRequest.FromString,
                     response_serializer=proto_dot_stratus__pb2.GetManifestResponse.SerializeToString,
+            ),
+            'GetManifests': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManifests,
+                    request_deserializer=proto_dot_stratus__pb2.GetManifestsRequest.FromString,
+                    response_serializer=proto_dot_stratus__pb2.GetManifestsResponse.SerializeToString,
             ),
             'GetChunks': grpc.unary_stream_rpc_method_handler(
                     servicer.GetChunks,
@@ -402,6 +435,33 @@ class Stratus:
             _registered_method=True)
 
     @staticmethod
+    def CommitFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratus.v1.Stratus/CommitFiles',
+            proto_dot_stratus__pb2.CommitFilesRequest.SerializeToString,
+            proto_dot_stratus__pb2.CommitFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetManifest(request,
             target,
             options=(),
@@ -418,6 +478,33 @@ class Stratus:
             '/stratus.v1.Stratus/GetManifest',
             proto_dot_stratus__pb2.GetManifestRequest.SerializeToString,
             proto_dot_stratus__pb2.GetManifestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetManifests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratus.v1.Stratus/GetManifests',
+            proto_dot_stratus__pb2.GetManifestsRequest.SerializeToString,
+            proto_dot_stratus__pb2.GetManifestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,68 +16,29 @@ from pathlib import Path
 import grpc
 
 from cas import codec, digest
-from cas.diff import diff_manifests
-from cas.errors import ChunkTooLargeError, InvalidInputError, LimitExceededError, ManifestError, NotFoundError
-from cas.manifest import ChunkRef, Manifest, ManifestBuilder
+from cas.errors import ChunkTooLargeError, InvalidInputError, LimitExceededError, NotFoundError
+from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+from service.batches import BatchCalls
 from service.calls import note, rpc
+from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
 from service.gate import Caller, Gate
-from service.metadata import Event, VersionRecord
-from service.repository import Repository, Selector
+from service.messages import (
+    event_message,
+    manifest_from_message,
+    manifest_message,
+    selector_from_message,
+    version_info,
+)
+from service.repository import Repository
 
 Ctx = grpc.aio.ServicerContext
 SERVER_VERSION = "0.1.0"
 DOWNLOAD_PIECE = 1 << 20
-
-
-def version_info(r: VersionRecord) -> pb.VersionInfo:
-    """A metadata record as the API's VersionInfo."""
-    return pb.VersionInfo(
-        path=r.path, version=r.version, manifest_digest=r.manifest_digest, size=r.size,
-        created_ms=r.created_ms, identity=r.identity, deleted=r.deleted, mode=r.mode,
-        mtime_ns=r.mtime_ns, file_digest=r.file_digest, chunk_count=r.chunk_count,
-        new_chunks=r.new_chunks, new_bytes=r.new_bytes, signature=r.signature,
-        signer_public_key=r.signer_public_key,
-    )
-
-
-def event_message(e: Event) -> pb.Event:
-    """A change-feed entry as the API's Event."""
-    return pb.Event(
-        cursor=e.cursor, kind=e.kind, path=e.path, version=e.version, size=e.size,
-        time_ms=e.time_ms, identity=e.identity, manifest_digest=e.manifest_digest,
-    )
-
-
-def manifest_from_message(m: pb.Manifest) -> Manifest:
-    """Validate and convert a client's manifest; ManifestError on anything inconsistent."""
-    refs = []
-    for ref in m.chunks:
-        if len(ref.digest) != digest.DIGEST_SIZE:
-            raise ManifestError(f"manifest chunk digest must be {digest.DIGEST_SIZE} bytes, got {len(ref.digest)}")
-        refs.append(ChunkRef(ref.digest, ref.length))
-    if len(m.file_digest) != digest.DIGEST_SIZE:
-        raise ManifestError("manifest file_digest must be 32 bytes")
-    total = sum(r.length for r in refs)
-    if total != m.size:
-        raise ManifestError(f"manifest size {m.size} does not equal the sum of its chunk lengths ({total})")
-    return Manifest(chunks=tuple(refs), size=m.size, file_digest=m.file_digest)
-
-
-def manifest_message(m: Manifest) -> pb.Manifest:
-    """A manifest as the API's Manifest message."""
-    return pb.Manifest(
-        chunks=[pb.ChunkRef(digest=c.digest, length=c.length) for c in m.chunks],
-        size=m.size, file_digest=m.file_digest,
-    )
-
-
-def _selector(at: pb.VersionSelector) -> Selector:
-    return Selector(version=at.version, as_of_ms=at.as_of_ms)
 
 
 def _encode_token(path: str) -> str:
@@ -111,15 +72,22 @@ class StratusService(pb_grpc.StratusServicer):
         self.uploads = asyncio.Semaphore(config.max_concurrent_uploads)
         self.downloads = asyncio.Semaphore(config.max_concurrent_downloads)
         self.observers: list = []
+        self.committer = Committer(repo, config.max_manifest_chunks)
+        self.batches = BatchCalls(config, repo, gate, self.committer)
 
     def observe_call(self, method: str, context: Ctx, code: grpc.StatusCode, seconds: float, **facts: object) -> None:
         """Called by service.calls.rpc once per finished call, with what the handler noted."""
         for observer in self.observers:
             observer(method, context, code, seconds, **facts)
 
-    def _enter(self, context: grpc.aio.ServicerContext, method: str, path: str = "", *, write: bool = False) -> Caller:
+    def _identify(self, context: grpc.aio.ServicerContext, method: str) -> Caller:
         caller = self.gate.caller(context, method)
-        note(identity=caller.identity, namespace=caller.namespace, path=path or None)
+        note(identity=caller.identity, namespace=caller.namespace)
+        return caller
+
+    def _enter(self, context: grpc.aio.ServicerContext, method: str, path: str = "", *, write: bool = False) -> Caller:
+        caller = self._identify(context, method)
+        note(path=path or None)
         self.gate.authorize(caller, path, write=write)
         return caller
 
@@ -137,7 +105,7 @@ class StratusService(pb_grpc.StratusServicer):
             compression="zstd", compression_level=self.config.compression_level,
             max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
             max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
-            max_manifest_chunks=self.config.max_manifest_chunks,
+            max_manifest_chunks=self.config.max_manifest_chunks, max_batch_files=self.config.max_batch_files,
             stats=pb.StoreStats(
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
@@ -187,50 +155,27 @@ class StratusService(pb_grpc.StratusServicer):
             raise ChunkTooLargeError(f"chunk frame of {len(chunk.frame)} bytes exceeds the chunk size limit")
         return chunk.digest, chunk.frame
 
-    async def _commit(
-        self, caller: Caller, path: str, manifest: Manifest, *, if_version: int | None,
-        mode: int, mtime_ns: int, signature: bytes = b"", signer_public_key: bytes = b"",
-    ) -> pb.CommitFileResponse:
-        self.repo.check_manifest_limits(manifest, self.config.max_manifest_chunks)
-        if signature:
-            from cas import signing
-
-            signing.verify(
-                signer_public_key,
-                signing.signed_message(path, manifest.digest(), manifest.file_digest, manifest.size),
-                signature,
-            )
-        ns = caller.namespace
-        head = await self.repo.metadata.head(ns, path)
-        manifest_digest = await self.repo.save_manifest(manifest)
-        if (
-            head is not None and not head.deleted and head.manifest_digest == manifest_digest
-            and head.mode == mode and head.mtime_ns == mtime_ns and head.signature == signature
-            and if_version in (None, head.version)
-        ):
-            return pb.CommitFileResponse(version=version_info(head), unchanged=True)
-        previous = await self.repo.manifest_of(head)
-        delta = diff_manifests(previous, manifest)
-        record = await self.repo.metadata.commit(
-            ns, path, manifest_digest=manifest_digest, size=manifest.size, file_digest=manifest.file_digest,
-            chunk_digests=manifest.unique_digests(), chunk_count=len(manifest.chunks),
-            new_chunks=delta.new_chunks, new_bytes=delta.new_bytes, identity=caller.identity,
-            mode=mode, mtime_ns=mtime_ns, signature=signature, signer_public_key=signer_public_key,
-            if_version=if_version,
-        )
-        note(version=record.version, nbytes=record.size)
-        return pb.CommitFileResponse(version=version_info(record))
+    async def _commit(self, caller: Caller, c: CommitRequest) -> pb.CommitFileResponse:
+        outcome = await self.committer.commit(caller.namespace, caller.identity, c)
+        if not outcome.unchanged:
+            note(version=outcome.record.version, nbytes=outcome.record.size)
+        return pb.CommitFileResponse(version=version_info(outcome.record), unchanged=outcome.unchanged)
 
     @rpc
     async def CommitFile(self, request: pb.CommitFileRequest, context: Ctx) -> pb.CommitFileResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "CommitFile", path, write=True)
-        return await self._commit(
-            caller, path, manifest_from_message(request.manifest),
+        return await self._commit(caller, CommitRequest(
+            path, manifest_from_message(request.manifest),
             if_version=request.if_version if request.HasField("if_version") else None,
             mode=request.mode, mtime_ns=request.mtime_ns,
             signature=request.signature, signer_public_key=request.signer_public_key,
-        )
+        ))
+
+    @rpc
+    async def CommitFiles(self, request: pb.CommitFilesRequest, context: Ctx) -> pb.CommitFilesResponse:
+        # Rights are checked per path (service/batches.py); the rate limit takes one token per call.
+        return await self.batches.commit_files(self._identify(context, "CommitFiles"), request)
 
     # ---- delta download -------------------------------------------------------------------------
 
@@ -238,9 +183,13 @@ class StratusService(pb_grpc.StratusServicer):
     async def GetManifest(self, request: pb.GetManifestRequest, context: Ctx) -> pb.GetManifestResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "GetManifest", path)
-        record = await self.repo.resolve(caller.namespace, path, _selector(request.at))
+        record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         manifest = await self.repo.load_manifest(record.manifest_digest)
         return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
+
+    @rpc
+    async def GetManifests(self, request: pb.GetManifestsRequest, context: Ctx) -> pb.GetManifestsResponse:
+        return await self.batches.get_manifests(self._identify(context, "GetManifests"), request)
 
     @rpc
     async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> AsyncIterator[pb.ChunkBatch]:
@@ -292,11 +241,10 @@ class StratusService(pb_grpc.StratusServicer):
                 manifest = await self._ingest_spool(caller, Path(spool))
             finally:
                 os.unlink(spool)
-        return await self._commit(
-            caller, path, manifest,
-            if_version=header.if_version if header.HasField("if_version") else None,
+        return await self._commit(caller, CommitRequest(
+            path, manifest, if_version=header.if_version if header.HasField("if_version") else None,
             mode=header.mode, mtime_ns=header.mtime_ns,
-        )
+        ))
 
     async def _ingest_spool(self, caller: Caller, spool: Path) -> Manifest:
         """Chunk, hash and compress a spooled upload (server-side chunking) and store it."""
@@ -330,7 +278,7 @@ class StratusService(pb_grpc.StratusServicer):
     async def Download(self, request: pb.DownloadRequest, context: Ctx) -> AsyncIterator[pb.DownloadResponse]:
         path = normalize_path(request.path)
         caller = self._enter(context, "Download", path)
-        record = await self.repo.resolve(caller.namespace, path, _selector(request.at))
+        record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         if request.offset > record.size:
             raise InvalidInputError(f"offset {request.offset} is past the end of {path} ({record.size} bytes)")
         manifest = await self.repo.load_manifest(record.manifest_digest)
@@ -355,7 +303,7 @@ class StratusService(pb_grpc.StratusServicer):
     async def Stat(self, request: pb.StatRequest, context: Ctx) -> pb.VersionInfo:
         path = normalize_path(request.path)
         caller = self._enter(context, "Stat", path)
-        return version_info(await self.repo.resolve(caller.namespace, path, _selector(request.at)))
+        return version_info(await self.repo.resolve(caller.namespace, path, selector_from_message(request.at)))
 
     @rpc
     async def ListFiles(self, request: pb.ListFilesRequest, context: Ctx) -> pb.ListFilesResponse:

@@ -58,6 +58,7 @@ class ServerConfig:
     default_page_size: int = 100
     max_manifest_chunks: int = 1_500_000
     max_find_digests: int = 100_000
+    max_batch_files: int = 1000  # entries per CommitFiles / GetManifests call
     max_concurrent_uploads: int = 32
     max_concurrent_downloads: int = 64
     rate_limit_per_second: float = 0.0  # calls per identity; 0 disables
@@ -81,7 +82,8 @@ class ServerConfig:
             raise ConfigError("compression_level must be between 1 and 22")
         if self.batch_bytes + self.chunk_max_size * 2 > self.max_message_bytes:
             raise ConfigError("max_message_bytes must exceed batch_bytes by at least two maximum chunks")
-        for name in ("max_page_size", "default_page_size", "max_concurrent_uploads", "max_concurrent_downloads"):
+        for name in ("max_page_size", "default_page_size", "max_batch_files", "max_concurrent_uploads",
+                     "max_concurrent_downloads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.tls_dir and self.insecure:

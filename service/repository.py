@@ -114,6 +114,17 @@ class Repository:
         await self.run_blocking(self.manifests.put, digest, frame)
         return digest
 
+    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[bytes]:
+        """Store many manifests with one durability barrier for all; returns their digests in order."""
+
+        def save() -> list[bytes]:
+            digests = [m.digest() for m in manifests]
+            unique = {d: m for d, m in zip(digests, manifests, strict=True)}
+            self.manifests.put_many([(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()])
+            return digests
+
+        return await self.run_blocking(save)
+
     async def load_manifest(self, digest: bytes) -> Manifest:
         """Load and verify the manifest named by ``digest``."""
         raw = await self.run_blocking(self.manifests.get, digest)
