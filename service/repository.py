@@ -55,7 +55,7 @@ class Repository:
         metadata: MetadataStore,
         params: ChunkParams,
         *,
-        verify_reads: bool = True,
+        verify_reads: bool = False,
         threads: int = 0,
     ) -> None:
         self.params = params

@@ -18,9 +18,9 @@ def test_defaults_are_sane():
 
 def test_file_then_environment_then_flags(tmp_path: Path):
     toml = tmp_path / "stratus.toml"
-    toml.write_text('[server]\ncompression_level = 6\nlisten = "127.0.0.1:9000"\nverify-reads = false\n')
+    toml.write_text('[server]\ncompression_level = 6\nlisten = "127.0.0.1:9000"\nverify-reads = true\n')
     config = load_config(toml, environ={})
-    assert (config.compression_level, config.listen, config.verify_reads) == (6, "127.0.0.1:9000", False)
+    assert (config.compression_level, config.listen, config.verify_reads) == (6, "127.0.0.1:9000", True)
     config = load_config(toml, environ={"STRATUS_COMPRESSION_LEVEL": "9"})
     assert config.compression_level == 9 and config.listen == "127.0.0.1:9000"
     config = load_config(toml, {"compression_level": 1}, environ={"STRATUS_COMPRESSION_LEVEL": "9"})
