@@ -21,6 +21,7 @@ from cli import batch as _batch
 from cli import download as _download
 from cli import upload as _upload
 from cli.download import GetResult
+from cli.manifestdelta import ManifestCache
 from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import translate_errors
 from cli.upload import PutResult
@@ -65,12 +66,23 @@ class StratusClient:
 
     Thread-safe for concurrent calls (gRPC channels are); ServerInfo is fetched once, on first
     use, and its chunking parameters, compression level and batch size drive every transfer.
+
+    ``manifest_cache``: a folder where the manifests of files put and got are kept, so that the
+    next put of the same path sends its manifest as a delta (see :mod:`cli.manifestdelta`);
+    None (the default) keeps none.
     """
 
-    def __init__(self, channel: grpc.Channel, *, target: str | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        target: str | None = None,
+        manifest_cache: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._channel = channel
         self._remote = Remote(channel, target)
         self.stub = self._remote.stub
+        self._manifests = ManifestCache(manifest_cache) if manifest_cache is not None else None
 
     @classmethod
     def connect(
@@ -80,6 +92,7 @@ class StratusClient:
         tls_dir: str | os.PathLike[str] | None = None,
         insecure: bool = False,
         client_name: str | None = None,
+        manifest_cache: str | os.PathLike[str] | None = None,
     ) -> StratusClient:
         """Open a channel to ``server`` (HOST:PORT): mTLS with the files in ``tls_dir``, or plaintext
         when ``insecure``. No network traffic happens until the first call."""
@@ -92,7 +105,7 @@ class StratusClient:
             raise InvalidInputError(
                 "give --tls-dir (or STRATUS_TLS_DIR) for mTLS, or --insecure for plaintext"
             )
-        return cls(channel, target=server)
+        return cls(channel, target=server, manifest_cache=manifest_cache)
 
     def close(self) -> None:
         """Close the channel (in-flight calls are cancelled)."""
@@ -145,7 +158,7 @@ class StratusClient:
             return _upload.upload(
                 self._remote, _upload.file_source(local_path, stream), remote_path,
                 if_version=if_version, mode=st.st_mode & 0o777, mtime_ns=st.st_mtime_ns,
-                sign_key=sign_key, progress=progress,
+                sign_key=sign_key, progress=progress, cache=self._manifests,
             )
 
     def put_stream(
@@ -168,6 +181,7 @@ class StratusClient:
         return _upload.upload(
             self._remote, _upload.stream_source(stream, size), remote_path,
             if_version=if_version, mode=mode, mtime_ns=mtime_ns, sign_key=sign_key, progress=progress,
+            cache=self._manifests,
         )
 
     def put_bytes(
@@ -224,6 +238,7 @@ class StratusClient:
         return _download.get_file(
             self._remote, remote_path, local_path, version=version, as_of_ms=as_of_ms,
             verify_key=verify_key, progress=progress,
+            keep=self._manifests.put if self._manifests is not None else None,
         )
 
     def get_stream(

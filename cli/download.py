@@ -13,7 +13,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,8 +305,12 @@ def get_file(
     as_of_ms: int | None = None,
     verify_key: object = None,
     progress: ProgressFn | None = None,
+    keep: Callable[[Manifest], None] | None = None,
 ) -> GetResult:
-    """Download a version into ``local_path``, reusing the chunks a previous local copy already has."""
+    """Download a version into ``local_path``, reusing the chunks a previous local copy already has.
+
+    ``keep`` is given the version's manifest once the file is in place (a manifest cache).
+    """
     started = time.perf_counter()
     path = normalize_path(remote_path)
     dest = Path(local_path)
@@ -329,6 +333,8 @@ def get_file(
                 if progress is not None:
                     progress(manifest.size, manifest.size)
                 n = len(manifest.chunks)
+                if keep is not None:
+                    keep(manifest)
                 return GetResult(info, n, n, 0, 0, time.perf_counter() - started, up_to_date=True)
         with AtomicFile(dest) as out:
             counts, fetcher = _assemble(
@@ -339,6 +345,8 @@ def get_file(
     finally:
         if old_fd is not None:
             os.close(old_fd)
+    if keep is not None:
+        keep(manifest)
     seconds = time.perf_counter() - started
     return GetResult(info, len(manifest.chunks), counts.reused, counts.fetched, fetcher.frame_bytes, seconds)
 

@@ -70,6 +70,7 @@ class Outcome:
     chunks_sent: int = 0
     error: str | None = None
     exit_code: int = 0
+    manifest_delta: bool = False  # the manifest went as a delta against the previous version's
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Uploader:
         outcome = Outcome(
             remote, file.path, "unchanged" if result.unchanged else "uploaded", v.version, v.size,
             result.bytes_read, result.bytes_sent, result.chunks_total, result.chunks_sent,
+            manifest_delta=result.manifest_delta,
         )
         try:
             _, after = observe(file.path)

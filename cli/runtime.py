@@ -56,7 +56,8 @@ class Runtime:
         if self._client is None:
             s = self.settings
             self._client = StratusClient.connect(
-                s.server, tls_dir=s.tls_dir, insecure=s.insecure, client_name=s.client_name
+                s.server, tls_dir=s.tls_dir, insecure=s.insecure, client_name=s.client_name,
+                manifest_cache=cache_dir() / "manifests",
             )
         return self._client
 

@@ -11,6 +11,10 @@ Three stages run at once, so memory stays constant whatever the file size:
 
 Then CommitFile. If the server reports missing chunks at commit (a garbage collection raced the
 upload), they are read again from the source, sent, and the commit is retried once.
+
+With a manifest cache (:mod:`cli.manifestdelta`) holding the head's manifest, chunks of that
+manifest are not asked about and the commit is sent as a delta against it; if the server refuses
+the base, the full manifest is sent once instead.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from cas.errors import CasError, InvalidInputError, MissingChunksError
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path
 from cas.pipeline import HashedChunk, Pipeline
+from cli.manifestdelta import BaseLookup, ManifestCache, commit_file, delta_request
 from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
@@ -55,6 +60,8 @@ class PutResult:
     chunks_sent: int
     bytes_sent: int  # frame bytes sent on the wire
     seconds: float
+    digests_checked: int = 0  # digests asked about with FindMissingChunks
+    manifest_delta: bool = False  # committed as a delta against the head's manifest
 
 
 @dataclass
@@ -225,18 +232,23 @@ def _check_limits(params: TransferParams, count: int) -> None:
 
 
 def _send_stream(
-    remote: Remote, stream: BinaryIO, hasher: object, progress: _Progress
-) -> tuple[ManifestBuilder, int, int, _Sender]:
-    """Stages 1-3 over one stream; returns the manifest builder, bytes read, chunk count and sender."""
+    remote: Remote, stream: BinaryIO, hasher: object, progress: _Progress, base: BaseLookup
+) -> tuple[ManifestBuilder, int, int, _Sender, int]:
+    """Stages 1-3 over one stream; returns the manifest builder, bytes read, chunk count, sender
+    and how many digests were asked about."""
     params = remote.params
     builder = ManifestBuilder()
     sender = _Sender(remote, params, progress)
     queued: set[bytes] = set()  # digests already sent (or queued) by this upload
     window: list[HashedChunk] = []
     window_bytes = bytes_read = count = 0
+    asked = [0]
 
     def flush() -> None:
-        ask = list(dict.fromkeys(c.digest for c in window if c.digest not in queued))
+        # The base manifest's chunks are committed content of the namespace: no need to ask.
+        known = base.digests
+        ask = list(dict.fromkeys(c.digest for c in window if c.digest not in queued and c.digest not in known))
+        asked[0] += len(ask)
         missing = _find_missing(remote, ask)
         to_send = []
         for c in window:
@@ -268,7 +280,7 @@ def _send_stream(
     except BaseException:
         sender.abort()
         raise
-    return builder, bytes_read, count, sender
+    return builder, bytes_read, count, sender, asked[0]
 
 
 def _resend_missing(remote: Remote, source: Source, manifest: Manifest, progress: _Progress) -> _Sender:
@@ -347,27 +359,36 @@ def upload(
     mtime_ns: int = 0,
     sign_key: object = None,
     progress: ProgressFn | None = None,
+    cache: ManifestCache | None = None,
 ) -> PutResult:
     """Upload ``source`` to ``remote_path`` as a new version (see the module docstring)."""
     started = time.perf_counter()
     path = normalize_path(remote_path)  # fail before reading gigabytes, not after
     tracker = _Progress(progress, source.size)
     hasher = new_hasher()
-    builder, bytes_read, count, sender = _send_stream(remote, source.stream, hasher, tracker)
+    use_cache = cache is not None and remote.info().manifest_deltas
+    base = BaseLookup(remote, cache if use_cache else None, path)
+    try:
+        builder, bytes_read, count, sender, asked = _send_stream(remote, source.stream, hasher, tracker, base)
+    finally:
+        base.cancel()
     manifest = builder.build(hasher.digest())
     request = _commit_request(
         path, manifest, if_version=if_version, mode=mode, mtime_ns=mtime_ns, sign_key=sign_key
     )
+    delta = delta_request(request, base.manifest, manifest) if base.manifest is not None else None
     chunks_sent, bytes_sent = sender.chunks_sent, sender.bytes_sent
     try:
-        response = remote.call(remote.stub.CommitFile, request)
+        response, delta = commit_file(remote, request, delta)
     except MissingChunksError:
         if source.reopen is None:
             raise
         again = _resend_missing(remote, source, manifest, _Progress(None, None))
         chunks_sent += again.chunks_sent
         bytes_sent += again.bytes_sent
-        response = remote.call(remote.stub.CommitFile, request)
+        response, delta = commit_file(remote, request, delta)
+    if use_cache and cache is not None:
+        cache.put(manifest)
     return PutResult(
         version=response.version,
         unchanged=response.unchanged,
@@ -376,6 +397,8 @@ def upload(
         chunks_sent=chunks_sent,
         bytes_sent=bytes_sent,
         seconds=time.perf_counter() - started,
+        digests_checked=asked,
+        manifest_delta=delta is not None,
     )
 
 

@@ -91,7 +91,7 @@ class StoreStats(_message.Message):
     def __init__(self, chunk_count: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., version_count: _Optional[int] = ..., store_chunk_count: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files")
+    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files", "manifest_deltas")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class ServerInfoResponse(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     MAX_MANIFEST_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FILES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DELTAS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     chunking: ChunkParams
     compression: str
@@ -116,7 +117,8 @@ class ServerInfoResponse(_message.Message):
     stats: StoreStats
     max_manifest_chunks: int
     max_batch_files: int
-    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ...) -> None: ...
+    manifest_deltas: bool
+    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ..., manifest_deltas: _Optional[bool] = ...) -> None: ...
 
 class FindMissingChunksRequest(_message.Message):
     __slots__ = ("digests",)
@@ -155,7 +157,7 @@ class PutChunksResponse(_message.Message):
     def __init__(self, received: _Optional[int] = ..., stored: _Optional[int] = ..., frame_bytes: _Optional[int] = ...) -> None: ...
 
 class CommitFileRequest(_message.Message):
-    __slots__ = ("path", "manifest", "if_version", "mode", "mtime_ns", "signature", "signer_public_key")
+    __slots__ = ("path", "manifest", "if_version", "mode", "mtime_ns", "signature", "signer_public_key", "base_manifest_digest", "pieces")
     PATH_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     IF_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +165,8 @@ class CommitFileRequest(_message.Message):
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    BASE_MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
     path: str
     manifest: Manifest
     if_version: int
@@ -170,7 +174,25 @@ class CommitFileRequest(_message.Message):
     mtime_ns: int
     signature: bytes
     signer_public_key: bytes
-    def __init__(self, path: _Optional[str] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., if_version: _Optional[int] = ..., mode: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., signature: _Optional[bytes] = ..., signer_public_key: _Optional[bytes] = ...) -> None: ...
+    base_manifest_digest: bytes
+    pieces: _containers.RepeatedCompositeFieldContainer[ManifestPiece]
+    def __init__(self, path: _Optional[str] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., if_version: _Optional[int] = ..., mode: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., signature: _Optional[bytes] = ..., signer_public_key: _Optional[bytes] = ..., base_manifest_digest: _Optional[bytes] = ..., pieces: _Optional[_Iterable[_Union[ManifestPiece, _Mapping]]] = ...) -> None: ...
+
+class ManifestRun(_message.Message):
+    __slots__ = ("start", "count")
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    count: int
+    def __init__(self, start: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ManifestPiece(_message.Message):
+    __slots__ = ("copy", "chunk")
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    copy: ManifestRun
+    chunk: ChunkRef
+    def __init__(self, copy: _Optional[_Union[ManifestRun, _Mapping]] = ..., chunk: _Optional[_Union[ChunkRef, _Mapping]] = ...) -> None: ...
 
 class CommitFileResponse(_message.Message):
     __slots__ = ("version", "unchanged")

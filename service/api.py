@@ -28,8 +28,8 @@ from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
 from service.gate import Caller, Gate
 from service.messages import (
+    commit_manifest_from_message,
     event_message,
-    manifest_from_message,
     manifest_message,
     selector_from_message,
     version_info,
@@ -106,6 +106,7 @@ class StratusService(pb_grpc.StratusServicer):
             max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
             max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
             max_manifest_chunks=self.config.max_manifest_chunks, max_batch_files=self.config.max_batch_files,
+            manifest_deltas=True,
             stats=pb.StoreStats(
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
@@ -166,7 +167,7 @@ class StratusService(pb_grpc.StratusServicer):
         path = normalize_path(request.path)
         caller = self._enter(context, "CommitFile", path, write=True)
         return await self._commit(caller, CommitRequest(
-            path, manifest_from_message(request.manifest),
+            path, commit_manifest_from_message(request),
             if_version=request.if_version if request.HasField("if_version") else None,
             mode=request.mode, mtime_ns=request.mtime_ns,
             signature=request.signature, signer_public_key=request.signer_public_key,

@@ -22,7 +22,13 @@ from service.commits import CommitOutcome, CommitRequest, Committer
 from service.config import ServerConfig
 from service.errors import MAX_MISSING_IN_TRAILER, status_for
 from service.gate import Caller, Gate
-from service.messages import manifest_from_message, manifest_message, selector_from_message, version_info
+from service.messages import (
+    commit_manifest_from_message,
+    declared_chunks,
+    manifest_message,
+    selector_from_message,
+    version_info,
+)
 from service.metadata import VersionRecord
 from service.repository import Repository
 
@@ -58,7 +64,7 @@ class BatchCalls:
         """Commit every file of the request that can be; see :meth:`Committer.commit_many`."""
         files = request.files
         check_batch_size(len(files), self.config.max_batch_files, "CommitFiles")
-        chunks = sum(len(f.manifest.chunks) for f in files)
+        chunks = sum(declared_chunks(f) for f in files)
         if chunks > self.config.max_manifest_chunks:
             raise LimitExceededError(
                 f"{chunks} manifest chunks in one CommitFiles call; the limit is {self.config.max_manifest_chunks}"
@@ -75,7 +81,7 @@ class BatchCalls:
             path = normalize_path(f.path)
             self.gate.authorize(caller, path, write=True)
             return CommitRequest(
-                path, manifest_from_message(f.manifest),
+                path, commit_manifest_from_message(f),
                 if_version=f.if_version if f.HasField("if_version") else None, mode=f.mode, mtime_ns=f.mtime_ns,
                 signature=f.signature, signer_public_key=f.signer_public_key,
             )

@@ -6,20 +6,64 @@ skip the write when nothing changed, diff against the previous version, and run 
 commit script. A batch stores all of its manifests with one durability barrier and then issues
 the metadata commits concurrently, so Redis/Valkey can make them durable together instead of
 paying one fsync per file in turn. Each file of a batch succeeds or fails on its own.
+
+A commit may also arrive as a delta against a base manifest (runs of the base plus literal
+chunks). It is expanded to the full manifest first, so everything after that step is the same
+for both forms. The base must be a version of the same path in the caller's namespace: a client
+can only reuse what it could already read, never another path's or another tenant's manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cas import signing
 from cas.diff import diff_manifests
-from cas.errors import InvalidInputError
-from cas.manifest import Manifest
+from cas.errors import ChunkTooLargeError, InvalidInputError, ManifestError, NotFoundError
+from cas.manifest import ChunkRef, Manifest
 from service.metadata import VersionRecord
 from service.repository import Repository
+
+# A run of the base manifest (start, count), or a chunk given literally.
+Piece = tuple[int, int] | ChunkRef
+
+
+@dataclass(frozen=True)
+class ManifestDelta:
+    """A manifest described as edits of a base manifest (see the module docstring)."""
+
+    base_digest: bytes
+    pieces: tuple[Piece, ...]
+    size: int
+    file_digest: bytes
+
+
+def apply_pieces(base: Sequence[ChunkRef], pieces: Sequence[Piece], max_chunks: int) -> list[ChunkRef]:
+    """The chunk list ``pieces`` describe over ``base``; ManifestError for a run outside the base.
+
+    The running count is checked before each run is copied, so a hostile delta cannot make the
+    server allocate more than ``max_chunks`` references.
+    """
+    chunks: list[ChunkRef] = []
+    for piece in pieces:
+        if isinstance(piece, ChunkRef):
+            added = 1
+        else:
+            start, count = piece
+            if count < 1 or start + count > len(base):
+                raise ManifestError(
+                    f"manifest run {start}+{count} is outside the base manifest's {len(base)} chunks"
+                )
+            added = count
+        if len(chunks) + added > max_chunks:
+            raise ChunkTooLargeError(f"the delta expands to more than {max_chunks} chunks, the limit")
+        if isinstance(piece, ChunkRef):
+            chunks.append(piece)
+        else:
+            chunks.extend(base[piece[0] : piece[0] + piece[1]])
+    return chunks
 
 
 @dataclass(frozen=True)
@@ -27,7 +71,7 @@ class CommitRequest:
     """One file to commit, already converted from the wire and with a normalised path."""
 
     path: str
-    manifest: Manifest
+    manifest: Manifest | ManifestDelta
     if_version: int | None
     mode: int
     mtime_ns: int
@@ -50,8 +94,33 @@ class Committer:
         self.repo = repo
         self.max_manifest_chunks = max_manifest_chunks
 
+    async def expand(self, ns: str, c: CommitRequest) -> CommitRequest:
+        """The request with a delta replaced by the full manifest (unchanged for a full one)."""
+        delta = c.manifest
+        if isinstance(delta, Manifest):
+            return c
+        await self._check_base(ns, c.path, delta.base_digest)
+        base = await self.repo.load_manifest(delta.base_digest)
+        chunks = apply_pieces(base.chunks, delta.pieces, self.max_manifest_chunks)
+        total = sum(ref.length for ref in chunks)
+        if total != delta.size:
+            raise ManifestError(f"manifest size {delta.size} does not equal the sum of its chunk lengths ({total})")
+        return replace(c, manifest=Manifest(chunks=tuple(chunks), size=delta.size, file_digest=delta.file_digest))
+
+    async def _check_base(self, ns: str, path: str, base_digest: bytes) -> None:
+        # The head is the usual base; the whole history is read only when it is not.
+        head = await self.repo.metadata.head(ns, path)
+        if head is not None and head.manifest_digest == base_digest:
+            return
+        if head is not None and any(
+            r.manifest_digest == base_digest for r in await self.repo.metadata.list_versions(ns, path)
+        ):
+            return
+        raise NotFoundError(f"{path}: the base manifest is not the manifest of any version of this path")
+
     def check(self, c: CommitRequest) -> None:
         """Refuse what must never reach the store: absurd manifests, bad signatures."""
+        assert isinstance(c.manifest, Manifest), "deltas are expanded before they are checked"
         self.repo.check_manifest_limits(c.manifest, self.max_manifest_chunks)
         if c.signature:
             m = c.manifest
@@ -61,6 +130,7 @@ class Committer:
 
     async def commit(self, ns: str, identity: str, c: CommitRequest) -> CommitOutcome:
         """Commit one file; raises the typed error of whatever refused it."""
+        c = await self.expand(ns, c)
         self.check(c)
         head = await self.repo.metadata.head(ns, c.path)
         manifest_digest = await self.repo.save_manifest(c.manifest)
@@ -75,10 +145,13 @@ class Committer:
         A path given twice fails on its later entries: concurrent commits of one path would each
         diff against the same head.
         """
-        results: list[CommitOutcome | BaseException] = list(batch)
+        expanded = await asyncio.gather(
+            *(self._expanded(ns, c) for c in batch), return_exceptions=True
+        )
+        results: list[CommitOutcome | BaseException] = list(expanded)
         seen: set[str] = set()
         ready: list[tuple[int, CommitRequest]] = []
-        for n, c in enumerate(batch):
+        for n, c in enumerate(expanded):
             if isinstance(c, BaseException):
                 continue
             try:
@@ -103,6 +176,9 @@ class Committer:
         for (n, _), outcome in zip(ready, outcomes, strict=True):
             results[n] = outcome
         return results
+
+    async def _expanded(self, ns: str, c: CommitRequest | BaseException) -> CommitRequest | BaseException:
+        return c if isinstance(c, BaseException) else await self.expand(ns, c)
 
     async def _write(
         self, ns: str, identity: str, c: CommitRequest, head: VersionRecord | None, manifest_digest: bytes

@@ -6,6 +6,7 @@ from cas import digest
 from cas.errors import ManifestError
 from cas.manifest import ChunkRef, Manifest
 from proto import stratus_pb2 as pb
+from service.commits import ManifestDelta, Piece
 from service.metadata import Event, VersionRecord
 from service.repository import Selector
 
@@ -42,6 +43,39 @@ def manifest_from_message(m: pb.Manifest) -> Manifest:
     if total != m.size:
         raise ManifestError(f"manifest size {m.size} does not equal the sum of its chunk lengths ({total})")
     return Manifest(chunks=tuple(refs), size=m.size, file_digest=m.file_digest)
+
+
+def commit_manifest_from_message(r: pb.CommitFileRequest) -> Manifest | ManifestDelta:
+    """A commit's manifest: the full form, or the delta form against ``base_manifest_digest``."""
+    if not r.base_manifest_digest:
+        if r.pieces:
+            raise ManifestError("manifest pieces need a base_manifest_digest")
+        return manifest_from_message(r.manifest)
+    if len(r.base_manifest_digest) != digest.DIGEST_SIZE:
+        raise ManifestError(f"base_manifest_digest must be {digest.DIGEST_SIZE} bytes")
+    if r.manifest.chunks:
+        raise ManifestError("a delta commit gives its chunks as pieces, not in the manifest")
+    if len(r.manifest.file_digest) != digest.DIGEST_SIZE:
+        raise ManifestError("manifest file_digest must be 32 bytes")
+    pieces: list[Piece] = []
+    for piece in r.pieces:
+        kind = piece.WhichOneof("piece")
+        if kind == "copy":
+            pieces.append((piece.copy.start, piece.copy.count))
+        elif kind == "chunk":
+            if len(piece.chunk.digest) != digest.DIGEST_SIZE:
+                raise ManifestError(f"manifest chunk digest must be {digest.DIGEST_SIZE} bytes")
+            pieces.append(ChunkRef(piece.chunk.digest, piece.chunk.length))
+        else:
+            raise ManifestError("a manifest piece must be a copy run or a chunk")
+    return ManifestDelta(r.base_manifest_digest, tuple(pieces), r.manifest.size, r.manifest.file_digest)
+
+
+def declared_chunks(r: pb.CommitFileRequest) -> int:
+    """How many chunks a commit claims to have (before a delta is expanded); bounds a batch."""
+    return len(r.manifest.chunks) + sum(
+        piece.copy.count if piece.WhichOneof("piece") == "copy" else 1 for piece in r.pieces
+    )
 
 
 def manifest_message(m: Manifest) -> pb.Manifest:
