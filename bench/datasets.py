@@ -294,7 +294,7 @@ class Sizes:
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(1024 * MIB, 4096 * MIB, 10_000, (64 * MIB, 32 * MIB, 32 * MIB), 1000, 3.0, 1000, 100, 2)
+        return cls(1024 * MIB, 4096 * MIB, 10_000, (64 * MIB, 32 * MIB, 32 * MIB), 1000, 3.0, 1000, 100, 3)
 
     @classmethod
     def quick(cls) -> Sizes:

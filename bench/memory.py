@@ -19,7 +19,7 @@ import time
 import psutil
 
 from bench.datasets import MixedStream, Workspace
-from bench.servers import ROOT, BenchServer, CpuProbe
+from bench.servers import ROOT, BenchServer, CpuProbe, settle
 
 MIB = 1024 * 1024
 SAMPLE_SECONDS = 0.05
@@ -84,6 +84,7 @@ def run(ws: Workspace) -> dict:
                "--size", str(size)]
         ws.log(f"memory: moving {size // MIB} MiB up and down")
         baseline_server = _rss(server_proc)
+        settle()
         probe = CpuProbe(server)
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         client_proc = psutil.Process(child.pid)

@@ -58,7 +58,7 @@ def _ratio_target(name: str, ours: float | None, theirs: float | None, factor: f
 
 def evaluate(results: dict) -> list[dict]:
     """Every target of the benchmark brief that this run measured, met or not."""
-    g = results.get("groups", {})
+    g = {name: group for name, group in results.get("groups", {}).items() if "error" not in group}
     out = []
     t = _get(g, "transfer", "summary")
     if t:
@@ -181,6 +181,9 @@ def _chart_memory(plt: object, m: dict) -> object:
     ax.plot(times, [row[2] for row in m["timeline"]], label="server RSS")
     ax.plot(times, [row[3] for row in m["timeline"]], label="client RSS")
     ax.axhline(300, color="red", linestyle="dashed", label="limit")
+    switch = next((row[0] for row in m["timeline"] if row[1] in ("download", "done")), None)
+    if switch is not None:
+        ax.axvline(switch, color="gray", linestyle="dotted", label="upload | download")
     ax.set_xlabel("seconds")
     ax.set_ylabel("MiB")
     ax.set_title(f"RSS while moving {_bytes(m['size'])} up, then down")
@@ -292,14 +295,21 @@ def _peers_md(p: dict) -> list[str]:
     names = [n for n in p["peers"] if n in p["mixed"] or n in p["versions"] or n in p["tree"]]
     versions = " ".join(f"{n} {p['tool_versions'].get(n, '')}" for n in names)
     lines = [f"## Peers ({versions})", ""]
-    lines += [f"`mixed` file: {_bytes(p['mixed_size'])}. Bytes: StratusVault = protocol bytes sent; restic, borg = "
-              "repository growth; rsync = Literal data.", ""]
+    lines += [f"`mixed` file: {_bytes(p['mixed_size'])}. Bytes: StratusVault = protocol bytes sent (chunks, digests "
+              "asked about, manifest); restic, borg = repository growth (they write a local repository); rsync = "
+              "Literal data. \"All protocol bytes\" adds what comes back (rsync: block checksums).", ""]
     rows = []
     mixed = p["mixed"]
     rows.append(["fresh upload MB/s"] + [_fmt(_get(mixed, n, "fresh", "mb_per_s"), "", 0) for n in names])
     for step in PEER_STEPS[1:]:
         rows.append([f"{step}: seconds"] + [_fmt(_get(mixed, n, step, "seconds"), "", 2) for n in names])
+        if step == "unchanged" and _get(mixed, "stratusvault", "unchanged_cli"):
+            rows.append(["unchanged, `stratus put` with its state cache: seconds"]
+                        + [_fmt(_get(mixed, n, "unchanged_cli", "seconds"), "", 2) for n in names])
         rows.append([f"{step}: bytes"] + [_bytes(_get(mixed, n, step, "bytes")) for n in names])
+        if step != "unchanged":
+            rows.append([f"{step}: all protocol bytes, both ways"]
+                        + [_bytes(_get(mixed, n, step, "all_traffic")) for n in names])
     rows.append(["restore MB/s"] + [_fmt(_get(mixed, n, "restore", "mb_per_s"), "", 0) for n in names])
     rows.append(["restored file identical"] + [_fmt(_get(mixed, n, "restore", "identical")) for n in names])
     lines += _table(["mixed"] + names, rows)
@@ -308,6 +318,7 @@ def _peers_md(p: dict) -> list[str]:
     rows = [["logical bytes"] + [_bytes(_get(v, n, "logical")) for n in names],
             ["bytes stored after all versions"] + [_bytes(_get(v, n, "stored")) for n in names],
             ["bytes sent/added, versions 2..n"] + [_bytes(_get(v, n, "delta_bytes_total")) for n in names],
+            ["all protocol bytes, versions 2..n"] + [_bytes(_get(v, n, "delta_traffic_total")) for n in names],
             ["seconds, all versions"] + [_fmt(sum(s["seconds"] for s in v[n]["steps"]) if n in v else None, "", 2)
                                          for n in names]]
     lines += _table(["versions"] + names, rows)
@@ -329,6 +340,10 @@ def markdown(results: dict) -> str:
              f"{meta['started']} · mode **{meta['mode']}** · {meta['cpus']} CPUs ({meta['cpu_model']}) · "
              f"Python {meta['python']} · commit {meta['commit']} · {meta['seconds']:.0f} s in total", "",
              f"Command: `{meta['command']}`", ""]
+    if meta.get("other_cpus"):
+        load = ", ".join(f"{name} {cpus:.2f}" for name, cpus in meta["other_cpus"].items())
+        lines += [f"CPUs used by other processes on the machine during each group (of {meta['cpus']}): {load}. "
+                  "Above ~0.3 the timings of that group are pessimistic.", ""]
     if results["notes"]:
         lines += ["Notes:", ""] + [f"- {n}" for n in results["notes"]] + [""]
     lines += ["## Targets", ""]

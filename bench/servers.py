@@ -31,6 +31,27 @@ from cli.client import StratusClient, channel_options, tls_credentials
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"serving on (\S+):(\d+)")
 START_TIMEOUT = 60.0
+# Server logs of the run go here (set by the runner), so a failure can be explained after the
+# group's folders are gone; by default next to the data dir.
+LOG_DIR: list[Path] = []
+
+
+def settle() -> None:
+    """Flush every dirty page before a timing starts. The chunk store's durability barrier is a
+    syncfs of the whole filesystem: without this, the first upload after a dataset was copied or
+    edited would also pay for writing that copy back, and other tools (which fsync only their
+    own files) would not."""
+    os.sync()
+
+
+def server_errors(log_dir: Path, lines: int = 40) -> list[str]:
+    """The end of every server log in ``log_dir`` that holds a traceback."""
+    found = []
+    for log in sorted(log_dir.glob("*.log")):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text:
+            found.append(f"{log.name}:\n" + "\n".join(text.splitlines()[-lines:]))
+    return found
 
 
 def dir_bytes(path: Path) -> int:
@@ -71,7 +92,10 @@ class BenchServer:
         args = [sys.executable, "-m", "service.server", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"]
         args += ["--insecure"] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
-        self._log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        log_dir = LOG_DIR[0] if LOG_DIR else self.data_dir.parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{self.data_dir.parent.name}-{self.data_dir.name}-{os.getpid()}-{time.monotonic_ns()}.log"
+        self._log = open(log_dir / name, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT, text=True
         )
@@ -94,7 +118,11 @@ class BenchServer:
             channel = grpc.insecure_channel(self.address, options=channel_options())
         else:
             channel = grpc.secure_channel(self.address, tls_credentials(self.tls_dir), options=channel_options())
-        return StratusClient(grpc.intercept_channel(channel, counter), target=self.address), counter
+        # Like the CLI, keep manifests of what was sent, so re-uploads commit manifest deltas.
+        manifests = self.data_dir.parent / f"{self.data_dir.name}-client-manifests"
+        return StratusClient(
+            grpc.intercept_channel(channel, counter), target=self.address, manifest_cache=manifests
+        ), counter
 
     def client_args(self) -> list[str]:
         """``--server`` and TLS options for CLI invocations and benchmark child processes."""

@@ -11,7 +11,8 @@ On the ``mixed`` file (1 GiB; half incompressible, half text-like):
 * a delta download: the latest version onto the local copy of the first one.
 
 The client runs in this process through :class:`cli.client.StratusClient` (the CLI's code);
-downloads go to files on disk (temp file, fsync, rename), as ``stratus get`` does.
+downloads go to files on disk (temp file, fsync, rename), as ``stratus get`` does. Every timing
+starts after :func:`bench.servers.settle` (no dirty pages left from preparing the data).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from bench import datasets
 from bench.datasets import Workspace
-from bench.servers import BenchServer, CpuProbe, WireCounter
+from bench.servers import BenchServer, CpuProbe, WireCounter, settle
 from cli.client import StratusClient
 
 REMOTE = "bench/mixed.bin"
@@ -30,6 +31,7 @@ REMOTE = "bench/mixed.bin"
 
 def _upload(client: StratusClient, counter: WireCounter, server: BenchServer, path: Path) -> dict:
     stored_before = server.stored()["chunks"]
+    settle()
     sent0, recv0 = counter.snapshot()
     probe = CpuProbe(server)
     start = time.perf_counter()
@@ -45,6 +47,7 @@ def _upload(client: StratusClient, counter: WireCounter, server: BenchServer, pa
 
 
 def _download(client: StratusClient, counter: WireCounter, server: BenchServer, dest: Path) -> dict:
+    settle()
     sent0, recv0 = counter.snapshot()
     probe = CpuProbe(server)
     start = time.perf_counter()

@@ -43,7 +43,7 @@ from cli.remote import ProgressFn, Remote
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
 
-FETCH_WINDOW_BYTES = 16 * 1024 * 1024
+FETCH_WINDOW_BYTES = 64 * 1024 * 1024  # per GetChunks call; fewer calls, better overlap
 FETCH_WINDOW_CHUNKS = 1024
 _QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
 _END = object()
