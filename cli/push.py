@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from cas.errors import NotFoundError, VersionConflictError
 from cas.paths import normalize_path
 from cli import errors
+from cli.jobs import run_bounded
 from cli.progress import TransferProgress
 from cli.runtime import Runtime
 from cli.smallfiles import SMALL_FILE_MAX, groups, upload_group
@@ -315,27 +316,17 @@ class Uploader:
                 *((self._upload_small, group) for group in groups(small)),
                 *((lambda item, p: [self._upload(item[0], item[1], None, p, tree=True)], item) for item in large),
             ])
-            running: set[Future] = set()
             try:
-                while True:
-                    # Submit lazily: a few in flight, not ten thousand futures holding paths.
-                    while len(running) < self.jobs * 2 and (task := next(tasks, None)) is not None:
-                        running.add(pool.submit(task[0], task[1], progress))
-                    if not running:
-                        break
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        for outcome, entry in future.result():
-                            self._account(report.stats, outcome)
-                            report.outcomes.append(outcome)
-                            if entry is not None:
-                                pending_entries.append(entry)
+                for results in run_bounded(pool, tasks, self.jobs * 2, progress):
+                    for outcome, entry in results:
+                        self._account(report.stats, outcome)
+                        report.outcomes.append(outcome)
+                        if entry is not None:
+                            pending_entries.append(entry)
                     if len(pending_entries) >= _CACHE_FLUSH_EVERY:
                         self._remember(pending_entries)
                         pending_entries = []
             finally:
-                for future in running:
-                    future.cancel()
                 self._remember(pending_entries)
 
     def _delete_missing(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from cas.errors import NotFoundError
 from cas.paths import normalize_path
 from cli import errors
+from cli.jobs import run_bounded
 from cli.progress import TransferProgress
 from cli.runtime import Runtime
 from cli.smallget import SMALL_FILE_MAX, download_group, groups
@@ -204,23 +205,14 @@ class Downloader:
                 *((self._download_small, group) for group in groups(small)),
                 *((lambda item, p: [self._download(item, p, tree=True)], item) for item in large),
             ])
-            running: set[Future] = set()
             try:
-                while True:
-                    while len(running) < self.jobs * 2 and (task := next(tasks, None)) is not None:
-                        running.add(pool.submit(task[0], task[1], progress))
-                    if not running:
-                        break
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        for outcome, entry in future.result():
-                            self._account(report.stats, outcome)
-                            report.outcomes.append(outcome)
-                            if entry is not None:
-                                entries.append(entry)
+                for results in run_bounded(pool, tasks, self.jobs * 2, progress):
+                    for outcome, entry in results:
+                        self._account(report.stats, outcome)
+                        report.outcomes.append(outcome)
+                        if entry is not None:
+                            entries.append(entry)
             finally:
-                for future in running:
-                    future.cancel()
                 self._remember(entries)
 
     def _download_small(
