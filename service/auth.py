@@ -10,6 +10,7 @@ means "anonymous" (insecure mode) or UNAUTHENTICATED.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -69,10 +70,16 @@ def _first(values: Sequence[bytes] | None) -> str | None:
 def _uri_from_pem(pems: Sequence[bytes] | None) -> str | None:
     if not pems:
         return None
+    return _uri_of_certificate(bytes(pems[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _uri_of_certificate(pem: bytes) -> str | None:
+    # Cached: parsing the certificate on every call costs more than the rest of a Stat.
     from cryptography import x509  # only needed on gRPC builds without the x509_uri property
 
     try:
-        cert = x509.load_pem_x509_certificate(bytes(pems[0]))
+        cert = x509.load_pem_x509_certificate(pem)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         return None
