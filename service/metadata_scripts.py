@@ -10,12 +10,11 @@ would round.
 
 from __future__ import annotations
 
-_FIND_MISSING = r"""
--- The digests of the concatenated 32-byte string d that are not fields of hash key, concatenated,
--- in order.
-local function find_missing(key, d)
+_SLICES = r"""
+-- Calls fn(batch, start, got) for each slice of up to 2048 digests of the concatenated 32-byte
+-- string d, where got is HMGET of that slice on hash key and start the slice's offset (0-based).
+local function each_slice(key, d, fn)
   local n = #d / 32
-  local missing = {}
   local i = 0
   while i < n do
     local m = math.min(n - i, 2048)
@@ -24,16 +23,25 @@ local function find_missing(key, d)
       local o = (i + j - 1) * 32
       batch[j] = string.sub(d, o + 1, o + 32)
     end
-    local got = redis.call('HMGET', key, unpack(batch))
-    for j = 1, m do
-      if not got[j] then missing[#missing + 1] = batch[j] end
-    end
+    fn(batch, i, redis.call('HMGET', key, unpack(batch)))
     i = i + m
   end
-  return table.concat(missing)
 end
 """
 
+_FIND_MISSING = _SLICES + r"""
+-- The digests of the concatenated 32-byte string d that are not fields of hash key, concatenated,
+-- in order.
+local function find_missing(key, d)
+  local missing = {}
+  each_slice(key, d, function(batch, start, got)
+    for j = 1, #batch do
+      if not got[j] then missing[#missing + 1] = batch[j] end
+    end
+  end)
+  return table.concat(missing)
+end
+"""
 # Digests arrive as one concatenated binary string: 200k separate ARGV entries would cost far more
 # in the protocol and in Lua table building. They are checked with HMGET in slices, which stays
 # well under Lua's C stack limit (8000) for unpack(); measured on 200k digests: one HEXISTS each
@@ -151,40 +159,29 @@ end
 return out
 """
 
-ADD_CHUNKS = r"""
+ADD_CHUNKS = _SLICES + r"""
 -- KEYS: 1 chunk index, 2 stats hash
 -- ARGV: 1 concatenated 32-byte digests (no duplicates), 2 their lengths, comma-separated
 -- One HMGET and one HSET per slice: a single HSET of many fields is also one AOF entry, where
 -- one HSETNX per digest would be 200k entries for a 200k-chunk upload.
-local d = ARGV[1]
 local lengths = {}
 for len in string.gmatch(ARGV[2], '%d+') do lengths[#lengths + 1] = len end
-local n = #lengths
 local added = 0
 local bytes = 0
-local i = 0
-while i < n do
-  local m = math.min(n - i, 2048)
-  local batch = {}
-  for j = 1, m do
-    local o = (i + j - 1) * 32
-    batch[j] = string.sub(d, o + 1, o + 32)
-  end
-  local got = redis.call('HMGET', KEYS[1], unpack(batch))
+each_slice(KEYS[1], ARGV[1], function(batch, start, got)
   local new = {}
-  for j = 1, m do
+  for j = 1, #batch do
     if not got[j] then
       new[#new + 1] = batch[j]
-      new[#new + 1] = lengths[i + j]
-      bytes = bytes + tonumber(lengths[i + j])
+      new[#new + 1] = lengths[start + j]
+      bytes = bytes + tonumber(lengths[start + j])
     end
   end
   if #new > 0 then
     redis.call('HSET', KEYS[1], unpack(new))
     added = added + #new / 2
   end
-  i = i + m
-end
+end)
 if bytes > 0 then redis.call('HINCRBY', KEYS[2], 'unique_bytes', string.format('%d', bytes)) end
 return added
 """
