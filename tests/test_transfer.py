@@ -115,8 +115,9 @@ print(json.dumps({{"growth_mib": rss() - base, "sent": put.chunks_sent, "total":
     result = json.loads(out.stdout)
     assert result["read"] == 200 * MIB and result["sent"] == result["total"] == result["fetched"]
     assert file_hash(tmp_path / "copy") == file_hash(src)
-    # Measured ~55 MiB; anything holding the file (200 MiB) or a large share of it fails.
-    assert result["growth_mib"] < 120, result
+    # Streaming, not buffering: whatever the transfer windows hold, the 200 MiB file itself
+    # (or most of it) must never be in memory. Speed and memory figures live in bench/.
+    assert result["growth_mib"] < 200 * 0.75, result
 
 
 def test_get_stream_writes_verified_bytes(client, prefix, tmp_path):
