@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
+
 from cas import codec
 from cas.digest import check_digest, digest
 from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError
@@ -24,6 +26,7 @@ from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError
 _HEX = frozenset("0123456789abcdef")
 _TEMP_SUFFIX = ".tmp"
 _STAGING = ".staging"
+_DAMAGED = ".damaged"
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 _FSYNC_MAX = 4  # up to this many paths, fsync each instead of syncfs
@@ -44,6 +47,16 @@ class Staged:
     count: int
     files: list[tuple[int, Path, Path, int]] = field(default_factory=list)  # index, temp, final, size
     folders: set[Path] = field(default_factory=set)
+    repairs: set[Path] = field(default_factory=set)  # finals whose stored copy is damaged: replace them
+
+
+@dataclass
+class CheckReport:
+    """What :meth:`LocalChunkStore.check` found."""
+
+    checked: int = 0
+    checked_bytes: int = 0
+    damaged: list[bytes] = field(default_factory=list)  # found damaged by this check
 
 
 class ChunkStore(ABC):
@@ -72,8 +85,16 @@ class ChunkStore(ABC):
         """
 
     def get(self, digest: bytes) -> bytes:
-        """Return the decoded, verified bytes; :class:`ChunkNotFoundError` or :class:`CorruptChunkError`."""
-        return self._decode(check_digest(digest), self.get_frame(digest, verify=False))
+        """Return the decoded, verified bytes; :class:`ChunkNotFoundError` or :class:`CorruptChunkError`.
+
+        A copy that fails verification is marked damaged (:meth:`mark_damaged`) before the error.
+        """
+        d = check_digest(digest)
+        try:
+            return self._decode(d, self.get_frame(d, verify=False))
+        except CorruptChunkError:
+            self.mark_damaged(d)
+            raise
 
     @abstractmethod
     def has(self, digest: bytes) -> bool:
@@ -95,6 +116,18 @@ class ChunkStore(ABC):
     def stats(self) -> StoreStats:
         """Return the chunk count and stored frame bytes."""
 
+    def mark_damaged(self, digest: bytes) -> bool:
+        """Record that the copy under ``digest`` is damaged or missing, unless it now verifies.
+
+        A damaged chunk is never served and is replaced by the next verified copy stored under
+        its digest. Returns True if the chunk is (now) marked damaged.
+        """
+        return False
+
+    def damaged_among(self, digests: Iterable[bytes]) -> list[bytes]:
+        """The digests, in order, whose stored copy is known to be damaged or missing."""
+        return []
+
     def _decode(self, digest: bytes, frame: bytes) -> bytes:
         try:
             return codec.decode_verified(digest, frame, self.max_chunk_size)
@@ -114,6 +147,13 @@ class LocalChunkStore(ChunkStore):
 
     ``stats()`` scans the store once, on first use, and then keeps counters; changes made by other
     processes after that scan are not reflected.
+
+    Self-healing: a copy found damaged (it fails to decode or verify on a read or a check) or
+    missing is moved aside to ``root/.damaged/<hex digest>`` (an empty file there records a
+    missing one), so it is never served again, and the digest is in :meth:`damaged_among` until
+    a verified copy is stored under it, which replaces it atomically. A put of a digest whose
+    file exists compares the stored bytes with the (verified) frame it brings and verifies the
+    stored copy when they differ, so damage nobody has read yet is repaired by the next upload.
     """
 
     def __init__(self, root: str | Path, max_chunk_size: int = 256 * 1024, fsync: bool = True) -> None:
@@ -127,6 +167,12 @@ class LocalChunkStore(ChunkStore):
         self.staging = self.root / _STAGING
         self.staging.mkdir(exist_ok=True)
         _remove_orphans(self.staging)
+        self.quarantine = self.root / _DAMAGED
+        self.quarantine.mkdir(exist_ok=True)
+        self._heal_lock = threading.Lock()  # orders marking a copy damaged and replacing it
+        self._damaged: set[bytes] = {
+            bytes.fromhex(e.name) for e in os.scandir(self.quarantine) if len(e.name) == 64 and _HEX.issuperset(e.name)
+        }
 
     def path_for(self, digest: bytes) -> Path:
         """Return the file path of ``digest`` (whether or not it exists)."""
@@ -152,7 +198,9 @@ class LocalChunkStore(ChunkStore):
         try:
             for index, (digest, frame) in enumerate(items):
                 final = self.path_for(digest)
-                if os.path.exists(final):
+                if digest in self._damaged or self._stored_copy_damaged(digest, final, frame):
+                    staged.repairs.add(final)
+                elif os.path.exists(final):
                     continue
                 staged.folders |= self._make_folder(final.parent)
                 temp = self.staging / f"{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
@@ -179,7 +227,11 @@ class LocalChunkStore(ChunkStore):
             for batch in batches:
                 flags = [False] * batch.count
                 for index, temp, final, size in batch.files:
-                    flags[index] = self._publish(temp, final, size)
+                    if final in batch.repairs:
+                        flags[index] = self._repair(temp, final, size)
+                        folders.add(self.quarantine)
+                    else:
+                        flags[index] = self._publish(temp, final, size)
                     folders.add(final.parent)
                 results += flags
             if self._fsync and files:
@@ -208,12 +260,125 @@ class LocalChunkStore(ChunkStore):
     def _publish(self, temp: Path, final: Path, size: int) -> bool:
         if not _rename_noreplace(temp, final):
             return False
+        self._count(1, size)
+        return True
+
+    def _count(self, chunks: int, size: int) -> None:
         # Under the lock so that the first stats() scan and the counters never disagree.
         with self._lock:
             if self._stats is not None:
-                self._stats.chunk_count += 1
+                self._stats.chunk_count += chunks
                 self._stats.stored_bytes += size
+
+    def _stored_copy_damaged(self, digest: bytes, final: Path, frame: bytes) -> bool:
+        """True if ``final`` exists but is not a good copy; ``frame`` is a verified frame of ``digest``.
+
+        Equal bytes prove the stored copy good without decoding it; only a copy that differs (an
+        other compression level, or damage) is decoded and verified.
+        """
+        try:
+            stored = final.read_bytes()
+        except FileNotFoundError:
+            return False
+        if stored == frame:
+            return False
+        try:
+            self._decode(digest, stored)
+        except CorruptChunkError:
+            return True
+        return False
+
+    def _repair(self, temp: Path, final: Path, size: int) -> bool:
+        """Replace a damaged (or missing) copy with the verified frame in ``temp``, atomically."""
+        digest = bytes.fromhex(final.name)
+        with self._heal_lock:
+            try:
+                old = final.stat().st_size
+            except FileNotFoundError:
+                old = None
+            os.replace(temp, final)
+            self._count(0 if old is not None else 1, size - (old or 0))
+            self._damaged.discard(digest)
+            (self.quarantine / final.name).unlink(missing_ok=True)
         return True
+
+    def mark_damaged(self, digest: bytes) -> bool:
+        """Move a copy that does not verify aside to ``.damaged`` (record a missing one there).
+
+        The copy is checked again under the lock, so a copy repaired in the meantime stays.
+        """
+        d = check_digest(digest)
+        final = self.path_for(d)
+        with self._heal_lock:
+            try:
+                frame = final.read_bytes()
+            except FileNotFoundError:
+                frame = None
+            if frame is not None:
+                try:
+                    self._decode(d, frame)
+                    return False
+                except CorruptChunkError:
+                    pass
+                os.replace(final, self.quarantine / final.name)
+                self._count(-1, -len(frame))
+            else:
+                (self.quarantine / final.name).touch()
+            self._damaged.add(d)
+        if self._fsync:
+            _fsync_path(self.quarantine)
+            _fsync_path(final.parent)
+        return True
+
+    def iterate_damaged(self) -> list[bytes]:
+        """Every digest marked damaged or missing (sorted)."""
+        return sorted(self._damaged)
+
+    def damaged_among(self, digests: Iterable[bytes]) -> list[bytes]:
+        """The digests, in first-seen order without duplicates, whose copy is known damaged or
+        missing (an in-memory set: free while nothing is damaged)."""
+        damaged = self._damaged
+        return list(dict.fromkeys(d for d in digests if d in damaged)) if damaged else []
+
+    def check(self, read_data: bool = False) -> CheckReport:
+        """Walk every chunk file: its header (and, with ``read_data``, its content) must verify.
+
+        Copies that fail are marked damaged (:meth:`mark_damaged`) and listed in the report.
+        """
+        report = CheckReport()
+        for path in self._chunk_files():
+            d = bytes.fromhex(path.name)
+            try:
+                frame = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            report.checked += 1
+            report.checked_bytes += len(frame)
+            try:
+                self._decode(d, frame) if read_data else self._check_header(d, frame)
+            except CorruptChunkError:
+                if self.mark_damaged(d):
+                    report.damaged.append(d)
+        return report
+
+    def _check_header(self, digest: bytes, frame: bytes) -> None:
+        """The cheap check of a frame that is not decoded: its header and declared sizes agree."""
+        try:
+            length = codec.frame_length(frame)
+        except InvalidInputError as exc:
+            raise CorruptChunkError(digest, str(exc)) from None
+        if length > self.max_chunk_size:
+            raise CorruptChunkError(digest, f"header declares {length} bytes, over the chunk size limit")
+        payload = memoryview(frame)[codec.HEADER_SIZE:]
+        if frame[3] == codec.METHOD_RAW:
+            declared = payload.nbytes
+        else:
+            try:
+                declared = zstandard.frame_content_size(payload)
+            except zstandard.ZstdError as exc:
+                raise CorruptChunkError(digest, f"bad zstd frame header: {exc}") from None
+        if declared != length:
+            raise CorruptChunkError(digest, f"frame header declares {length} bytes, its payload {declared}")
 
     def _make_folder(self, folder: Path) -> set[Path]:
         """Create ``folder`` if needed; returns the folders whose entries changed (to make durable:
@@ -231,17 +396,22 @@ class LocalChunkStore(ChunkStore):
     def get_frame(self, digest: bytes, verify: bool = True) -> bytes:
         """Return the stored frame, verified against its digest unless ``verify`` is False."""
         d = check_digest(digest)
+        if d in self._damaged:
+            raise CorruptChunkError(d, "the stored copy is damaged; it is repaired when the chunk is uploaded again")
         try:
             frame = self.path_for(d).read_bytes()
         except FileNotFoundError:
             raise ChunkNotFoundError(d) from None
-        if verify:
-            self._decode(d, frame)
+        try:
+            self._decode(d, frame) if verify else self._check_header(d, frame)
+        except CorruptChunkError:
+            self.mark_damaged(d)
+            raise
         return frame
 
     def has(self, digest: bytes) -> bool:
-        """Return True if a frame is stored under ``digest``."""
-        return self.path_for(digest).is_file()
+        """Return True if a frame is stored under ``digest`` and not known to be damaged."""
+        return digest not in self._damaged and self.path_for(digest).is_file()
 
     def delete(self, digest: bytes) -> bool:
         """Remove the frame under ``digest``; True if it existed."""

@@ -129,6 +129,10 @@ class StratusClient:
         """The cached ServerInfo (fetched on first use)."""
         return self._remote.info()
 
+    def check_store(self, read_data: bool = False) -> pb.CheckStoreResponse:
+        """Admin role: verify the server's chunk store and mark what is damaged (CheckStore)."""
+        return self._remote.call(self._remote.stub.CheckStore, pb.CheckStoreRequest(read_data=read_data))
+
     @property
     def params(self) -> TransferParams:
         """The transfer parameters the server announced."""

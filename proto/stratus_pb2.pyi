@@ -452,3 +452,25 @@ class WatchRequest(_message.Message):
     prefix: str
     since: str
     def __init__(self, prefix: _Optional[str] = ..., since: _Optional[str] = ...) -> None: ...
+
+class CheckStoreRequest(_message.Message):
+    __slots__ = ("read_data",)
+    READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    read_data: bool
+    def __init__(self, read_data: _Optional[bool] = ...) -> None: ...
+
+class CheckStoreResponse(_message.Message):
+    __slots__ = ("chunks_checked", "bytes_checked", "damaged", "missing", "awaiting_repair", "damaged_digests")
+    CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_REPAIR_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    chunks_checked: int
+    bytes_checked: int
+    damaged: int
+    missing: int
+    awaiting_repair: int
+    damaged_digests: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damaged: _Optional[int] = ..., missing: _Optional[int] = ..., awaiting_repair: _Optional[int] = ..., damaged_digests: _Optional[_Iterable[bytes]] = ...) -> None: ...

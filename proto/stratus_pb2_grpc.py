@@ -119,6 +119,11 @@ class StratusStub:
                 request_serializer=proto_dot_stratus__pb2.WatchRequest.SerializeToString,
                 response_deserializer=proto_dot_stratus__pb2.Event.FromString,
                 _registered_method=True)
+        self.CheckStore = channel.unary_unary(
+                '/stratus.v1.Stratus/CheckStore',
+                request_serializer=proto_dot_stratus__pb2.CheckStoreRequest.SerializeToString,
+                response_deserializer=proto_dot_stratus__pb2.CheckStoreResponse.FromString,
+                _registered_method=True)
 
 
 class StratusServicer:
@@ -227,6 +232,13 @@ class StratusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckStore(self, request, context):
+        """Admin role only (PERMISSION_DENIED otherwise): verify the whole chunk store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StratusServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +326,11 @@ def add_StratusServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=proto_dot_stratus__pb2.WatchRequest.FromString,
                     response_serializer=proto_dot_stratus__pb2.Event.SerializeToString,
+            ),
+            'CheckStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckStore,
+                    request_deserializer=proto_dot_stratus__pb2.CheckStoreRequest.FromString,
+                    response_serializer=proto_dot_stratus__pb2.CheckStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -775,6 +792,33 @@ class Stratus:
             '/stratus.v1.Stratus/Watch',
             proto_dot_stratus__pb2.WatchRequest.SerializeToString,
             proto_dot_stratus__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratus.v1.Stratus/CheckStore',
+            proto_dot_stratus__pb2.CheckStoreRequest.SerializeToString,
+            proto_dot_stratus__pb2.CheckStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,13 @@ from pathlib import Path
 import grpc
 
 from cas import codec, digest
-from cas.errors import ChunkTooLargeError, InvalidInputError, LimitExceededError, NotFoundError
+from cas.errors import (
+    ChunkTooLargeError,
+    InvalidInputError,
+    LimitExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
@@ -357,6 +363,21 @@ class StratusService(pb_grpc.StratusServicer):
         limit = min(request.limit or self.config.default_page_size, self.config.max_page_size)
         events, cursor = await self.repo.metadata.changes(caller.namespace, request.since, limit, prefix)
         return pb.ChangesResponse(events=[event_message(e) for e in events], cursor=cursor)
+
+    # ---- maintenance --------------------------------------------------------------------------
+
+    @rpc
+    async def CheckStore(self, request: pb.CheckStoreRequest, context: Ctx) -> pb.CheckStoreResponse:
+        caller = self._identify(context, "CheckStore")
+        if not caller.admin:
+            raise PermissionDeniedError(f"identity {caller.identity!r} does not hold the admin role")
+        result = await self.repo.check_store(request.read_data)
+        note(damaged=result.damaged, missing=result.missing)
+        return pb.CheckStoreResponse(
+            chunks_checked=result.checked, bytes_checked=result.checked_bytes, damaged=result.damaged,
+            missing=result.missing, awaiting_repair=len(result.awaiting_repair),
+            damaged_digests=result.awaiting_repair[:1000],
+        )
 
     @rpc
     async def Watch(self, request: pb.WatchRequest, context: Ctx) -> AsyncIterator[pb.Event]:

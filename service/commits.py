@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from cas import signing
 from cas.diff import diff_manifests
-from cas.errors import ChunkTooLargeError, InvalidInputError, ManifestError, NotFoundError
+from cas.errors import ChunkTooLargeError, InvalidInputError, ManifestError, MissingChunksError, NotFoundError
 from cas.manifest import ChunkRef, Manifest
 from service.metadata import VersionRecord
 from service.repository import Repository
@@ -189,11 +189,17 @@ class Committer:
             and c.if_version in (None, head.version)
         ):
             return CommitOutcome(head, unchanged=True)
+        damaged = self.repo.chunks.damaged_among(ref.digest for ref in c.manifest.chunks)
+        if damaged:
+            # A new version must not reference a copy known to be bad: the client re-sends these
+            # chunks (FindMissingChunks lists them), which repairs the store, and commits again.
+            raise MissingChunksError(damaged)
         previous = await self.repo.manifest_of(head)
         delta = diff_manifests(previous, c.manifest)
         record = await self.repo.metadata.commit(
             ns, c.path, manifest_digest=manifest_digest, size=c.manifest.size, file_digest=c.manifest.file_digest,
-            chunk_digests=c.manifest.unique_digests(), chunk_count=len(c.manifest.chunks),
+            chunk_digests=[ref.digest for ref in c.manifest.chunks],
+            chunk_lengths=[ref.length for ref in c.manifest.chunks], chunk_count=len(c.manifest.chunks),
             new_chunks=delta.new_chunks, new_bytes=delta.new_bytes, identity=identity,
             mode=c.mode, mtime_ns=c.mtime_ns, signature=c.signature, signer_public_key=c.signer_public_key,
             if_version=c.if_version,

@@ -9,6 +9,7 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
     P:{ns}:events       STREAM  change feed; the cursor is the stream id
     P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
     P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
+    P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
 
 ``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
 always the namespace, so braces or colons inside a path cannot move a key to another slot.
@@ -27,6 +28,7 @@ from cas.errors import (
     InvalidDigestError,
     InvalidInputError,
     InvalidPathError,
+    ManifestError,
     MissingChunksError,
     NotFoundError,
     VersionConflictError,
@@ -108,6 +110,23 @@ def _joined_digests(digests: Sequence[bytes]) -> tuple[list[bytes], bytes]:
     return unique, joined
 
 
+def _joined_lengths(path: str, digests: Sequence[bytes], lengths: Sequence[int]) -> str:
+    """The lengths of the distinct digests (first-seen order, as ``_joined_digests``), comma-separated.
+
+    ManifestError when the lists differ in size or one digest is given two lengths.
+    """
+    if len(digests) != len(lengths):
+        raise InvalidInputError(f"{path}: {len(digests)} chunk digests but {len(lengths)} lengths")
+    first = dict(zip(digests, lengths, strict=True))
+    if len(first) == len(digests):  # no digest repeats: nothing can conflict
+        return ",".join(map(str, map(int, first.values())))
+    first = {}
+    for d, n in zip(digests, lengths, strict=True):
+        if first.setdefault(d, n) != n:
+            raise ManifestError(f"{path}: the manifest gives chunk {bytes(d).hex()} two lengths ({first[d]} and {n})")
+    return ",".join(map(str, map(int, first.values())))
+
+
 def _split_digests(blob: bytes) -> list[bytes]:
     return [blob[i : i + DIGEST_SIZE] for i in range(0, len(blob), DIGEST_SIZE)]
 
@@ -154,6 +173,7 @@ class MetadataStore:
         size: int,
         file_digest: bytes,
         chunk_digests: Sequence[bytes],
+        chunk_lengths: Sequence[int] | None = None,
         chunk_count: int,
         new_chunks: int,
         new_bytes: int,
@@ -169,7 +189,9 @@ class MetadataStore:
 
         Raises VersionConflictError when ``if_version`` is given and is not the head (0 means
         "no live head"), MissingChunksError (in request order) when a digest is not in the
-        namespace's chunk index; in both cases nothing changes.
+        namespace's chunk index, ManifestError when ``chunk_lengths`` (parallel to
+        ``chunk_digests``) gives a chunk another length than the index holds; in every case
+        nothing changes. The lengths are checked inside the commit script: one round trip.
         """
         keys = self._keys(ns)
         p = _path_bytes(path)
@@ -178,6 +200,7 @@ class MetadataStore:
         if size < 0:
             raise InvalidInputError(f"{path}: negative size {size}")
         _, joined = _joined_digests(chunk_digests)
+        lengths = "" if chunk_lengths is None else _joined_lengths(path, chunk_digests, chunk_lengths)
         body = encode_body(
             deleted=False, size=int(size), identity=str(identity), mode=int(mode), mtime_ns=int(mtime_ns),
             manifest_digest=_digest(manifest_digest, "manifest digest"),
@@ -186,7 +209,8 @@ class MetadataStore:
             signer_public_key=signer_public_key,
         )
         return await self._write_version(
-            keys, path, p, "put", body, size, joined, manifest_digest.hex(), identity, if_version, now_ms
+            keys, path, p, "put", body, size, joined, manifest_digest.hex(), identity, if_version, now_ms,
+            lengths,
         )
 
     async def delete(
@@ -205,7 +229,7 @@ class MetadataStore:
 
     async def _write_version(
         self, keys: _Keys, path: str, p: bytes, kind: str, body: str, size: int, digests: bytes,
-        manifest_hex: str, identity: str, if_version: int | None, now_ms: int | None,
+        manifest_hex: str, identity: str, if_version: int | None, now_ms: int | None, lengths: str = "",
     ) -> VersionRecord:
         if if_version is not None and if_version < 0:
             raise InvalidInputError(f"{path}: negative if_version {if_version}")
@@ -214,7 +238,7 @@ class MetadataStore:
             args=[
                 kind, p, "" if if_version is None else str(int(if_version)),
                 "" if now_ms is None else str(int(now_ms)), body, str(int(size)), digests, manifest_hex,
-                identity,
+                identity, lengths,
             ],
         )
         tag = res[0]
@@ -226,6 +250,11 @@ class MetadataStore:
             raise MissingChunksError(_split_digests(res[1]))
         if tag == b"notfound":
             raise NotFoundError(f"{path}: no such file")
+        if tag == b"badlength":
+            raise ManifestError(
+                f"{path}: the manifest gives chunk {res[1].hex()} a length of {int(res[3])} bytes but the "
+                f"stored chunk has {int(res[2])} bytes; nothing was committed"
+            )
         raise RuntimeError(f"unexpected reply from the commit script: {res!r:.200}")
 
     # ---- chunk index ----------------------------------------------------------------------
@@ -395,6 +424,30 @@ class MetadataStore:
                 if ev.path.startswith(prefix):
                     yield ev
 
+    # ---- store binding (service/binding.py) --------------------------------------------------
+
+    async def store_id(self) -> str | None:
+        """The id of the chunk store this metadata is bound to, or None if it is not bound."""
+        raw = await self._redis.get(f"{self.prefix}:store-id")
+        return raw.decode() if raw else None
+
+    async def claim_store_id(self, store_id: str) -> str:
+        """Bind to ``store_id`` unless already bound; returns the id the metadata is bound to."""
+        key = f"{self.prefix}:store-id"
+        if await self._redis.set(key, store_id, nx=True):
+            return store_id
+        return (await self._redis.get(key) or b"").decode()
+
+    async def has_data(self) -> bool:
+        """True if any namespace key exists under the prefix (one SCAN, stopped at the first hit)."""
+        cursor = 0
+        while True:
+            cursor, keys = await self._redis.scan(cursor, match=f"{self.prefix}:{{*", count=1000)
+            if keys:
+                return True
+            if not cursor:
+                return False
+
     # ---- statistics -----------------------------------------------------------------------
 
     async def stats(self, ns: str) -> NamespaceStats:
@@ -409,6 +462,18 @@ class MetadataStore:
             chunk_count=int(chunk_count), unique_bytes=unique, logical_bytes=logical,
             file_count=files, version_count=versions,
         )
+
+    async def indexed_chunk_batches(self) -> AsyncIterator[list[bytes]]:
+        """The digests of every namespace's chunk index, in batches (duplicates across namespaces)."""
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:{{*}}:chunks", count=1000):
+            batch: list[bytes] = []
+            async for field, _ in self._redis.hscan_iter(key, count=1000):
+                batch.append(field)
+                if len(batch) >= 1000:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
     async def referenced_manifests(self, ns: str) -> AsyncIterator[bytes]:
         """Manifest digests of every version of every path (for garbage collection), duplicates possible."""

@@ -50,7 +50,8 @@ WRITE_VERSION = _FIND_MISSING + r"""
 -- KEYS: 1 files zset, 2 head hash, 3 versions hash, 4 events stream, 5 chunk index, 6 stats hash
 -- ARGV: 1 kind ('put'|'delete'), 2 path, 3 if_version ('' = any), 4 now_ms ('' = server clock),
 --       5 record body (JSON object), 6 size, 7 concatenated 32-byte chunk digests,
---       8 manifest digest hex, 9 identity
+--       8 manifest digest hex, 9 identity,
+--       10 the uncompressed length of each digest of 7, comma-separated ('' = lengths unchecked)
 local kind = ARGV[1]
 local h = redis.call('HMGET', KEYS[2], 'version', 'created_ms', 'deleted')
 local cur = tonumber(h[1]) or 0
@@ -65,9 +66,32 @@ if ARGV[3] ~= '' then
   end
 end
 if kind == 'put' then
-  local missing = find_missing(KEYS[5], ARGV[7])
-  if missing ~= '' then
-    return {'missing', missing}
+  if ARGV[10] == '' then
+    local missing = find_missing(KEYS[5], ARGV[7])
+    if missing ~= '' then
+      return {'missing', missing}
+    end
+  else
+    -- every chunk must be in the index with the length the manifest gives it
+    local lengths = {}
+    for len in string.gmatch(ARGV[10], '%d+') do lengths[#lengths + 1] = len end
+    local missing = {}
+    local wrong = nil
+    each_slice(KEYS[5], ARGV[7], function(batch, start, got)
+      for j = 1, #batch do
+        if not got[j] then
+          missing[#missing + 1] = batch[j]
+        elseif wrong == nil and got[j] ~= lengths[start + j] then
+          wrong = {'badlength', batch[j], got[j], lengths[start + j]}
+        end
+      end
+    end)
+    if #missing > 0 then
+      return {'missing', table.concat(missing)}
+    end
+    if wrong then
+      return wrong
+    end
   end
 end
 local now

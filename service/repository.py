@@ -19,7 +19,13 @@ from typing import TypeVar
 from cas import codec
 from cas.chunker import ChunkParams
 from cas.diff import ManifestDiff, diff_manifests
-from cas.errors import ChunkTooLargeError, InvalidInputError, NotFoundError
+from cas.errors import (
+    ChunkNotFoundError,
+    ChunkTooLargeError,
+    CorruptChunkError,
+    InvalidInputError,
+    NotFoundError,
+)
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.store import ChunkStore, LocalChunkStore, Staged
 from service.metadata import MetadataStore, VersionRecord
@@ -36,6 +42,17 @@ class IngestResult:
     received: int
     stored: int
     frame_bytes: int
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """The result of :meth:`Repository.check_store`."""
+
+    checked: int
+    checked_bytes: int
+    damaged: int  # found damaged by this check
+    missing: int  # named by an index, without a file, found by this check
+    awaiting_repair: list[bytes]  # every chunk marked damaged or missing, after the check
 
 
 @dataclass(frozen=True)
@@ -85,24 +102,64 @@ class Repository:
         return ChunkUpload(self, ns, flush_bytes)
 
     async def missing(self, ns: str, digests: list[bytes]) -> list[bytes]:
-        """Digests that ``ns`` has not uploaded (request order, no duplicates)."""
-        return await self.metadata.missing_chunks(ns, digests)
+        """Digests that ``ns`` has not uploaded, or whose stored copy is known damaged (request
+        order, no duplicates): a client sends those, and a damaged copy heals from what it sends."""
+        absent = await self.metadata.missing_chunks(ns, digests)
+        damaged = self.chunks.damaged_among(digests)
+        if not damaged:
+            return absent
+        wanted = set(absent).union(damaged)
+        return [d for d in dict.fromkeys(digests) if d in wanted]
 
     async def read_frames(self, ns: str, digests: list[bytes]) -> list[bytes]:
-        """Frames of chunks that ``ns`` may read; NotFoundError names any it may not."""
+        """Frames of chunks that ``ns`` may read; NotFoundError names any it may not.
+
+        Every frame is at least header-checked (fully verified with ``verify_reads``); a damaged
+        or missing copy is marked damaged and raises CorruptChunkError (DATA_LOSS).
+        """
         absent = await self.metadata.missing_chunks(ns, digests)
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
         loop = asyncio.get_running_loop()
         return list(
             await asyncio.gather(
-                *(loop.run_in_executor(self.pool, self.chunks.get_frame, d, self.verify_reads) for d in digests)
+                *(loop.run_in_executor(self.pool, self._indexed, self.chunks.get_frame, d, self.verify_reads)
+                  for d in digests)
             )
         )
 
     async def read_data(self, digest: bytes) -> bytes:
-        """Decoded, verified bytes of one chunk."""
-        return await self.run_blocking(self.chunks.get, digest)
+        """Decoded, verified bytes of one chunk of a committed version (CorruptChunkError as above)."""
+        return await self.run_blocking(self._indexed, self.chunks.get, digest)
+
+    def _indexed(self, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
+        """``read(digest, *args)`` of a chunk the metadata names: its absence from the disk is data
+        loss, so it is marked damaged (repaired by the next upload) and reported as corrupt."""
+        try:
+            return read(digest, *args)
+        except ChunkNotFoundError:
+            self.chunks.mark_damaged(digest)
+            raise CorruptChunkError(digest, "its file is missing from the store") from None
+
+    async def check_store(self, read_data: bool) -> StoreCheck:
+        """Verify every chunk file and that every indexed chunk has one; marks what fails.
+
+        See :meth:`cas.store.LocalChunkStore.check` and :meth:`ChunkStore.mark_damaged`.
+        """
+        store = self.chunks
+        assert isinstance(store, LocalChunkStore)
+        report = await self.run_blocking(store.check, read_data)
+        missing: list[bytes] = []
+        async for batch in self.metadata.indexed_chunk_batches():
+            missing += await self.run_blocking(self._mark_missing, batch)
+        return StoreCheck(
+            report.checked, report.checked_bytes, len(report.damaged), len(set(missing)), store.iterate_damaged()
+        )
+
+    def _mark_missing(self, digests: list[bytes]) -> list[bytes]:
+        """Mark (and return) the digests, not yet known damaged, whose chunk file does not exist."""
+        known = set(self.chunks.damaged_among(digests))
+        return [d for d in digests if d not in known and not self.chunks.has(d) and self.chunks.mark_damaged(d)]
 
     # ---- manifests ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from proto import stratus_pb2, stratus_pb2_grpc
 from service.access import load_policy
 from service.api import StratusService
 from service.audit import AuditLog
+from service.binding import bind_store
 from service.certs import grpc_server_credentials
 from service.config import ConfigError, ServerConfig, load_config
 from service.gate import Gate
@@ -80,6 +81,7 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._lock: DataDirLock | None = None
         self._audit = AuditLog.disabled()
+        self.store_id = ""
 
     async def start(self) -> int:
         """Start every part and return the bound port."""
@@ -101,6 +103,9 @@ class Server:
         self._repo = Repository(
             cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,
             verify_reads=cfg.verify_reads, threads=cfg.io_threads,
+        )
+        self.store_id = await bind_store(
+            cfg.data_dir, self._repo.metadata, (self._repo.chunks, self._repo.manifests)
         )
         service = StratusService(cfg, self._repo, gate)
         self._audit = AuditLog.open(cfg.audit_log)

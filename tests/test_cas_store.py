@@ -105,9 +105,12 @@ def test_flipped_byte_is_detected(store, data, where):
     with pytest.raises(CorruptChunkError) as info:
         store.get(d)
     assert info.value.digest == d
-    with pytest.raises(CorruptChunkError):
-        store.get_frame(d)
-    assert store.get_frame(d, verify=False) == bytes(blob)
+    # found damaged: moved aside (kept for inspection), never served again, even unverified
+    assert store.damaged_among([d]) == [d] and not store.has(d)
+    assert (store.quarantine / path.name).read_bytes() == bytes(blob) and not path.exists()
+    for verify in (True, False):
+        with pytest.raises(CorruptChunkError):
+            store.get_frame(d, verify=verify)
 
 
 def test_chunk_stored_under_wrong_name_is_corrupt(store):

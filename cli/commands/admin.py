@@ -42,6 +42,16 @@ KEYS_EPILOG = """[bold]Examples[/bold]
   stratus get --verify-key ~/.stratus/key.pub reports/q3.pdf q3.pdf
 """
 
+ADMIN_EPILOG = """[bold]Examples[/bold]
+
+  stratus admin check                     [dim]# every chunk's header, every index entry's file[/dim]
+  stratus admin check --read-data         [dim]# also decode and BLAKE3-verify every chunk[/dim]
+
+Exit code 5 when chunks are damaged or missing: they are repaired by the next upload of the same
+content (put the affected files again).
+"""
+
+admin_app = typer.Typer(help="Store maintenance (needs the admin role).", no_args_is_help=True)
 certs_app = typer.Typer(help="Development certificates for mutual TLS.", no_args_is_help=True)
 keys_app = typer.Typer(help="Ed25519 signing keys.", no_args_is_help=True)
 
@@ -154,8 +164,37 @@ def keys_init(
     rt.out.done(f"private key: {path} (keep it secret)\npublic key:  {public}\nfingerprint: {fingerprint}")
 
 
+@admin_app.command("check", epilog=ADMIN_EPILOG)
+def admin_check(
+    ctx: typer.Context,
+    read_data: Annotated[bool, typer.Option(
+        "--read-data", help="Decode and verify every chunk (reads the whole store).")] = False,
+) -> None:
+    """Verify the server's chunk store; damaged or missing chunks are marked for repair."""
+    from cas.digest import to_hex
+    from cli.errors import INTEGRITY
+    from cli.output import human_bytes
+
+    rt = Runtime.of(ctx)
+    r = rt.client.check_store(read_data)
+    digests = [to_hex(d) for d in r.damaged_digests]
+    if rt.out.json:
+        rt.out.document({"chunks_checked": r.chunks_checked, "bytes_checked": r.bytes_checked,
+                         "read_data": read_data, "damaged": r.damaged, "missing": r.missing,
+                         "awaiting_repair": r.awaiting_repair, "damaged_digests": digests})
+    else:
+        rt.out.done(f"checked {r.chunks_checked} chunks ({human_bytes(r.bytes_checked)}"
+                    f"{', content verified' if read_data else ', headers only'}): {r.damaged} newly damaged, "
+                    f"{r.missing} newly missing, {r.awaiting_repair} awaiting repair")
+        for d in digests:
+            rt.out.print(f"  {d}", markup=False)
+    if r.awaiting_repair:
+        raise typer.Exit(INTEGRITY)
+
+
 def register(app: typer.Typer) -> None:
     """Add the admin commands to the app."""
     app.command("serve", epilog=SERVE_EPILOG)(serve)
+    app.add_typer(admin_app, name="admin")
     app.add_typer(certs_app, name="certs")
     app.add_typer(keys_app, name="keys")

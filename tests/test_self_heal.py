@@ -1,0 +1,221 @@
+"""Self-healing storage against real mTLS servers: a damaged or missing chunk is never served,
+never reported present, and is replaced by the next verified copy that arrives."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from cli_helpers import Cli, isolated_env
+from server_fixtures import RunningServer, drop_prefix
+
+from cas import codec
+from cas.errors import IntegrityError
+from cli.client import StratusClient
+from proto import stratus_pb2 as pb
+from service.certs import create_dev_pki
+
+ACCESS = """
+[identities.alice]
+namespace = "team"
+
+[identities.bob]
+
+[identities.ops]
+admin = true
+"""
+
+
+@pytest.fixture(scope="module")
+def heal_server(redis_url, tmp_path_factory):
+    root = tmp_path_factory.mktemp("heal")
+    create_dev_pki(root / "pki", clients=["alice", "bob", "ops"])
+    (root / "access.toml").write_text(ACCESS)
+    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    running = RunningServer(
+        root / "data", redis_url, prefix,
+        extra_args=["--tls-dir", str(root / "pki"), "--access-file", str(root / "access.toml")],
+    ).start()
+    running.pki = root / "pki"
+    try:
+        yield running
+    finally:
+        running.stop()
+        drop_prefix(redis_url, prefix)
+
+
+def connect(server, name: str) -> StratusClient:
+    return StratusClient.connect(server.address, tls_dir=server.pki, client_name=name)
+
+
+def chunk_path(server, d: bytes) -> Path:
+    h = d.hex()
+    return server.data_dir / "chunks" / h[:2] / h[2:4] / h
+
+
+def chunks_of(client: StratusClient, path: str) -> list[bytes]:
+    return [c.digest for c in client.stub.GetManifest(pb.GetManifestRequest(path=path)).manifest.chunks]
+
+
+def flip(path: Path) -> bytes:
+    """Flip one bit in the middle of the file (its payload: the header stays valid); returns the new bytes."""
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    return bytes(blob)
+
+
+def damage(server, d: bytes, how: str) -> None:
+    if how == "flip":
+        flip(chunk_path(server, d))
+    else:
+        chunk_path(server, d).unlink()
+
+
+def content() -> bytes:
+    """~400 KB, several chunks: random bytes (raw frames) and text (zstd frames)."""
+    return os.urandom(200_000) + (uuid.uuid4().hex * 6000).encode()
+
+
+def assert_good_copy(server, d: bytes) -> None:
+    path = chunk_path(server, d)
+    codec.decode_verified(d, path.read_bytes(), 1 << 20)
+    assert not (server.data_dir / "chunks" / ".damaged" / path.name).exists()
+
+
+def missing_for(client: StratusClient, digests: list[bytes]) -> list[bytes]:
+    return list(client.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=digests)).missing)
+
+
+def check_store(server, read_data: bool) -> pb.CheckStoreResponse:
+    with connect(server, "ops") as ops:
+        return ops.check_store(read_data)
+
+
+@pytest.mark.parametrize("how", ["flip", "delete"])
+def test_another_tenants_upload_repairs_a_damaged_chunk(heal_server, how):
+    data = content()
+    with connect(heal_server, "alice") as alice, connect(heal_server, "bob") as bob:
+        alice.put_bytes(data, "old/file.bin")
+        target = chunks_of(alice, "old/file.bin")[1]
+        damage(heal_server, target, how)
+        # (b) before the repair: an integrity failure, never the damaged bytes
+        with pytest.raises(IntegrityError):
+            alice.get_bytes("old/file.bin")
+        # (a) bob uploads the same content: every chunk travels (his namespace has none of them),
+        # the server replaces the damaged copy with his verified one
+        result = bob.put_bytes(data, "mine.bin")
+        assert result.chunks_sent == result.chunks_total
+        assert bob.get_bytes("mine.bin") == data
+        assert_good_copy(heal_server, target)
+        # (b) after the repair alice's old version reads back byte-identical
+        assert alice.get_bytes("old/file.bin") == data
+        assert missing_for(alice, [target]) == []
+
+
+@pytest.mark.parametrize("how", ["flip", "delete"])
+def test_same_tenant_upload_sends_a_chunk_known_damaged(heal_server, how):
+    data = content()
+    with connect(heal_server, "alice") as alice:
+        alice.put_bytes(data, "same/v1.bin")
+        digests = chunks_of(alice, "same/v1.bin")
+        target = digests[0]
+        damage(heal_server, target, how)
+        assert missing_for(alice, digests) == []  # not known yet: nothing has read it
+        # The server finds it: on any read of a missing file, and on a Download (which it decodes).
+        with pytest.raises(grpc.RpcError) as info:
+            b"".join(r.data for r in alice.stub.Download(pb.DownloadRequest(path="same/v1.bin")))
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
+        assert target.hex() in info.value.details()
+        # Known damaged: "missing" for every namespace, and never served.
+        assert missing_for(alice, digests) == [target]
+        with pytest.raises(grpc.RpcError) as info:
+            list(alice.stub.GetChunks(pb.GetChunksRequest(digests=[target])))
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
+        with pytest.raises(IntegrityError):
+            alice.get_bytes("same/v1.bin")
+        # (a) a fresh upload of the same content by the same tenant sends exactly that chunk
+        result = alice.put_bytes(data, "same/v2.bin")
+        assert (result.chunks_sent, result.chunks_total) == (1, len(digests))
+        assert_good_copy(heal_server, target)
+        assert alice.get_bytes("same/v2.bin") == data
+        assert alice.get_bytes("same/v1.bin") == data
+
+
+def test_commit_never_references_a_damaged_chunk(heal_server):
+    """A client that skips FindMissingChunks is told at commit to send the damaged chunk."""
+    data = content()
+    with connect(heal_server, "alice") as alice:
+        alice.put_bytes(data, "contagion/a.bin")
+        manifest = alice.stub.GetManifest(pb.GetManifestRequest(path="contagion/a.bin")).manifest
+        target = manifest.chunks[2].digest
+        chunk_path(heal_server, target).unlink()
+        with pytest.raises(grpc.RpcError):
+            list(alice.stub.GetChunks(pb.GetChunksRequest(digests=[target])))
+        with pytest.raises(grpc.RpcError) as info:
+            alice.stub.CommitFile(pb.CommitFileRequest(path="contagion/b.bin", manifest=manifest))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(Exception):  # noqa: B017 - any error: the path must not exist
+            alice.stat("contagion/b.bin")
+        # the client library re-sends what the commit reports missing and commits again
+        alice.put_bytes(data, "contagion/b.bin")
+        assert alice.get_bytes("contagion/a.bin") == data
+
+
+def test_admin_check_finds_damage_and_uploads_repair_it(heal_server, tmp_path):
+    data = content()
+    with connect(heal_server, "alice") as alice:
+        alice.put_bytes(data, "checked/file.bin")
+        digests = chunks_of(alice, "checked/file.bin")
+    flipped, deleted = digests[0], digests[-1]
+    flip(chunk_path(heal_server, flipped))
+    chunk_path(heal_server, deleted).unlink()
+    # a header-only check finds the deleted file through the chunk index, not the flipped payload
+    quick = check_store(heal_server, read_data=False)
+    assert quick.missing == 1 and deleted in quick.damaged_digests and flipped not in quick.damaged_digests
+    # (c) the CLI: `stratus admin check --read-data` (admin identity) finds the flip, exit 5
+    cli = Cli(heal_server.address, tmp_path, isolated_env(tmp_path))
+    conn = ["--server", heal_server.address, "--tls-dir", str(heal_server.pki)]
+    result = cli("--json", *conn, "--client-name", "ops", "admin", "check", "--read-data", connect=False, code=5)
+    doc = json.loads(result.stdout)
+    assert doc["damaged"] == 1 and doc["read_data"] is True
+    assert {flipped.hex(), deleted.hex()} <= set(doc["damaged_digests"])
+    assert doc["chunks_checked"] >= len(digests) - 1
+    # not for other identities
+    result = cli(*conn, "--client-name", "alice", "admin", "check", connect=False, code=1)
+    assert "admin role" in result.stderr
+    with connect(heal_server, "alice") as alice:
+        assert set(missing_for(alice, digests)) == {flipped, deleted}
+        result = alice.put_bytes(data, "checked/again.bin")
+        assert result.chunks_sent == 2
+        assert alice.get_bytes("checked/file.bin") == data
+    assert_good_copy(heal_server, flipped)
+    assert_good_copy(heal_server, deleted)
+    after = check_store(heal_server, read_data=True)
+    assert (after.damaged, after.missing) == (0, 0)
+    assert not {flipped, deleted} & set(after.damaged_digests)
+
+
+def test_marks_survive_a_restart(redis_url, tmp_path):
+    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            data = content()
+            client.put_bytes(data, "r.bin")
+            target = chunks_of(client, "r.bin")[0]
+            flip(chunk_path(server, target))
+            assert client.check_store(read_data=True).damaged == 1
+        server.stop()
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert missing_for(client, [target]) == [target]
+            assert client.put_bytes(data, "r2.bin").chunks_sent == 1
+            assert client.get_bytes("r.bin") == data
+    finally:
+        server.stop()
+        drop_prefix(redis_url, prefix)
