@@ -19,6 +19,7 @@ from cas.errors import (
     InvalidDigestError,
     InvalidInputError,
     InvalidPathError,
+    ManifestError,
     MissingChunksError,
     NotFoundError,
     VersionConflictError,
@@ -129,6 +130,30 @@ async def test_missing_chunks_are_listed_and_nothing_changes(metadata: MetadataS
     assert info.value.missing == absent  # request order, no duplicates
     assert await snapshot(metadata) == before
     assert await metadata.head(NS, "m") == v1
+
+
+async def test_chunk_length_that_contradicts_the_index_is_refused(metadata: MetadataStore):
+    v1 = await put(metadata, "len")
+    known = [rand_digest() for _ in range(3)]
+    await metadata.add_chunks(NS, [(d, 100) for d in known])
+    before = await snapshot(metadata)
+    fields = dict(manifest_digest=rand_digest(), size=300, file_digest=rand_digest(), chunk_count=3,
+                  new_chunks=0, new_bytes=0, identity="x", mode=0, mtime_ns=0)
+    with pytest.raises(ManifestError) as info:
+        await metadata.commit(NS, "len", chunk_digests=known, chunk_lengths=[100, 99, 100], **fields)
+    assert f"chunk {known[1].hex()} a length of 99 bytes but the stored chunk has 100 bytes" in str(info.value)
+    # one digest given two lengths is refused before the script runs
+    with pytest.raises(ManifestError, match="two lengths"):
+        await metadata.commit(NS, "len", chunk_digests=[known[0], known[0]], chunk_lengths=[100, 101], **fields)
+    # missing chunks are reported first (the client can fix those by uploading)
+    hole = rand_digest()
+    with pytest.raises(MissingChunksError) as missing:
+        await metadata.commit(NS, "len", chunk_digests=[*known, hole], chunk_lengths=[1, 1, 1, 1], **fields)
+    assert missing.value.missing == [hole]
+    assert await snapshot(metadata) == before
+    assert await metadata.head(NS, "len") == v1
+    rec = await metadata.commit(NS, "len", chunk_digests=[*known, known[0]], chunk_lengths=[100] * 4, **fields)
+    assert rec.version == v1.version + 1
 
 
 async def test_conflict_changes_nothing(metadata: MetadataStore):
@@ -383,8 +408,11 @@ async def test_commit_of_200k_chunks(metadata: MetadataStore):
     assert await metadata.add_chunks(NS, [(d, 65536) for d in digests]) == n
     fields = dict(manifest_digest=rand_digest(), size=n * 65536, file_digest=rand_digest(), chunk_count=n,
                   new_chunks=n, new_bytes=n * 65536, identity="big", mode=0, mtime_ns=0)
-    rec = await metadata.commit(NS, "huge.img", chunk_digests=digests, **fields)
+    rec = await metadata.commit(NS, "huge.img", chunk_digests=digests, chunk_lengths=[65536] * n, **fields)
     assert rec.version == 1 and rec.chunk_count == n
+    with pytest.raises(ManifestError, match=digests[-1].hex()):
+        await metadata.commit(NS, "huge.img", chunk_digests=digests, chunk_lengths=[*[65536] * (n - 1), 1],
+                              **fields)
     hole = os.urandom(32)
     with pytest.raises(MissingChunksError) as info:
         await metadata.commit(NS, "huge.img", chunk_digests=[*digests[:100_000], hole, *digests[100_000:]],

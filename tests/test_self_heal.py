@@ -219,3 +219,56 @@ def test_marks_survive_a_restart(redis_url, tmp_path):
     finally:
         server.stop()
         drop_prefix(redis_url, prefix)
+
+
+# ---- commits are checked against the store --------------------------------------------------
+
+
+def _lying_manifest(manifest: pb.Manifest, index: int) -> pb.Manifest:
+    """The manifest with chunk ``index`` one byte longer than it is (size adjusted to match)."""
+    lie = pb.Manifest()
+    lie.CopyFrom(manifest)
+    lie.chunks[index].length += 1
+    lie.size += 1
+    return lie
+
+
+def test_commit_refuses_chunk_lengths_that_contradict_the_store(heal_server):
+    data = content()
+    with connect(heal_server, "alice") as alice:
+        alice.put_bytes(data, "lengths/true.bin")
+        manifest = alice.stub.GetManifest(pb.GetManifestRequest(path="lengths/true.bin")).manifest
+        lie = _lying_manifest(manifest, 1)
+        wrong = lie.chunks[1]
+        expected = (f"chunk {wrong.digest.hex()} a length of {wrong.length} bytes but the stored chunk has "
+                    f"{wrong.length - 1} bytes")
+        # CommitFile
+        with pytest.raises(grpc.RpcError) as info:
+            alice.stub.CommitFile(pb.CommitFileRequest(path="lengths/lie.bin", manifest=lie))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected in info.value.details()
+        # CommitFiles: that entry fails with the same status, the honest one is committed
+        reply = alice.stub.CommitFiles(pb.CommitFilesRequest(files=[
+            pb.CommitFileRequest(path="lengths/lie.bin", manifest=lie),
+            pb.CommitFileRequest(path="lengths/honest.bin", manifest=manifest),
+        ]))
+        assert reply.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert expected in reply.results[0].error.message
+        assert reply.results[1].ok.version.version == 1
+        # a manifest delta whose literal chunk lies about its length
+        head = alice.stat("lengths/true.bin")
+        n = len(manifest.chunks)
+        delta = pb.CommitFileRequest(
+            path="lengths/true.bin",
+            manifest=pb.Manifest(size=lie.size, file_digest=manifest.file_digest),
+            base_manifest_digest=head.manifest_digest,
+            pieces=[pb.ManifestPiece(copy=pb.ManifestRun(start=0, count=1)), pb.ManifestPiece(chunk=wrong),
+                    pb.ManifestPiece(copy=pb.ManifestRun(start=2, count=n - 2))],
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            alice.stub.CommitFile(delta)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and expected in info.value.details()
+        # nothing was written
+        assert [f.path for f in alice.iter_files("lengths/")] == ["lengths/honest.bin", "lengths/true.bin"]
+        assert alice.stat("lengths/true.bin").version == head.version
+        assert alice.get_bytes("lengths/true.bin") == data
