@@ -110,21 +110,23 @@ def _joined_digests(digests: Sequence[bytes]) -> tuple[list[bytes], bytes]:
     return unique, joined
 
 
-def _joined_lengths(path: str, digests: Sequence[bytes], lengths: Sequence[int]) -> str:
+def _joined_lengths(path: str, digests: Sequence[bytes], lengths: Sequence[int], unique: int) -> str:
     """The lengths of the distinct digests (first-seen order, as ``_joined_digests``), comma-separated.
 
-    ManifestError when the lists differ in size or one digest is given two lengths.
+    ``unique`` is the number of distinct digests. ManifestError when one digest is given two
+    lengths; InvalidInputError when the lists differ in size or a length is not an int.
     """
     if len(digests) != len(lengths):
         raise InvalidInputError(f"{path}: {len(digests)} chunk digests but {len(lengths)} lengths")
-    first = dict(zip(digests, lengths, strict=True))
-    if len(first) == len(digests):  # no digest repeats: nothing can conflict
-        return ",".join(map(str, map(int, first.values())))
-    first = {}
+    if set(map(type, lengths)) - {int}:  # in C; the values are joined into the script's argument
+        raise InvalidInputError(f"{path}: chunk lengths must be integers")
+    if unique == len(digests):  # no digest repeats: the lengths are already in order
+        return ",".join(map(str, lengths))
+    first: dict[bytes, int] = {}
     for d, n in zip(digests, lengths, strict=True):
         if first.setdefault(d, n) != n:
             raise ManifestError(f"{path}: the manifest gives chunk {bytes(d).hex()} two lengths ({first[d]} and {n})")
-    return ",".join(map(str, map(int, first.values())))
+    return ",".join(map(str, first.values()))
 
 
 def _split_digests(blob: bytes) -> list[bytes]:
@@ -199,8 +201,8 @@ class MetadataStore:
             raise InvalidPathError("path must not be empty")
         if size < 0:
             raise InvalidInputError(f"{path}: negative size {size}")
-        _, joined = _joined_digests(chunk_digests)
-        lengths = "" if chunk_lengths is None else _joined_lengths(path, chunk_digests, chunk_lengths)
+        unique, joined = _joined_digests(chunk_digests)
+        lengths = "" if chunk_lengths is None else _joined_lengths(path, chunk_digests, chunk_lengths, len(unique))
         body = encode_body(
             deleted=False, size=int(size), identity=str(identity), mode=int(mode), mtime_ns=int(mtime_ns),
             manifest_digest=_digest(manifest_digest, "manifest digest"),

@@ -73,16 +73,17 @@ if kind == 'put' then
     end
   else
     -- every chunk must be in the index with the length the manifest gives it
-    local lengths = {}
-    for len in string.gmatch(ARGV[10], '%d+') do lengths[#lengths + 1] = len end
+    -- (the lengths are read in step with the slices: no table of 200k strings is built)
+    local next_length = string.gmatch(ARGV[10], '%d+')
     local missing = {}
     local wrong = nil
     each_slice(KEYS[5], ARGV[7], function(batch, start, got)
       for j = 1, #batch do
+        local want = next_length()
         if not got[j] then
           missing[#missing + 1] = batch[j]
-        elseif wrong == nil and got[j] ~= lengths[start + j] then
-          wrong = {'badlength', batch[j], got[j], lengths[start + j]}
+        elseif wrong == nil and got[j] ~= want then
+          wrong = {'badlength', batch[j], got[j], want}
         end
       end
     end)
