@@ -327,12 +327,14 @@ class LocalChunkStore(ChunkStore):
             self._damaged.add(d)
         if self._fsync:
             _fsync_path(self.quarantine)
-            _fsync_path(final.parent)
+            if frame is not None:
+                _fsync_path(final.parent)
         return True
 
     def iterate_damaged(self) -> list[bytes]:
         """Every digest marked damaged or missing (sorted)."""
-        return sorted(self._damaged)
+        with self._heal_lock:
+            return sorted(self._damaged)
 
     def damaged_among(self, digests: Iterable[bytes]) -> list[bytes]:
         """The digests, in first-seen order without duplicates, whose copy is known damaged or
