@@ -35,6 +35,16 @@ MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
 
 
+def _indexed(store: ChunkStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
+    """``read(digest, *args)`` of a chunk or manifest the metadata names: its absence from the disk
+    is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt."""
+    try:
+        return read(digest, *args)
+    except ChunkNotFoundError:
+        store.mark_damaged(digest)
+        raise CorruptChunkError(digest, "its file is missing from the store") from None
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """What one verified batch of uploaded chunks did to the store."""
@@ -123,23 +133,14 @@ class Repository:
         loop = asyncio.get_running_loop()
         return list(
             await asyncio.gather(
-                *(loop.run_in_executor(self.pool, self._indexed, self.chunks.get_frame, d, self.verify_reads)
+                *(loop.run_in_executor(self.pool, _indexed, self.chunks, self.chunks.get_frame, d, self.verify_reads)
                   for d in digests)
             )
         )
 
     async def read_data(self, digest: bytes) -> bytes:
         """Decoded, verified bytes of one chunk of a committed version (CorruptChunkError as above)."""
-        return await self.run_blocking(self._indexed, self.chunks.get, digest)
-
-    def _indexed(self, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
-        """``read(digest, *args)`` of a chunk the metadata names: its absence from the disk is data
-        loss, so it is marked damaged (repaired by the next upload) and reported as corrupt."""
-        try:
-            return read(digest, *args)
-        except ChunkNotFoundError:
-            self.chunks.mark_damaged(digest)
-            raise CorruptChunkError(digest, "its file is missing from the store") from None
+        return await self.run_blocking(_indexed, self.chunks, self.chunks.get, digest)
 
     async def check_store(self, read_data: bool) -> StoreCheck:
         """Verify every chunk file and that every indexed chunk has one; marks what fails.
@@ -184,7 +185,7 @@ class Repository:
 
     async def load_manifest(self, digest: bytes) -> Manifest:
         """Load and verify the manifest named by ``digest``."""
-        raw = await self.run_blocking(self.manifests.get, digest)
+        raw = await self.run_blocking(_indexed, self.manifests, self.manifests.get, digest)
         return Manifest.from_bytes(raw)
 
     async def manifest_of(self, record: VersionRecord | None) -> Manifest | None:
