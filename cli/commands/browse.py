@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas.paths import normalize_path, normalize_prefix
-from cli.commands.textdiff import render_text_diff, text_diff
+from cli.lazy import lazy
 from cli.output import event_dict, human_bytes, signer_name, version_dict, version_row
 from cli.runtime import Runtime
 from cli.timeparse import format_ms, parse_time_ms
+
+if TYPE_CHECKING:
+    from cli.commands.textdiff import render_text_diff, text_diff
+else:  # diff --text only
+    render_text_diff = lazy("cli.commands.textdiff", "render_text_diff")
+    text_diff = lazy("cli.commands.textdiff", "text_diff")
 
 AsOfOption = Annotated[str | None, typer.Option(
     "--as-of", metavar="TIME", help="As it was at TIME: ISO 8601 or an age (90m, 2h, 3d).")]
