@@ -296,6 +296,8 @@ class LocalChunkStore(ChunkStore):
         """Walk every level-1 name (not a listing, so folders made meanwhile are not missed), listing
         its level-2 folders and counting each one under the lock; the rules of :class:`_Count` make
         puts and deletes during the walk count exactly once."""
+        with self._lock:
+            self._count.start()  # from zero, also after a walk that failed half-way
         for level1 in (f"{n:02x}" for n in range(256)):
             with self._lock:
                 self._count.enter(level1, _level2_names(self.root / level1))
@@ -333,6 +335,11 @@ class _Count:
         if level1 < self.level1 or (level1 == self.level1 and (level2 in self.done or level2 not in self.listed)):
             self.counted[0] += chunks
             self.counted[1] += size
+
+    def start(self) -> None:
+        """Begin a walk: nothing passed, nothing counted."""
+        self.level1, self.listed, self.done = "", frozenset(), set()
+        self.counted = [0, 0]
 
     def enter(self, level1: str, listed: frozenset[str]) -> None:
         """The walk moves on to ``level1``, whose level-2 folders are ``listed``."""
