@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.metadata import MetadataStore, VersionRecord
 
+log = logging.getLogger("stratus.server")
 # Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
 MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
@@ -82,7 +84,8 @@ class Repository:
 
         The first call starts the one full count of the store on a thread of its own (a large
         store takes a while; the pool stays free) and waits at most ``wait`` seconds for it;
-        None means it is still counting. Afterwards the store keeps counters and this is instant.
+        None means it is still counting (or the count failed: logged, and tried again by the next
+        call). Afterwards the store keeps counters and this is instant.
         """
         known = self.chunks.known_stats()
         if known is not None:
@@ -95,9 +98,10 @@ class Repository:
         except TimeoutError:
             return None
         except Exception:
-            if self._disk_count is count:  # a failed count is tried again by the next call
+            log.exception("counting the chunk store failed")
+            if self._disk_count is count:
                 self._disk_count = None
-            raise
+            return None
 
     def _count_in_background(self) -> asyncio.Future[StoreStats]:
         """Run ``chunks.stats()`` on a daemon thread (shutdown never waits for a count)."""
