@@ -90,6 +90,12 @@ def evaluate(results: dict) -> list[dict]:
     peers = _get(g, "peers")
     if peers:
         out += _peer_targets(peers)
+    st = _get(g, "startup")
+    if st:
+        for key, what in (("help", "stratus --help"), ("stat", "stratus stat")):
+            ms = st[key]["median_ms"]
+            out.append(_target(f"{what} wall time (median of {st[key]['runs']})", _fmt(ms, "ms"),
+                               f"< {st['target_ms']:g} ms", ms < st["target_ms"]))
     return out
 
 
@@ -333,6 +339,12 @@ def _peers_md(p: dict) -> list[str]:
     return lines
 
 
+def _startup_md(s: dict) -> list[str]:
+    from bench.startup import summary_lines
+
+    return ["## CLI start-up (fresh process per run)", "", "```", *summary_lines(s), "```", ""]
+
+
 def markdown(results: dict) -> str:
     """The whole report as Markdown."""
     meta = results["meta"]
@@ -352,7 +364,7 @@ def markdown(results: dict) -> str:
         for t in results["targets"]])
     g = results["groups"]
     for name, render in (("transfer", _transfer_md), ("latency", _latency_md), ("memory", _memory_md),
-                         ("peers", _peers_md)):
+                         ("peers", _peers_md), ("startup", _startup_md)):
         if name in g and "error" not in g[name]:
             lines += render(g[name])
         elif name in g:

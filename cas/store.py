@@ -114,7 +114,12 @@ class ChunkStore(ABC):
 
     @abstractmethod
     def stats(self) -> StoreStats:
-        """Return the chunk count and stored frame bytes."""
+        """Return the chunk count and stored frame bytes (may block while it counts)."""
+
+    def known_stats(self) -> StoreStats | None:
+        """The stats if they are known without blocking, else None (call :meth:`stats` off the
+        event loop to count them)."""
+        return None
 
     def mark_damaged(self, digest: bytes) -> bool:
         """Record that the copy under ``digest`` is damaged or missing, unless it now verifies.
@@ -145,8 +150,10 @@ class LocalChunkStore(ChunkStore):
     and exactly one of them returns True. Then the folder is made durable. Temp files left by a
     crashed process are removed when a store is opened.
 
-    ``stats()`` scans the store once, on first use, and then keeps counters; changes made by other
-    processes after that scan are not reflected.
+    ``stats()`` counts the store once, on first use, and then keeps counters; changes made by other
+    processes after that count are not reflected. The count walks one level-2 folder at a time
+    under the store's lock, so puts and deletes go on while it runs and it never stalls them for
+    longer than one folder takes; :meth:`known_stats` answers without waiting at all.
 
     Self-healing: a copy found damaged (it fails to decode or verify on a read or a check) or
     missing is moved aside to ``root/.damaged/<hex digest>`` (an empty file there records a
@@ -161,8 +168,8 @@ class LocalChunkStore(ChunkStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_chunk_size = max_chunk_size
         self._fsync = fsync
-        self._lock = threading.Lock()
-        self._stats: StoreStats | None = None
+        self._lock = threading.Lock()  # chunk names appear and vanish, and counters change, under it
+        self._count = _Count()
         self._folders: set[str] = set()  # level-2 folders known to exist: saves a stat per put
         self.staging = self.root / _STAGING
         self.staging.mkdir(exist_ok=True)
@@ -258,17 +265,12 @@ class LocalChunkStore(ChunkStore):
             _fsync_path(path)
 
     def _publish(self, temp: Path, final: Path, size: int) -> bool:
-        if not _rename_noreplace(temp, final):
-            return False
-        self._count(1, size)
-        return True
-
-    def _count(self, chunks: int, size: int) -> None:
-        # Under the lock so that the first stats() scan and the counters never disagree.
+        # The rename and the counter change are one step for the count in progress, if any.
         with self._lock:
-            if self._stats is not None:
-                self._stats.chunk_count += chunks
-                self._stats.stored_bytes += size
+            if not _rename_noreplace(temp, final):
+                return False
+            self._count.changed(final.name, 1, size)
+        return True
 
     def _stored_copy_damaged(self, digest: bytes, final: Path, frame: bytes) -> bool:
         """True if ``final`` exists but is not a good copy; ``frame`` is a verified frame of ``digest``.
@@ -296,8 +298,9 @@ class LocalChunkStore(ChunkStore):
                 old = final.stat().st_size
             except FileNotFoundError:
                 old = None
-            os.replace(temp, final)
-            self._count(0 if old is not None else 1, size - (old or 0))
+            with self._lock:  # the replace and the counter change are one step for a count in progress
+                os.replace(temp, final)
+                self._count.changed(final.name, 0 if old is not None else 1, size - (old or 0))
             self._damaged.discard(digest)
             (self.quarantine / final.name).unlink(missing_ok=True)
         return True
@@ -320,8 +323,9 @@ class LocalChunkStore(ChunkStore):
                     return False
                 except CorruptChunkError:
                     pass
-                os.replace(final, self.quarantine / final.name)
-                self._count(-1, -len(frame))
+                with self._lock:
+                    os.replace(final, self.quarantine / final.name)
+                    self._count.changed(final.name, -1, -len(frame))
             else:
                 (self.quarantine / final.name).touch()
             self._damaged.add(d)
@@ -424,9 +428,7 @@ class LocalChunkStore(ChunkStore):
                 path.unlink()
             except FileNotFoundError:
                 return False
-            if self._stats is not None:
-                self._stats.chunk_count -= 1
-                self._stats.stored_bytes -= size
+            self._count.changed(path.name, -1, -size)
         if self._fsync:
             _fsync_path(path.parent)
         return True
@@ -447,18 +449,103 @@ class LocalChunkStore(ChunkStore):
                             yield Path(entry.path)
 
     def stats(self) -> StoreStats:
-        """Return the chunk count and stored frame bytes (scanned once, then kept as counters)."""
+        """Return the chunk count and stored frame bytes: counted once (blocking the calling thread,
+        never the store), then kept as counters. Concurrent first callers share one count."""
+        with self._count.running:
+            if self._count.totals is None:
+                self._count_all()
+        totals = self._count.totals
+        assert totals is not None
+        return StoreStats(*totals)
+
+    def known_stats(self) -> StoreStats | None:
+        """The stats if the first count has finished, else None; never blocks."""
+        totals = self._count.totals
+        return None if totals is None else StoreStats(*totals)
+
+    def _count_all(self) -> None:
+        """Walk every level-1 name (not a listing, so folders made meanwhile are not missed), listing
+        its level-2 folders and counting each one under the lock; the rules of :class:`_Count` make
+        puts and deletes during the walk count exactly once."""
         with self._lock:
-            if self._stats is None:
-                count = size = 0
-                for path in self._chunk_files():
-                    try:
-                        size += path.stat().st_size
-                    except FileNotFoundError:
-                        continue
+            self._count.start()  # from zero, also after a walk that failed half-way
+        for level1 in (f"{n:02x}" for n in range(256)):
+            with self._lock:
+                self._count.enter(level1, _level2_names(self.root / level1))
+            for level2 in sorted(self._count.listed):
+                with self._lock:
+                    count, size = _count_folder(self.root / level1 / level2, level1 + level2)
+                    self._count.add_folder(level2, count, size)
+        with self._lock:
+            self._count.finish()
+
+
+class _Count:
+    """The state of the first count of a store and the counters it leaves behind.
+
+    Invariant (all under the store's lock): ``counted`` is the total of every chunk the walk has
+    passed, plus every change made since in a place the walk had passed or will never look at.
+    A change is recorded here only if the walk will not see it: its level-1 name is below the
+    current one, or equal and its level-2 folder is either counted already or was not listed.
+    """
+
+    def __init__(self) -> None:
+        self.running = threading.Lock()  # one count at a time
+        self.totals: tuple[int, int] | None = None  # (chunks, bytes) once the count has finished
+        self.level1 = ""  # the level-1 folder being counted ("" before the walk starts)
+        self.listed: frozenset[str] = frozenset()
+        self.done: set[str] = set()
+        self.counted = [0, 0]
+
+    def changed(self, name: str, chunks: int, size: int) -> None:
+        """Record a chunk named ``name`` appearing (+1, +size) or vanishing (-1, -size)."""
+        if self.totals is not None:
+            self.totals = (self.totals[0] + chunks, self.totals[1] + size)
+            return
+        level1, level2 = name[:2], name[2:4]
+        if level1 < self.level1 or (level1 == self.level1 and (level2 in self.done or level2 not in self.listed)):
+            self.counted[0] += chunks
+            self.counted[1] += size
+
+    def start(self) -> None:
+        """Begin a walk: nothing passed, nothing counted."""
+        self.level1, self.listed, self.done = "", frozenset(), set()
+        self.counted = [0, 0]
+
+    def enter(self, level1: str, listed: frozenset[str]) -> None:
+        """The walk moves on to ``level1``, whose level-2 folders are ``listed``."""
+        self.level1, self.listed, self.done = level1, listed, set()
+
+    def add_folder(self, level2: str, chunks: int, size: int) -> None:
+        """Add the count of one level-2 folder of the current level-1 folder."""
+        self.counted[0] += chunks
+        self.counted[1] += size
+        self.done.add(level2)
+
+    def finish(self) -> None:
+        """Publish the totals; from now on every change goes straight to them."""
+        self.totals = (self.counted[0], self.counted[1])
+
+
+def _level2_names(folder: Path) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(e.name for e in entries if len(e.name) == 2 and _HEX.issuperset(e.name) and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+
+
+def _count_folder(folder: Path, prefix: str) -> tuple[int, int]:
+    """Number and total size of the chunk files in one level-2 folder."""
+    count = size = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if len(name) == 64 and name.startswith(prefix) and _HEX.issuperset(name):
+                with contextlib.suppress(FileNotFoundError):
+                    size += entry.stat(follow_symlinks=False).st_size
                     count += 1
-                self._stats = StoreStats(count, size)
-            return StoreStats(self._stats.chunk_count, self._stats.stored_bytes)
+    return count, size
 
 
 def _subdirs(folder: Path) -> Iterator[Path]:

@@ -12,22 +12,36 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import grpc
 
 from cas.errors import CasError, InvalidInputError
-from cli import batch as _batch
-from cli import download as _download
-from cli import upload as _upload
-from cli.download import GetResult
+from cli.lazy import lazy
 from cli.manifestdelta import ManifestCache
 from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import translate_errors
-from cli.upload import PutResult
 from proto import stratus_pb2 as pb
 
+if TYPE_CHECKING:
+    from cli import batch as _batch
+    from cli import download as _download
+    from cli import upload as _upload
+    from cli.download import GetResult
+    from cli.upload import PutResult
+else:  # the transfer machinery (chunking, hashing, zstd) loads with the first transfer, not for stat or ls
+    _batch = lazy("cli.batch")
+    _download = lazy("cli.download")
+    _upload = lazy("cli.upload")
+
 __all__ = ["GetResult", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
+
+
+def __getattr__(name: str) -> object:
+    """``GetResult`` and ``PutResult`` are importable from here, loaded with their modules on demand."""
+    if name in ("GetResult", "PutResult"):
+        return getattr(_download if name == "GetResult" else _upload, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _UPLOAD_PIECE = 1 << 20

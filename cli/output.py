@@ -9,14 +9,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
+from cli.lazy import lazy
 from cli.timeparse import format_ms, iso_ms
-from proto import stratus_pb2 as pb
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from proto import stratus_pb2 as pb
+else:  # rich costs tens of milliseconds to import: only output for people needs it
+    Console = lazy("rich.console", "Console")
+    escape = lazy("rich.markup", "escape")
+    Table = lazy("rich.table", "Table")
 
 
 def human_bytes(n: float) -> str:
@@ -87,11 +95,17 @@ class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json = json_mode
         self.quiet = quiet
-        # Off a terminal (a pipe, a file) nothing is wrapped at an imaginary 80 columns.
-        self.stdout = Console(file=sys.stdout, highlight=False, soft_wrap=True,
-                              width=None if _isatty(sys.stdout) else 4096)
-        self.stderr = Console(file=sys.stderr, highlight=False, soft_wrap=True,
-                              width=None if _isatty(sys.stderr) else 4096)
+
+    # Off a terminal (a pipe, a file) nothing is wrapped at an imaginary 80 columns.
+    @cached_property
+    def stdout(self) -> Console:
+        """The rich console on stdout (made on first use)."""
+        return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if _isatty(sys.stdout) else 4096)
+
+    @cached_property
+    def stderr(self) -> Console:
+        """The rich console on stderr (made on first use)."""
+        return Console(file=sys.stderr, highlight=False, soft_wrap=True, width=None if _isatty(sys.stderr) else 4096)
 
     @property
     def interactive(self) -> bool:

@@ -9,14 +9,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from cas.chunker import ChunkParams
+from cli.lazy import lazy
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from cas.chunker import ChunkParams
+else:  # the chunker (pyfastcdc) loads with the first transfer, not for stat or ls
+    ChunkParams = lazy("cas.chunker", "ChunkParams")
 
 T = TypeVar("T")
 

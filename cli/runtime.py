@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import typer
 
-from cli.client import StratusClient
+from cli.lazy import lazy
 from cli.output import Output
 from cli.settings import ConnectionSettings, cache_dir, resolve
-from cli.statecache import StateCache
+
+if TYPE_CHECKING:
+    from cli.client import StratusClient
+    from cli.statecache import StateCache
+else:  # gRPC and sqlite load when a command first connects or opens the cache, not for --help
+    StratusClient = lazy("cli.client", "StratusClient")
+    StateCache = lazy("cli.statecache", "StateCache")
 
 
 @dataclass

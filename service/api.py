@@ -45,6 +45,8 @@ from service.repository import Repository
 Ctx = grpc.aio.ServicerContext
 SERVER_VERSION = "0.1.0"
 DOWNLOAD_PIECE = 1 << 20
+# How long ServerInfo waits for the first count of a large chunk store before answering without it.
+DISK_STATS_WAIT = 1.0
 
 
 def _encode_token(path: str) -> str:
@@ -103,7 +105,7 @@ class StratusService(pb_grpc.StratusServicer):
     async def ServerInfo(self, request: pb.ServerInfoRequest, context: Ctx) -> pb.ServerInfoResponse:
         caller = self._enter(context, "ServerInfo")
         ns_stats = await self.repo.metadata.stats(caller.namespace)
-        disk = self.repo.chunks.stats()
+        disk = await self.repo.disk_stats(DISK_STATS_WAIT) if caller.admin else None
         p = self.config.chunk_params
         return pb.ServerInfoResponse(
             server_version=SERVER_VERSION,
@@ -117,8 +119,8 @@ class StratusService(pb_grpc.StratusServicer):
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
                 version_count=ns_stats.version_count,
-                stored_bytes=disk.stored_bytes if caller.admin else 0,
-                store_chunk_count=disk.chunk_count if caller.admin else 0,
+                stored_bytes=disk.stored_bytes if disk else 0,
+                store_chunk_count=disk.chunk_count if disk else 0,
             ),
         )
 

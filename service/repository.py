@@ -9,7 +9,10 @@ stays free for thousands of idle watchers; the native libraries release the GIL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +30,10 @@ from cas.errors import (
     NotFoundError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
-from cas.store import ChunkStore, LocalChunkStore, Staged
+from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.metadata import MetadataStore, VersionRecord
 
+log = logging.getLogger("stratus.server")
 # Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
 MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
@@ -92,6 +96,7 @@ class Repository:
         self.verify_reads = verify_reads
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
+        self._disk_count: asyncio.Future[StoreStats] | None = None
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking or CPU-heavy ``fn(*args)`` on the repository's worker threads."""
@@ -100,6 +105,54 @@ class Repository:
     def close(self) -> None:
         """Stop the worker threads (after in-flight work finishes)."""
         self.pool.shutdown(wait=True)
+
+    async def disk_stats(self, wait: float) -> StoreStats | None:
+        """Chunks and bytes on disk (all namespaces), without ever blocking the event loop.
+
+        The first call starts the one full count of the store on a thread of its own (a large
+        store takes a while; the pool stays free) and waits at most ``wait`` seconds for it;
+        None means it is still counting (or the count failed: logged, and tried again by the next
+        call). Afterwards the store keeps counters and this is instant.
+        """
+        known = self.chunks.known_stats()
+        if known is not None:
+            return known
+        if self._disk_count is None:
+            self._disk_count = self._count_in_background()
+        count = self._disk_count
+        try:
+            return await asyncio.wait_for(asyncio.shield(count), wait)
+        except TimeoutError:
+            return None
+        except Exception:
+            log.exception("counting the chunk store failed")
+            if self._disk_count is count:
+                self._disk_count = None
+            return None
+
+    def _count_in_background(self) -> asyncio.Future[StoreStats]:
+        """Run ``chunks.stats()`` on a daemon thread (shutdown never waits for a count)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoreStats] = loop.create_future()
+
+        def deliver(outcome: StoreStats | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        def count() -> None:
+            try:
+                outcome: StoreStats | BaseException = self.chunks.stats()
+            except Exception as exc:  # handed to the awaiting call
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(deliver, outcome)
+
+        threading.Thread(target=count, name="stratus-store-count", daemon=True).start()
+        return future
 
     # ---- chunks ---------------------------------------------------------------------------
 

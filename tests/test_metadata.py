@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-import service.metadata as metadata_module
+import service.metadata.store as metadata_module
 from cas.errors import (
     InvalidDigestError,
     InvalidInputError,

@@ -6,16 +6,22 @@ commands never do.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.errors import UsageError
+from cli.lazy import lazy
 from cli.runtime import Runtime
 from cli.settings import default_tls_dir
+
+if TYPE_CHECKING:
+    import asyncio
+    import logging
+else:  # serve only
+    asyncio = lazy("asyncio")
+    logging = lazy("logging")
 
 SERVE_EPILOG = """[bold]Examples[/bold]
 

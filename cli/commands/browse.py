@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cas.paths import normalize_path, normalize_prefix
-from cli.commands.textdiff import render_text_diff, text_diff
+from cli.lazy import lazy
 from cli.output import event_dict, human_bytes, signer_name, version_dict, version_row
 from cli.runtime import Runtime
 from cli.timeparse import format_ms, parse_time_ms
+
+if TYPE_CHECKING:
+    from cli.commands.textdiff import render_text_diff, text_diff
+else:  # diff --text only
+    render_text_diff = lazy("cli.commands.textdiff", "render_text_diff")
+    text_diff = lazy("cli.commands.textdiff", "text_diff")
 
 AsOfOption = Annotated[str | None, typer.Option(
     "--as-of", metavar="TIME", help="As it was at TIME: ISO 8601 or an age (90m, 2h, 3d).")]
@@ -189,7 +195,8 @@ def info(ctx: typer.Context) -> None:
     rt = Runtime.of(ctx)
     i = rt.client.info()
     s = i.stats
-    # Server-wide disk figures are for the admin role only; others get zeros for them.
+    # Server-wide disk figures are for the admin role only, and only once the server has counted its
+    # store (the first ServerInfo after a start begins that count); otherwise they come as zeros.
     disk_known = bool(s.stored_bytes or s.store_chunk_count or not s.unique_bytes)
     stored = s.stored_bytes if disk_known else None
     ratio_dedup = s.logical_bytes / s.unique_bytes if s.unique_bytes else None
@@ -226,7 +233,8 @@ def info(ctx: typer.Context) -> None:
         ("logical bytes", f"{human_bytes(s.logical_bytes)} (every version, full size)"),
         ("unique chunks", f"{s.chunk_count} ({human_bytes(s.unique_bytes)} uncompressed)"),
         ("stored bytes", f"{human_bytes(s.stored_bytes)} on disk ({s.store_chunk_count} chunks, whole store)"
-                         if disk_known else "shown to the admin role only (see --access-file of stratus serve)"),
+                         if disk_known else "admin role only (see --access-file of stratus serve); "
+                                            "after a restart, still being counted for a moment"),
         ("dedup ratio", f"{ratio_dedup:.2f}x" if ratio_dedup else None),
         ("dedup+compression", f"{ratio_total:.2f}x" if ratio_total else None),
     ], title="store")

@@ -20,18 +20,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import platformdirs
 import typer
 
-from cas.digest import new_hasher
 from cas.errors import CasError
+from cli.lazy import lazy
 from cli.output import human_bytes, version_dict
-from cli.push import Uploader
-from cli.restore import Downloader
 from cli.runtime import Runtime
 from cli.settings import APP_NAME, ConnectionSettings
+
+if TYPE_CHECKING:
+    from cas.digest import new_hasher
+    from cli.push import Uploader
+    from cli.restore import Downloader
+else:  # hashing and the transfer machinery load when the demo runs
+    new_hasher = lazy("cas.digest", "new_hasher")
+    Uploader = lazy("cli.push", "Uploader")
+    Downloader = lazy("cli.restore", "Downloader")
 
 MIB = 1024 * 1024
 REMOTE = "demo/sample.bin"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from cli.client import StratusClient
 from cli.errors import UsageError
-from cli.output import Output, human_bytes
-from proto import stratus_pb2 as pb
+from cli.output import Output, escape, human_bytes
+
+if TYPE_CHECKING:
+    from cli.client import StratusClient
+    from proto import stratus_pb2 as pb
 
 BINARY = "binary content differs (no text diff)"
 

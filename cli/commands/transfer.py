@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.errors import UsageError
+from cli.grouping import DEFAULT_JOBS
+from cli.lazy import lazy
 from cli.output import Output, human_bytes
-from cli.push import DEFAULT_JOBS, PutReport, Uploader
-from cli.restore import Downloader, GetReport
 from cli.runtime import Runtime
 from cli.timeparse import format_ms, parse_time_ms
-from cli.tree import Excludes, remote_prefix
+
+if TYPE_CHECKING:
+    from cli.push import PutReport, Uploader
+    from cli.restore import Downloader, GetReport
+    from cli.tree import Excludes, remote_prefix
+else:  # the transfer machinery loads when put or get runs
+    Uploader = lazy("cli.push", "Uploader")
+    Downloader = lazy("cli.restore", "Downloader")
+    Excludes = lazy("cli.tree", "Excludes")
+    remote_prefix = lazy("cli.tree", "remote_prefix")
 
 MAX_NOTES_SHOWN = 20
 

@@ -1,4 +1,4 @@
-"""Records of the metadata store and their stored form (see ``service/metadata.py``)."""
+"""Records of the metadata store and their stored form (see ``keys.py`` for where they live)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,6 @@
 """Namespace metadata in Redis or Valkey: versions, heads, listings, the change feed, the chunk index.
 
-Key schema (``P`` = prefix, default ``sv``; ``{ns}`` is the Redis Cluster hash tag, so every key of
-a namespace lives on one slot and the multi-key scripts stay legal on a cluster)::
-
-    P:{ns}:files        ZSET    every path ever committed, score 0 (ZRANGEBYLEX paging)
-    P:{ns}:f:<path>     HASH    head: version, created_ms, deleted ("0"/"1")
-    P:{ns}:v:<path>     HASH    "<version>" -> JSON record (immutable once written)
-    P:{ns}:events       STREAM  change feed; the cursor is the stream id
-    P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
-    P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
-    P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
-
-``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
-always the namespace, so braces or colons inside a path cannot move a key to another slot.
+The keys and what they hold are in ``keys.py``; the scripts that change them atomically in ``lua/``.
 """
 
 from __future__ import annotations
@@ -33,9 +21,10 @@ from cas.errors import (
     NotFoundError,
     VersionConflictError,
 )
-from service import metadata_scripts as lua
-from service.metadata_feed import ChangeFeed
-from service.metadata_records import (
+from service.metadata import scripts as lua
+from service.metadata.feed import ChangeFeed
+from service.metadata.keys import _Keys
+from service.metadata.records import (
     Event,
     NamespaceStats,
     VersionRecord,
@@ -48,7 +37,6 @@ __all__ = ["Event", "MetadataStore", "NamespaceStats", "VersionRecord"]
 
 DIGEST_SIZE = 32
 
-_NS_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _STREAM_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -57,25 +45,6 @@ _STATS_FIELDS = (b"unique_bytes", b"logical_bytes", b"file_count", b"version_cou
 # cursor) rather than hold the caller for an unbounded scan of a namespace full of deletes.
 _MAX_LIST_SCAN = 10_000
 _SLICE = 10_000
-
-
-class _Keys:
-    """Key names of one namespace (bytes, since paths are appended as raw UTF-8)."""
-
-    def __init__(self, prefix: str, ns: str) -> None:
-        if not isinstance(ns, str) or not _NS_RE.fullmatch(ns):
-            raise InvalidInputError(f"invalid namespace {ns!r}: use 1-64 characters of A-Z a-z 0-9 . _ -")
-        self.base = f"{prefix}:{{{ns}}}:".encode()
-        self.files = self.base + b"files"
-        self.events = self.base + b"events"
-        self.chunks = self.base + b"chunks"
-        self.stats = self.base + b"stats"
-
-    def head(self, path: bytes) -> bytes:
-        return self.base + b"f:" + path
-
-    def versions(self, path: bytes) -> bytes:
-        return self.base + b"v:" + path
 
 
 def _path_bytes(path: str, what: str = "path") -> bytes:

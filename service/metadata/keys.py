@@ -1,0 +1,43 @@
+"""The key schema of the metadata store, written once: every key name is built here.
+
+Keys (``P`` = prefix, default ``sv``; ``{ns}`` is the Redis Cluster hash tag, so every key of
+a namespace lives on one slot and the multi-key scripts stay legal on a cluster)::
+
+    P:{ns}:files        ZSET    every path ever committed, score 0 (ZRANGEBYLEX paging)
+    P:{ns}:f:<path>     HASH    head: version, created_ms, deleted ("0"/"1")
+    P:{ns}:v:<path>     HASH    "<version>" -> JSON record (immutable once written)
+    P:{ns}:events       STREAM  change feed; the cursor is the stream id
+    P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
+    P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
+    P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
+
+``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
+always the namespace, so braces or colons inside a path cannot move a key to another slot.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cas.errors import InvalidInputError
+
+_NS_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class _Keys:
+    """Key names of one namespace (bytes, since paths are appended as raw UTF-8)."""
+
+    def __init__(self, prefix: str, ns: str) -> None:
+        if not isinstance(ns, str) or not _NS_RE.fullmatch(ns):
+            raise InvalidInputError(f"invalid namespace {ns!r}: use 1-64 characters of A-Z a-z 0-9 . _ -")
+        self.base = f"{prefix}:{{{ns}}}:".encode()
+        self.files = self.base + b"files"
+        self.events = self.base + b"events"
+        self.chunks = self.base + b"chunks"
+        self.stats = self.base + b"stats"
+
+    def head(self, path: bytes) -> bytes:
+        return self.base + b"f:" + path
+
+    def versions(self, path: bytes) -> bytes:
+        return self.base + b"v:" + path
