@@ -14,21 +14,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cas.errors import NotFoundError
 from cas.paths import normalize_path
 from cli import errors
+from cli.grouping import DEFAULT_JOBS, SMALL_FILE_MAX, groups, is_fatal
 from cli.jobs import run_bounded
+from cli.localdir import Folder, LocalTarget
 from cli.progress import TransferProgress
 from cli.runtime import Runtime
-from cli.smallget import SMALL_FILE_MAX, download_group, groups
-from cli.statecache import Entry, observe
+from cli.smallget import download_group
+from cli.statecache import Entry, FileState, observe
 from cli.tree import RestoreItem, plan_restore, remote_prefix
 from proto import stratus_pb2 as pb
-
-DEFAULT_JOBS = 8
-_FATAL = ("unavailable", "unauthenticated", "permission_denied", "rate_limited", "internal")
 
 
 @dataclass
@@ -91,6 +90,21 @@ class GetReport:
         }
 
 
+class _CountingWriter:
+    """A binary writer that counts the bytes handed to it (to say how much reached stdout)."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return self.inner.write(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
 class Downloader:
     """Runs downloads for one command; see the module docstring."""
 
@@ -138,8 +152,10 @@ class Downloader:
             report.outcomes.append(GetOutcome(info.path, str(dest), "skipped", info.version, info.size))
             report.stats.files_skipped_unchanged = 1
         else:
-            with TransferProgress(self.rt.out, f"get {info.path}", info.size) as progress:
-                outcome, entry = self._download(item, progress, tree=False)
+            with Folder.open_root(dest.parent) as root, \
+                    TransferProgress(self.rt.out, f"get {info.path}", info.size) as progress:
+                target = LocalTarget(root, (), dest.name, dest)
+                outcome, entry = self._download(item, target, progress, tree=False)
             self._account(report.stats, outcome)
             report.outcomes.append(outcome)
             self._remember([entry] if entry else [])
@@ -151,8 +167,15 @@ class Downloader:
         started = time.perf_counter()
         path = normalize_path(remote)
         report = GetReport("stdout", path, "-")
-        result = self.client.get_stream(path, sys.stdout.buffer, version=version, as_of_ms=as_of_ms,
-                                        verify_key=self.verify_key)
+        out = _CountingWriter(sys.stdout.buffer)
+        try:
+            result = self.client.get_stream(path, out, version=version, as_of_ms=as_of_ms,
+                                            verify_key=self.verify_key)
+        except Exception as exc:
+            if out.count:
+                exc.hint = (f"{out.count} bytes were written to standard output before the failure; "  # type: ignore[attr-defined]
+                            "discard that output")
+            raise
         v = result.version
         outcome = GetOutcome(path, "-", "downloaded", v.version, v.size, result.chunks_total,
                              result.chunks_reused, result.chunks_fetched, result.bytes_fetched)
@@ -188,13 +211,14 @@ class Downloader:
                 stats.files_skipped_unchanged += 1
             else:
                 todo.append(item)
-        self._run(todo, report)
+        if todo:
+            with Folder.open_root(root) as opened:
+                self._run(todo, opened, report)
         stats.seconds = time.perf_counter() - started
         return report
 
-    def _run(self, todo: list[RestoreItem], report: GetReport) -> None:
-        if not todo:
-            return
+    def _run(self, todo: list[RestoreItem], root: Folder, report: GetReport) -> None:
+        """Download ``todo`` below the opened destination ``root`` (no symlink inside it is followed)."""
         entries: list[Entry] = []
         total = sum(i.info.size for i in todo)
         small = [i for i in todo if i.info.size <= SMALL_FILE_MAX]
@@ -202,8 +226,10 @@ class Downloader:
         with TransferProgress(self.rt.out, "get", total, len(todo)) as progress, \
                 ThreadPoolExecutor(self.jobs, thread_name_prefix="stratus-get") as pool:
             tasks = iter([
-                *((self._download_small, group) for group in groups(small)),
-                *((lambda item, p: [self._download(item, p, tree=True)], item) for item in large),
+                *((lambda group, p: self._download_small(group, root, p), group)
+                  for group in groups(small, lambda i: i.info.size)),
+                *((lambda item, p: [self._download(item, LocalTarget.below(root, item.dest), p, tree=True)], item)
+                  for item in large),
             ])
             try:
                 for results in run_bounded(pool, tasks, self.jobs * 2, progress):
@@ -216,18 +242,19 @@ class Downloader:
                 self._remember(entries)
 
     def _download_small(
-        self, group: list[RestoreItem], progress: TransferProgress
+        self, group: list[RestoreItem], root: Folder, progress: TransferProgress
     ) -> list[tuple[GetOutcome, Entry | None]]:
         """Restore a group of small files together (see cli/smallget.py)."""
         done = []
-        for r in download_group(self.client, self.rt.settings.server, group, verify_key=self.verify_key):
+        server = self.rt.settings.server
+        for r in download_group(self.client, server, group, root, verify_key=self.verify_key):
             info, dest = r.item.info, r.item.dest
             report = progress.for_file()
             if report is not None:
                 report(info.size, info.size)
             progress.file_done()
             if r.error is not None:
-                if errors.classify(r.error)[1] in _FATAL:
+                if is_fatal(r.error):
                     raise r.error
                 done.append((GetOutcome(info.path, str(dest), "failed", info.version, info.size,
                                         error=errors.describe(r.error), exit_code=errors.exit_code(r.error)), None))
@@ -235,20 +262,20 @@ class Downloader:
             outcome = GetOutcome(info.path, str(dest), "up_to_date" if r.up_to_date else "downloaded",
                                  info.version, info.size, r.chunks_total, r.chunks_reused, r.chunks_fetched,
                                  r.bytes_fetched)
-            done.append((outcome, self._entry(r.item)))
+            done.append((outcome, self._entry(r.item, r.state)))
         return done
 
     # ---- shared pieces --------------------------------------------------------------------------------
 
     def _download(
-        self, item: RestoreItem, progress: TransferProgress, *, tree: bool
+        self, item: RestoreItem, target: LocalTarget, progress: TransferProgress, *, tree: bool
     ) -> tuple[GetOutcome, Entry | None]:
         info = item.info
         try:
-            result = self.client.get_file(info.path, item.dest, version=info.version, verify_key=self.verify_key,
+            result = self.client.get_file(info.path, target, version=info.version, verify_key=self.verify_key,
                                           progress=progress.for_file())
         except Exception as exc:  # noqa: BLE001 - one failed file must not stop a tree
-            if not tree or errors.classify(exc)[1] in _FATAL:
+            if not tree or is_fatal(exc):
                 raise
             return GetOutcome(info.path, str(item.dest), "failed", info.version, info.size,
                               error=errors.describe(exc), exit_code=errors.exit_code(exc)), None
@@ -257,14 +284,15 @@ class Downloader:
         outcome = GetOutcome(info.path, str(item.dest), "up_to_date" if result.up_to_date else "downloaded",
                              info.version, info.size, result.chunks_total, result.chunks_reused,
                              result.chunks_fetched, result.bytes_fetched)
-        return outcome, self._entry(item)
+        return outcome, self._entry(item, result.state)
 
     @staticmethod
-    def _entry(item: RestoreItem) -> Entry | None:
-        """The cache entry of a file just written (or checked) at ``item.info``'s version."""
-        try:
-            _, state = observe(os.path.abspath(item.dest))
-        except OSError:
+    def _entry(item: RestoreItem, state: FileState | None) -> Entry | None:
+        """The cache entry of a file just written (or checked) at ``item.info``'s version.
+
+        ``state`` comes from an fstat of the file the download wrote or checked, never from a path.
+        """
+        if state is None:
             return None
         return Entry(item.info.path, state, item.info.version, bytes(item.info.manifest_digest))
 
