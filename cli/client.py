@@ -20,14 +20,14 @@ from cas.errors import CasError, InvalidInputError
 from cli import batch as _batch
 from cli import download as _download
 from cli import upload as _upload
-from cli.download import GetResult
+from cli.download import GetOutcome
 from cli.manifestdelta import ManifestCache
 from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import translate_errors
 from cli.upload import PutResult
 from proto import stratus_pb2 as pb
 
-__all__ = ["GetResult", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
+__all__ = ["GetOutcome", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _UPLOAD_PIECE = 1 << 20
@@ -227,7 +227,7 @@ class StratusClient:
         as_of_ms: int | None = None,
         verify_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> GetResult:
+    ) -> GetOutcome:
         """Download a version (head, ``version``, or the newest at ``as_of_ms``) to ``local_path``.
 
         Chunks the existing local file already holds are reused, the rest is fetched; everything is
@@ -250,7 +250,7 @@ class StratusClient:
         as_of_ms: int | None = None,
         verify_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> GetResult:
+    ) -> GetOutcome:
         """Download a version into a binary writer (``stratus get REMOTE -``); chunks verified first."""
         return _download.get_stream(
             self._remote, remote_path, writer, version=version, as_of_ms=as_of_ms,

@@ -1,10 +1,11 @@
 """Delta download: fetch only the chunks the local copy lacks, verify everything, replace atomically.
 
 Flow: GetManifest -> (optional) signature check before anything is written -> index the old local
-file (and of a killed download's ``.NAME.svpart``) by chunk digest -> walk the manifest in order,
-copying reused chunks from the old file and
-taking fetched ones from a background thread that streams GetChunks -> check size and whole-file
-BLAKE3 -> fsync, rename, fsync the folder. Memory stays bounded by a fetch window.
+file (and a killed download's ``.NAME.svpart``) by chunk digest -> walk the manifest in order,
+copying reused chunks from those files (each verified by digest first) and taking fetched ones
+from a background thread that streams GetChunks -> check size and whole-file BLAKE3 -> fsync,
+rename, fsync the folder. Memory stays bounded by a fetch window. Every local step is relative to
+a folder fd opened without following symlinks (cli/localdir.py).
 """
 
 from __future__ import annotations
@@ -53,17 +54,30 @@ _END = object()
 
 
 @dataclass
-class GetResult:
-    """What a download did."""
+class GetOutcome:
+    """What a download did to one file: the one result of every download (a file, a stream, a group member).
 
-    version: pb.VersionInfo
-    chunks_total: int
-    chunks_reused: int
-    chunks_fetched: int
-    bytes_fetched: int  # frame bytes received from the server
-    seconds: float
-    up_to_date: bool = False  # the local file already was this version; nothing was rewritten
-    state: FileState | None = None  # the local file as it was left (for the state cache); None for a stream
+    ``status`` is ``downloaded`` (written), ``up_to_date`` (the local copy already was this version,
+    checked by hashing it; only its mode and mtime were set), ``skipped`` (the state cache vouched for
+    it; not even read) or ``failed`` (``error`` says why; nothing was written to the destination).
+    """
+
+    remote: str
+    local: str
+    status: str
+    version: int | None = None
+    size: int = 0
+    chunks_total: int = 0
+    chunks_reused: int = 0
+    chunks_fetched: int = 0
+    bytes_fetched: int = 0  # frame bytes received from the server
+    error: BaseException | None = None
+    state: FileState | None = None  # the local file as the download left it (from an fstat), for the state cache
+
+    @property
+    def up_to_date(self) -> bool:
+        """The local file already was this version; nothing was rewritten."""
+        return self.status == "up_to_date"
 
 
 def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
@@ -305,7 +319,7 @@ def get_file(
     verify_key: object = None,
     progress: ProgressFn | None = None,
     keep: Callable[[Manifest], None] | None = None,
-) -> GetResult:
+) -> GetOutcome:
     """Download a version into ``local_path``, reusing the chunks a previous local copy already has.
 
     ``local_path`` is a path (its parent, named by the caller, may be a symlink and is followed) or
@@ -313,7 +327,6 @@ def get_file(
     following symlinks (cli/localdir.py). ``keep`` is given the version's manifest once the file is
     in place (a manifest cache). Nothing is written before the manifest (and signature) checked out.
     """
-    started = time.perf_counter()
     path = normalize_path(remote_path)
     if not isinstance(local_path, LocalTarget) and Path(local_path).is_dir():
         raise InvalidInputError(f"{local_path} is a directory; give the file name to write")
@@ -330,14 +343,13 @@ def get_file(
             result = _get_into(remote, root, target, info, manifest, progress)
     if keep is not None:
         keep(manifest)
-    result.seconds = time.perf_counter() - started
     return result
 
 
 def _get_into(
     remote: Remote, folder: Folder, target: LocalTarget, info: pb.VersionInfo, manifest: Manifest,
     progress: ProgressFn | None,
-) -> GetResult:
+) -> GetOutcome:
     """Write the version as ``target.name`` in ``folder``; the old copy and a partial temp file are sources.
 
     The old copy and ``.NAME.svpart`` are opened with O_NOFOLLOW relative to the folder fd and only
@@ -347,6 +359,7 @@ def _get_into(
     part_fd = take_partial(folder, target.name)
     mode = (info.mode & 0o777) or None
     n = len(manifest.chunks)
+    outcome = GetOutcome(info.path, str(target.path), "downloaded", info.version, info.size, chunks_total=n)
     try:
         local: dict[bytes, tuple[int, ...]] = {}
         wanted = set(manifest.unique_digests())
@@ -357,7 +370,8 @@ def _get_into(
                 state = _touch(old_fd, target, mode, info.mtime_ns)
                 if progress is not None:
                     progress(manifest.size, manifest.size)
-                return GetResult(info, n, n, 0, 0, 0.0, up_to_date=True, state=state)
+                outcome.status, outcome.chunks_reused, outcome.state = "up_to_date", n, state
+                return outcome
         if part_fd is not None:
             part = index_local_file(part_fd, remote.params.chunking, wanted - local.keys())
             local.update({d: (offset, length, 1) for d, (offset, length) in part.items()})
@@ -368,12 +382,14 @@ def _get_into(
             )
             out.commit(mode=mode, mtime_ns=info.mtime_ns)
         assert out.stat is not None
-        state = FileState.from_stat(os.path.abspath(target.path), out.stat, out.observed_ns)
+        outcome.state = FileState.from_stat(os.path.abspath(target.path), out.stat, out.observed_ns)
     finally:
         for fd in (old_fd, part_fd):
             if fd is not None:
                 os.close(fd)
-    return GetResult(info, n, counts.reused, counts.fetched, fetcher.frame_bytes, 0.0, state=state)
+    outcome.chunks_reused, outcome.chunks_fetched = counts.reused, counts.fetched
+    outcome.bytes_fetched = fetcher.frame_bytes
+    return outcome
 
 
 def _touch(fd: int, target: LocalTarget, mode: int | None, mtime_ns: int) -> FileState:
@@ -396,13 +412,12 @@ def get_stream(
     as_of_ms: int | None = None,
     verify_key: object = None,
     progress: ProgressFn | None = None,
-) -> GetResult:
+) -> GetOutcome:
     """Download a version into a binary writer (e.g. stdout), verifying every chunk before writing it.
 
     A writer cannot be rolled back: a whole-file mismatch found at the end raises after the bytes
     were written (every chunk was verified on its own before that, so this needs a lying server).
     """
-    started = time.perf_counter()
     path = normalize_path(remote_path)
     info, manifest = fetch_manifest(remote, path, version, as_of_ms)
     if verify_key is not None:
@@ -412,5 +427,5 @@ def get_stream(
         writer, [], progress,
     )
     writer.flush()
-    seconds = time.perf_counter() - started
-    return GetResult(info, len(manifest.chunks), counts.reused, counts.fetched, fetcher.frame_bytes, seconds)
+    return GetOutcome(path, "-", "downloaded", info.version, info.size, len(manifest.chunks), counts.reused,
+                      counts.fetched, fetcher.frame_bytes)

@@ -56,10 +56,10 @@ def plan_steps(
 
     A chunk already present in ``local`` (digest -> (offset, length) in the old file, or
     (offset, length, file number) when there are several local files) is copied from there; with
-    ``repeat_from_output`` (the output is a seekable file) a chunk seen earlier in
-    the new file is copied from its first position, so each digest is fetched at most once. The
-    rest is fetched, grouped into windows of at most ``window_bytes`` distinct bytes and
-    ``window_chunks`` distinct digests. Deterministic: two calls with equal inputs agree, which
+    ``repeat_from_output`` (the output is a seekable file) a chunk seen earlier in the new file is
+    copied from its first position, so each digest is fetched at most once. The rest is fetched,
+    grouped into windows of at most ``window_bytes`` distinct bytes and ``window_chunks`` distinct
+    digests. Deterministic: two calls with equal inputs agree, which
     lets the fetching thread and the writing thread walk the same plan independently.
     """
     written: dict[bytes, int] = {}

@@ -2,12 +2,12 @@
 
 The mirror of :mod:`cli.smallfiles`. One GetManifests call asks for every file of the group, each
 pinned to the version the listing named; each file's manifest and signature are checked exactly
-as the client's download checks them, every chunk is verified, the whole-file BLAKE3 is checked, and each file is
-written through a temp file that is fsynced and renamed with its mode and mtime, every local
-operation relative to a folder fd that was opened without following symlinks (cli/localdir.py).
-Chunks an existing local copy (or a killed download's temp file) already has are reused. If the
-group's GetChunks fails (a corrupt chunk on
-the server, say), every file of the group is retried alone through
+as the client's download checks them, every chunk is verified, the whole-file BLAKE3 is checked,
+and each file is written through a temp file that is fsynced and renamed with its mode and mtime,
+every local operation relative to a folder fd opened without following symlinks
+(cli/localdir.py). Chunks an existing local copy (or a killed download's temp file) already has
+are reused. Each file gives one :class:`cli.download.GetOutcome`. If the group's GetChunks fails
+(a corrupt chunk on the server, say), every file of the group is retried alone through
 :meth:`cli.client.StratusClient.get_file`, so the failure lands on the file it belongs to.
 """
 
@@ -22,7 +22,7 @@ from cas.digest import digest as blake3_digest
 from cas.errors import CasError, IntegrityError, ManifestError
 from cas.manifest import ChunkRef, Manifest
 from cli.client import StratusClient
-from cli.download import decode_chunk, verify_signature
+from cli.download import GetOutcome, decode_chunk, verify_signature
 from cli.grouping import SMALL_FILE_MAX
 from cli.localdir import Folder, LocalTarget
 from cli.localfile import AtomicFile, take_partial, write_all
@@ -33,22 +33,8 @@ from proto import stratus_pb2 as pb
 
 
 @dataclass
-class SmallGetResult:
-    """What happened to one file of a group (``error`` set when it failed)."""
-
-    item: RestoreItem
-    up_to_date: bool = False
-    chunks_total: int = 0
-    chunks_reused: int = 0
-    chunks_fetched: int = 0
-    bytes_fetched: int = 0
-    error: BaseException | None = None
-    state: FileState | None = None  # the local file as left (for the state cache)
-
-
-@dataclass
 class _Plan:
-    result: SmallGetResult
+    result: GetOutcome
     target: LocalTarget
     info: pb.VersionInfo
     manifest: Manifest
@@ -127,7 +113,7 @@ def _plan(
     info, manifest = _manifest(client, item, answer)
     if verify_key is not None:
         verify_signature(info.path, info, manifest, verify_key)
-    plan = _Plan(SmallGetResult(item, chunks_total=len(manifest.chunks)), target, info, manifest)
+    plan = _Plan(_outcome(item, "downloaded", chunks_total=len(manifest.chunks)), target, info, manifest)
     try:
         folder = target.open_folder(create=False)
     except FileNotFoundError:
@@ -143,7 +129,7 @@ def _plan(
                 assert old_fd is not None
                 observed = time.time_ns()
                 st = _touch(old_fd, info)
-                plan.result.up_to_date = True
+                plan.result.status = "up_to_date"
                 plan.result.chunks_reused = len(manifest.chunks)
                 plan.result.state = FileState.from_stat(os.path.abspath(target.path), st, observed)
                 return plan
@@ -155,7 +141,7 @@ def _plan(
 
 
 def _fetch(client: StratusClient, target: str, plans: list[_Plan]) -> dict[bytes, bytes]:
-    owners: dict[bytes, SmallGetResult] = {}
+    owners: dict[bytes, GetOutcome] = {}
     for p in plans:
         for ref in p.manifest.chunks:
             if ref.digest not in p.local:
@@ -200,9 +186,9 @@ def _write(p: _Plan, fetched: dict[bytes, bytes]) -> None:
 
 def download_group(
     client: StratusClient, target: str, items: list[RestoreItem], root: Folder, *, verify_key: object = None
-) -> list[SmallGetResult]:
+) -> list[GetOutcome]:
     """Restore a group of small files below ``root``; per-file failures are returned, fatal ones raised."""
-    results: list[SmallGetResult] = []
+    results: list[GetOutcome] = []
     plans: list[_Plan] = []
     answers = client.get_manifests(
         [pb.GetManifestRequest(path=i.info.path, at=pb.VersionSelector(version=i.info.version)) for i in items]
@@ -211,7 +197,7 @@ def download_group(
         try:
             plan = _plan(client, item, LocalTarget.below(root, item.dest), answer, verify_key)
         except (CasError, OSError) as exc:
-            results.append(SmallGetResult(item, error=exc))
+            results.append(_outcome(item, "failed", error=exc))
             continue
         if plan.result.up_to_date:
             results.append(plan.result)
@@ -220,25 +206,25 @@ def download_group(
     try:
         fetched = _fetch(client, target, plans)
     except IntegrityError:
-        return results + [_alone(client, p.result.item, p.target, verify_key) for p in plans]
+        return results + [_alone(client, p.result, p.target, verify_key) for p in plans]
     for p in plans:
         try:
             _write(p, fetched)
         except (CasError, OSError) as exc:
-            p.result.error = exc
+            p.result.status, p.result.error = "failed", exc
+            p.result.chunks_total = p.result.chunks_reused = p.result.chunks_fetched = p.result.bytes_fetched = 0
         results.append(p.result)
     return results
 
 
-def _alone(client: StratusClient, item: RestoreItem, target: LocalTarget, verify_key: object) -> SmallGetResult:
-    result = SmallGetResult(item)
+def _alone(client: StratusClient, planned: GetOutcome, target: LocalTarget, verify_key: object) -> GetOutcome:
+    """Download one file of a failed group on its own, so a failure lands on the file it belongs to."""
     try:
-        got = client.get_file(item.info.path, target, version=item.info.version, verify_key=verify_key)
+        return client.get_file(planned.remote, target, version=planned.version, verify_key=verify_key)
     except (CasError, OSError) as exc:
-        result.error = exc
-        return result
-    result.up_to_date = got.up_to_date
-    result.chunks_total, result.chunks_reused = got.chunks_total, got.chunks_reused
-    result.chunks_fetched, result.bytes_fetched = got.chunks_fetched, got.bytes_fetched
-    result.state = got.state
-    return result
+        return GetOutcome(planned.remote, planned.local, "failed", planned.version, planned.size, error=exc)
+
+
+def _outcome(item: RestoreItem, status: str, **counts: object) -> GetOutcome:
+    info = item.info
+    return GetOutcome(info.path, str(item.dest), status, info.version, info.size, **counts)  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from cas.digest import new_hasher
 from cas.errors import CasError
 from cli.output import human_bytes, version_dict
 from cli.push import Uploader
-from cli.restore import Downloader
+from cli.restore import Downloader, GetOptions
 from cli.runtime import Runtime
 from cli.settings import APP_NAME, ConnectionSettings
 
@@ -240,7 +240,7 @@ def _tour(rt: Runtime, work: Path, size: int, say: Any) -> dict[str, Any]:  # no
         rt.out.table(["ver", "size", "chunks", "new bytes"], [
             [v.version, human_bytes(v.size), f"{v.new_chunks} new / {v.chunk_count - v.new_chunks} shared",
              human_bytes(v.new_bytes)] for v in versions], right=["ver", "size", "new bytes"])
-    downloader = Downloader(rt)
+    downloader = Downloader(rt.client, rt.cache, GetOptions(rt.settings.server, rt.namespace))
     checks = []
     for info, expected, name in ((first, first_digest, "v1"), (second, second_digest, "v2")):
         target = client.stat(REMOTE, version=info.version)
