@@ -40,7 +40,7 @@ from cas.errors import (
 from cas.manifest import ChunkRef, Manifest
 from cas.paths import normalize_path
 from cli.localdir import Folder, LocalTarget
-from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, write_all
+from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, touch_fd, write_all
 from cli.plan import FetchWindow, Source, Step, fetch_windows, plan_steps
 from cli.remote import ProgressFn, Remote
 from cli.rpc_errors import map_rpc_error
@@ -96,10 +96,18 @@ def fetch_manifest(
     """GetManifest, then check that the manifest is consistent and really is the version's."""
     at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
     resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
+    if resp.version.deleted:
+        raise NotFoundError(f"{path}: version {resp.version.version} is a deletion")
+    return checked_manifest(path, resp, remote.params.chunking.max_size)
+
+
+def checked_manifest(path: str, resp: pb.GetManifestResponse, max_size: int) -> tuple[pb.VersionInfo, Manifest]:
+    """The version and manifest of a GetManifest answer, checked before anything is fetched or written.
+
+    IntegrityError unless every chunk fits ``max_size``, the manifest hashes to the version's
+    manifest digest, and the version's size and file digest agree with it.
+    """
     info = resp.version
-    if info.deleted:
-        raise NotFoundError(f"{path}: version {info.version} is a deletion")
-    max_size = remote.params.chunking.max_size
     try:
         refs = []
         for ref in resp.manifest.chunks:
@@ -394,13 +402,8 @@ def _get_into(
 
 def _touch(fd: int, target: LocalTarget, mode: int | None, mtime_ns: int) -> FileState:
     """Give the (already right) open file ``fd`` its mode and mtime, on the fd itself; its new state."""
-    st = os.fstat(fd)
-    if mode is not None and (st.st_mode & 0o777) != mode:
-        os.fchmod(fd, mode)
-    if mtime_ns and st.st_mtime_ns != mtime_ns:
-        os.utime(fd, ns=(time.time_ns(), mtime_ns))
     observed = time.time_ns()
-    return FileState.from_stat(os.path.abspath(target.path), os.fstat(fd), observed)
+    return FileState.from_stat(os.path.abspath(target.path), touch_fd(fd, mode, mtime_ns), observed)
 
 
 def get_stream(

@@ -83,6 +83,16 @@ def index_local_file(
     return index
 
 
+def touch_fd(fd: int, mode: int | None, mtime_ns: int) -> os.stat_result:
+    """Set an open file's mode and mtime where they differ, on the fd (never by path); its stat afterwards."""
+    st = os.fstat(fd)
+    if mode is not None and (st.st_mode & 0o777) != mode:
+        os.fchmod(fd, mode)
+    if mtime_ns and st.st_mtime_ns != mtime_ns:
+        os.utime(fd, ns=(time.time_ns(), mtime_ns))
+    return os.fstat(fd)
+
+
 def take_partial(folder: Folder, name: str) -> int | None:
     """Open the ``.NAME.svpart`` a killed download to ``name`` left (if it is a regular file), and remove it.
 

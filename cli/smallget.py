@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 from cas.chunker import ChunkParams, chunk_bytes
 from cas.digest import digest as blake3_digest
-from cas.errors import CasError, IntegrityError, ManifestError
-from cas.manifest import ChunkRef, Manifest
+from cas.errors import CasError, IntegrityError
+from cas.manifest import Manifest
 from cli.client import StratusClient
-from cli.download import GetOutcome, decode_chunk, verify_signature
+from cli.download import GetOutcome, checked_manifest, decode_chunk, verify_signature
 from cli.grouping import SMALL_FILE_MAX
 from cli.localdir import Folder, LocalTarget
-from cli.localfile import AtomicFile, take_partial, write_all
+from cli.localfile import AtomicFile, take_partial, touch_fd, write_all
 from cli.rpc_errors import translate_errors
 from cli.statecache import FileState
 from cli.tree import RestoreItem
@@ -46,20 +46,9 @@ def _manifest(
 ) -> tuple[pb.VersionInfo, Manifest]:
     """Check that the server's answer is the version the listing named, and a sound manifest."""
     path = item.info.path
-    info = resp.version
-    max_size = client.params.chunking.max_size
-    try:
-        if any(ref.length > max_size for ref in resp.manifest.chunks):
-            raise ManifestError(f"a chunk exceeds the server's maximum of {max_size} bytes")
-        refs = tuple(ChunkRef(bytes(r.digest), r.length) for r in resp.manifest.chunks)
-        manifest = Manifest(refs, resp.manifest.size, bytes(resp.manifest.file_digest))
-    except ManifestError as exc:
-        raise IntegrityError(f"{path}: the server sent an invalid manifest: {exc}") from None
-    if info.deleted or info.version != item.info.version or manifest.digest() != info.manifest_digest:
+    if resp.version.deleted or resp.version.version != item.info.version or not resp.version.manifest_digest:
         raise IntegrityError(f"{path}: the server answered with another version than the one listed")
-    if info.size != manifest.size or (info.file_digest and info.file_digest != manifest.file_digest):
-        raise IntegrityError(f"{path}: version {info.version} disagrees with its manifest")
-    return info, manifest
+    return checked_manifest(path, resp, client.params.chunking.max_size)
 
 
 def _read(fd: int | None) -> bytes | None:
@@ -76,16 +65,6 @@ def _read(fd: int | None) -> bytes | None:
 def _close(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
-
-
-def _touch(fd: int, info: pb.VersionInfo) -> os.stat_result:
-    """Give the open (already right) file its mode and mtime, on the fd; return its stat afterwards."""
-    st = os.fstat(fd)
-    if info.mode and (st.st_mode & 0o777) != (info.mode & 0o777):
-        os.fchmod(fd, info.mode & 0o777)
-    if info.mtime_ns and st.st_mtime_ns != info.mtime_ns:
-        os.utime(fd, ns=(time.time_ns(), info.mtime_ns))
-    return os.fstat(fd)
 
 
 def _index(plan: _Plan, data: bytes | None, params: ChunkParams) -> None:
@@ -128,7 +107,7 @@ def _plan(
             if old is not None and len(old) == manifest.size and blake3_digest(old) == manifest.file_digest:
                 assert old_fd is not None
                 observed = time.time_ns()
-                st = _touch(old_fd, info)
+                st = touch_fd(old_fd, (info.mode & 0o777) or None, info.mtime_ns)
                 plan.result.status = "up_to_date"
                 plan.result.chunks_reused = len(manifest.chunks)
                 plan.result.state = FileState.from_stat(os.path.abspath(target.path), st, observed)
