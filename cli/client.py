@@ -27,20 +27,20 @@ if TYPE_CHECKING:
     from cli import batch as _batch
     from cli import download as _download
     from cli import upload as _upload
-    from cli.download import GetResult
+    from cli.download import GetOutcome
     from cli.upload import PutResult
 else:  # the transfer machinery (chunking, hashing, zstd) loads with the first transfer, not for stat or ls
     _batch = lazy("cli.batch")
     _download = lazy("cli.download")
     _upload = lazy("cli.upload")
 
-__all__ = ["GetResult", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
+__all__ = ["GetOutcome", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
 
 
 def __getattr__(name: str) -> object:
-    """``GetResult`` and ``PutResult`` are importable from here, loaded with their modules on demand."""
-    if name in ("GetResult", "PutResult"):
-        return getattr(_download if name == "GetResult" else _upload, name)
+    """``GetOutcome`` and ``PutResult`` are importable from here, loaded with their modules on demand."""
+    if name in ("GetOutcome", "PutResult"):
+        return getattr(_download if name == "GetOutcome" else _upload, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -245,7 +245,7 @@ class StratusClient:
         as_of_ms: int | None = None,
         verify_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> GetResult:
+    ) -> GetOutcome:
         """Download a version (head, ``version``, or the newest at ``as_of_ms``) to ``local_path``.
 
         Chunks the existing local file already holds are reused, the rest is fetched; everything is
@@ -268,7 +268,7 @@ class StratusClient:
         as_of_ms: int | None = None,
         verify_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> GetResult:
+    ) -> GetOutcome:
         """Download a version into a binary writer (``stratus get REMOTE -``); chunks verified first."""
         return _download.get_stream(
             self._remote, remote_path, writer, version=version, as_of_ms=as_of_ms,

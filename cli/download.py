@@ -1,21 +1,23 @@
 """Delta download: fetch only the chunks the local copy lacks, verify everything, replace atomically.
 
 Flow: GetManifest -> (optional) signature check before anything is written -> index the old local
-file by chunk digest -> walk the manifest in order, copying reused chunks from the old file and
-taking fetched ones from a background thread that streams GetChunks -> check size and whole-file
-BLAKE3 -> fsync, rename, fsync the folder. Memory stays bounded by a fetch window.
+file (and a killed download's ``.NAME.svpart``) by chunk digest -> walk the manifest in order,
+copying reused chunks from those files (each verified by digest first) and taking fetched ones
+from a background thread that streams GetChunks -> check size and whole-file BLAKE3 -> fsync,
+rename, fsync the folder. Memory stays bounded by a fetch window. Every local step is relative to
+a folder fd opened without following symlinks (cli/localdir.py).
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,10 +39,12 @@ from cas.errors import (
 )
 from cas.manifest import ChunkRef, Manifest
 from cas.paths import normalize_path
-from cli.localfile import AtomicFile, index_local_file, read_exact, write_all
+from cli.localdir import Folder, LocalTarget
+from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, touch_fd, write_all
 from cli.plan import FetchWindow, Source, Step, fetch_windows, plan_steps
 from cli.remote import ProgressFn, Remote
 from cli.rpc_errors import map_rpc_error
+from cli.statecache import FileState
 from proto import stratus_pb2 as pb
 
 FETCH_WINDOW_BYTES = 64 * 1024 * 1024  # per GetChunks call; fewer calls, better overlap
@@ -50,16 +54,30 @@ _END = object()
 
 
 @dataclass
-class GetResult:
-    """What a download did."""
+class GetOutcome:
+    """What a download did to one file: the one result of every download (a file, a stream, a group member).
 
-    version: pb.VersionInfo
-    chunks_total: int
-    chunks_reused: int
-    chunks_fetched: int
-    bytes_fetched: int  # frame bytes received from the server
-    seconds: float
-    up_to_date: bool = False  # the local file already was this version; nothing was rewritten
+    ``status`` is ``downloaded`` (written), ``up_to_date`` (the local copy already was this version,
+    checked by hashing it; only its mode and mtime were set), ``skipped`` (the state cache vouched for
+    it; not even read) or ``failed`` (``error`` says why; nothing was written to the destination).
+    """
+
+    remote: str
+    local: str
+    status: str
+    version: int | None = None
+    size: int = 0
+    chunks_total: int = 0
+    chunks_reused: int = 0
+    chunks_fetched: int = 0
+    bytes_fetched: int = 0  # frame bytes received from the server
+    error: BaseException | None = None
+    state: FileState | None = None  # the local file as the download left it (from an fstat), for the state cache
+
+    @property
+    def up_to_date(self) -> bool:
+        """The local file already was this version; nothing was rewritten."""
+        return self.status == "up_to_date"
 
 
 def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
@@ -78,10 +96,18 @@ def fetch_manifest(
     """GetManifest, then check that the manifest is consistent and really is the version's."""
     at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
     resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
+    if resp.version.deleted:
+        raise NotFoundError(f"{path}: version {resp.version.version} is a deletion")
+    return checked_manifest(path, resp, remote.params.chunking.max_size)
+
+
+def checked_manifest(path: str, resp: pb.GetManifestResponse, max_size: int) -> tuple[pb.VersionInfo, Manifest]:
+    """The version and manifest of a GetManifest answer, checked before anything is fetched or written.
+
+    IntegrityError unless every chunk fits ``max_size``, the manifest hashes to the version's
+    manifest digest, and the version's size and file digest agree with it.
+    """
     info = resp.version
-    if info.deleted:
-        raise NotFoundError(f"{path}: version {info.version} is a deletion")
-    max_size = remote.params.chunking.max_size
     try:
         refs = []
         for ref in resp.manifest.chunks:
@@ -233,10 +259,14 @@ def _assemble(
     steps: Iterator[Step],
     windows: Iterator[FetchWindow],
     sink: BinaryIO | int,
-    old_fd: int | None,
+    sources: list[int | None],
     progress: ProgressFn | None,
 ) -> tuple[_Counts, _Fetcher]:
-    """Write the file's bytes in order to ``sink`` (an fd or a binary writer), verifying the result."""
+    """Write the file's bytes in order to ``sink`` (an fd or a binary writer), verifying the result.
+
+    ``sources`` are the local files LOCAL steps read from (by ``Step.source_file``); a chunk read
+    there that does not hash to its digest any more is fetched instead.
+    """
     counts = _Counts()
     hasher = new_hasher()
     written = 0
@@ -250,8 +280,9 @@ def _assemble(
                 data = read_exact(sink, step.length, step.source_offset) or b""
                 counts.reused += 1
             else:
-                assert old_fd is not None
-                data = read_exact(old_fd, step.length, step.source_offset)
+                source = sources[step.source_file]
+                assert source is not None
+                data = read_exact(source, step.length, step.source_offset)
                 if data is None or blake3_digest(data) != step.digest:
                     # The old file changed since it was indexed: fetch this chunk instead.
                     data = _fetch_one(remote, step.digest)
@@ -279,83 +310,100 @@ def _assemble(
     return counts, fetcher
 
 
-def _plan(manifest: Manifest, local: dict[bytes, tuple[int, int]], repeat: bool) -> Iterator[Step]:
+def _plan(manifest: Manifest, local: dict[bytes, tuple[int, ...]], repeat: bool) -> Iterator[Step]:
     return plan_steps(
         manifest.chunks, local, repeat_from_output=repeat,
         window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS,
     )
 
 
-def _open_existing(path: Path) -> int | None:
-    """Open the current local copy for reuse; None when there is no readable regular file."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None  # never open a FIFO or device: reading could block or have side effects
-        return os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
-
-
 def get_file(
     remote: Remote,
     remote_path: str,
-    local_path: str | Path,
+    local_path: str | Path | LocalTarget,
     *,
     version: int | None = None,
     as_of_ms: int | None = None,
     verify_key: object = None,
     progress: ProgressFn | None = None,
     keep: Callable[[Manifest], None] | None = None,
-) -> GetResult:
+) -> GetOutcome:
     """Download a version into ``local_path``, reusing the chunks a previous local copy already has.
 
-    ``keep`` is given the version's manifest once the file is in place (a manifest cache).
+    ``local_path`` is a path (its parent, named by the caller, may be a symlink and is followed) or
+    a :class:`LocalTarget` below an opened destination root, whose folders are entered without
+    following symlinks (cli/localdir.py). ``keep`` is given the version's manifest once the file is
+    in place (a manifest cache). Nothing is written before the manifest (and signature) checked out.
     """
-    started = time.perf_counter()
     path = normalize_path(remote_path)
-    dest = Path(local_path)
-    if dest.is_dir():
-        raise InvalidInputError(f"{dest} is a directory; give the file name to write")
+    if not isinstance(local_path, LocalTarget) and Path(local_path).is_dir():
+        raise InvalidInputError(f"{local_path} is a directory; give the file name to write")
     info, manifest = fetch_manifest(remote, path, version, as_of_ms)
     if verify_key is not None:
         verify_signature(path, info, manifest, verify_key)
-    mode = (info.mode & 0o777) or None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    old_fd = _open_existing(dest)
-    try:
-        local: dict[bytes, tuple[int, int]] = {}
-        if old_fd is not None:
-            old_hasher = new_hasher()
-            wanted = set(manifest.unique_digests())
-            local = index_local_file(old_fd, remote.params.chunking, wanted, old_hasher)
-            if os.fstat(old_fd).st_size == manifest.size and old_hasher.digest() == manifest.file_digest:
-                _touch(dest, mode, info.mtime_ns)
-                if progress is not None:
-                    progress(manifest.size, manifest.size)
-                n = len(manifest.chunks)
-                if keep is not None:
-                    keep(manifest)
-                return GetResult(info, n, n, 0, 0, time.perf_counter() - started, up_to_date=True)
-        with AtomicFile(dest) as out:
-            counts, fetcher = _assemble(
-                remote, manifest, _plan(manifest, local, True), fetch_windows(_plan(manifest, local, True)),
-                out.fd, old_fd, progress,
-            )
-            out.commit(mode=mode, mtime_ns=info.mtime_ns)
-    finally:
-        if old_fd is not None:
-            os.close(old_fd)
+    if isinstance(local_path, LocalTarget):
+        with local_path.open_folder() as folder:
+            result = _get_into(remote, folder, local_path, info, manifest, progress)
+    else:
+        dest = Path(local_path)
+        with Folder.open_root(dest.parent) as root:
+            target = LocalTarget(root, (), dest.name, dest)
+            result = _get_into(remote, root, target, info, manifest, progress)
     if keep is not None:
         keep(manifest)
-    seconds = time.perf_counter() - started
-    return GetResult(info, len(manifest.chunks), counts.reused, counts.fetched, fetcher.frame_bytes, seconds)
+    return result
 
 
-def _touch(dest: Path, mode: int | None, mtime_ns: int) -> None:
-    if mode is not None and (os.stat(dest).st_mode & 0o777) != mode:
-        os.chmod(dest, mode)
-    if mtime_ns and os.stat(dest).st_mtime_ns != mtime_ns:
-        os.utime(dest, ns=(time.time_ns(), mtime_ns))
+def _get_into(
+    remote: Remote, folder: Folder, target: LocalTarget, info: pb.VersionInfo, manifest: Manifest,
+    progress: ProgressFn | None,
+) -> GetOutcome:
+    """Write the version as ``target.name`` in ``folder``; the old copy and a partial temp file are sources.
+
+    The old copy and ``.NAME.svpart`` are opened with O_NOFOLLOW relative to the folder fd and only
+    if they are regular files; every chunk taken from them is verified by digest before it is used.
+    """
+    old_fd = folder.open_regular(target.name)
+    part_fd = take_partial(folder, target.name)
+    mode = (info.mode & 0o777) or None
+    n = len(manifest.chunks)
+    outcome = GetOutcome(info.path, str(target.path), "downloaded", info.version, info.size, chunks_total=n)
+    try:
+        local: dict[bytes, tuple[int, ...]] = {}
+        wanted = set(manifest.unique_digests())
+        if old_fd is not None:
+            old_hasher = new_hasher()
+            local.update(index_local_file(old_fd, remote.params.chunking, wanted, old_hasher))
+            if os.fstat(old_fd).st_size == manifest.size and old_hasher.digest() == manifest.file_digest:
+                state = _touch(old_fd, target, mode, info.mtime_ns)
+                if progress is not None:
+                    progress(manifest.size, manifest.size)
+                outcome.status, outcome.chunks_reused, outcome.state = "up_to_date", n, state
+                return outcome
+        if part_fd is not None:
+            part = index_local_file(part_fd, remote.params.chunking, wanted - local.keys())
+            local.update({d: (offset, length, 1) for d, (offset, length) in part.items()})
+        with AtomicFile(target.name, folder) as out:
+            steps = partial(_plan, manifest, local, True)
+            counts, fetcher = _assemble(
+                remote, manifest, steps(), fetch_windows(steps()), out.fd, [old_fd, part_fd], progress,
+            )
+            out.commit(mode=mode, mtime_ns=info.mtime_ns)
+        assert out.stat is not None
+        outcome.state = FileState.from_stat(os.path.abspath(target.path), out.stat, out.observed_ns)
+    finally:
+        for fd in (old_fd, part_fd):
+            if fd is not None:
+                os.close(fd)
+    outcome.chunks_reused, outcome.chunks_fetched = counts.reused, counts.fetched
+    outcome.bytes_fetched = fetcher.frame_bytes
+    return outcome
+
+
+def _touch(fd: int, target: LocalTarget, mode: int | None, mtime_ns: int) -> FileState:
+    """Give the (already right) open file ``fd`` its mode and mtime, on the fd itself; its new state."""
+    observed = time.time_ns()
+    return FileState.from_stat(os.path.abspath(target.path), touch_fd(fd, mode, mtime_ns), observed)
 
 
 def get_stream(
@@ -367,21 +415,20 @@ def get_stream(
     as_of_ms: int | None = None,
     verify_key: object = None,
     progress: ProgressFn | None = None,
-) -> GetResult:
+) -> GetOutcome:
     """Download a version into a binary writer (e.g. stdout), verifying every chunk before writing it.
 
     A writer cannot be rolled back: a whole-file mismatch found at the end raises after the bytes
     were written (every chunk was verified on its own before that, so this needs a lying server).
     """
-    started = time.perf_counter()
     path = normalize_path(remote_path)
     info, manifest = fetch_manifest(remote, path, version, as_of_ms)
     if verify_key is not None:
         verify_signature(path, info, manifest, verify_key)
     counts, fetcher = _assemble(
         remote, manifest, _plan(manifest, {}, False), fetch_windows(_plan(manifest, {}, False)),
-        writer, None, progress,
+        writer, [], progress,
     )
     writer.flush()
-    seconds = time.perf_counter() - started
-    return GetResult(info, len(manifest.chunks), counts.reused, counts.fetched, fetcher.frame_bytes, seconds)
+    return GetOutcome(path, "-", "downloaded", info.version, info.size, len(manifest.chunks), counts.reused,
+                      counts.fetched, fetcher.frame_bytes)

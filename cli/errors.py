@@ -71,8 +71,9 @@ def exit_code(exc: BaseException) -> int:
 
 
 def describe(exc: BaseException) -> str:
-    """One line: what went wrong and what to do about it."""
+    """One line: what went wrong and what to do about it (an exception's own ``hint`` wins)."""
     _, kind, hint = classify(exc)
+    hint = getattr(exc, "hint", None) or hint
     if isinstance(exc, OSError) and exc.strerror:
         target = f"{exc.filename}: " if exc.filename else ""
         text = f"{target}{exc.strerror}"

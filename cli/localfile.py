@@ -2,14 +2,14 @@
 
 A download never writes into the destination itself: it builds a temp file next to it, checks it,
 fsyncs it and renames it over the destination, so a crash or a failed check leaves either the old
-file or the new one, never a mix.
+file or the new one, never a mix. Every operation is relative to a folder fd (cli/localdir.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import stat
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -18,22 +18,9 @@ import blake3
 
 from cas.chunker import ChunkParams
 from cas.pipeline import Pipeline
+from cli.localdir import PART_SUFFIX, Folder, part_name
 
 _FALLBACK_UMASK = 0o022
-
-
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory so that a rename inside it survives a crash (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename is still done
-    finally:
-        os.close(fd)
 
 
 def current_umask() -> int:
@@ -96,20 +83,75 @@ def index_local_file(
     return index
 
 
+def touch_fd(fd: int, mode: int | None, mtime_ns: int) -> os.stat_result:
+    """Set an open file's mode and mtime where they differ, on the fd (never by path); its stat afterwards."""
+    st = os.fstat(fd)
+    if mode is not None and (st.st_mode & 0o777) != mode:
+        os.fchmod(fd, mode)
+    if mtime_ns and st.st_mtime_ns != mtime_ns:
+        os.utime(fd, ns=(time.time_ns(), mtime_ns))
+    return os.fstat(fd)
+
+
+def take_partial(folder: Folder, name: str) -> int | None:
+    """Open the ``.NAME.svpart`` a killed download to ``name`` left (if it is a regular file), and remove it.
+
+    The returned fd (or None) is read as one more local source: every chunk of it is verified by
+    digest before use. Whatever the name held (a file, a link: never its target) is gone afterwards.
+    """
+    part = part_name(name)
+    fd = folder.open_regular(part)
+    with contextlib.suppress(IsADirectoryError, PermissionError):
+        folder.unlink(part)
+    return fd
+
+
 class AtomicFile:
     """A temp file in the destination's folder that replaces the destination on :meth:`commit`.
 
-    Use as a context manager: leaving the block without a commit (an exception, a failed check)
-    removes the temp file and leaves the destination untouched.
+    The temp file is ``.NAME.svpart`` beside the destination (created with O_EXCL and O_NOFOLLOW
+    relative to the folder's fd), so a download that is killed leaves one known file that the next
+    download of the same destination reuses and removes (:func:`take_partial`). Use as a context
+    manager: leaving the block without a commit removes the temp file and leaves the destination
+    untouched. Nothing is done by path: mode and times are set on the fd, the rename is relative
+    to the folder fd and replaces whatever entry (file or symlink) had the name.
+
+    ``destination`` is a path, whose parent (named by the caller) is opened following symlinks, or a
+    bare name inside ``folder``.
     """
 
-    def __init__(self, destination: str | Path) -> None:
-        self.destination = Path(destination)
-        self.folder = self.destination.parent
-        prefix = f".{self.destination.name}."
-        self.fd, name = tempfile.mkstemp(dir=self.folder, prefix=prefix, suffix=".svpart")
-        self.temp_path = Path(name)
+    def __init__(self, destination: str | Path, folder: Folder | None = None) -> None:
+        self._own_folder = folder is None
+        if folder is None:
+            dest = Path(destination)
+            folder = Folder.open_root(dest.parent, create=False)
+            destination = dest.name
+        self.folder = folder
+        self.name = str(destination)
+        self.temp_name = part_name(self.name)
+        self.stat: os.stat_result | None = None  # of the file in place, taken after the commit
+        self.observed_ns = 0  # time.time_ns() taken just before that stat
+        try:
+            self.fd = self._create()
+        except BaseException:
+            self._close_folder()
+            raise
         self._done = False
+
+    def _create(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self.temp_name, flags, 0o600, dir_fd=self.folder.fd)
+        except FileExistsError:
+            # Another download of the same destination is running (or a folder has the name).
+            stem = self.temp_name[: -len(PART_SUFFIX)][:200]
+            self.temp_name = f"{stem}.{os.urandom(6).hex()}{PART_SUFFIX}"
+            return os.open(self.temp_name, flags, 0o600, dir_fd=self.folder.fd)
+
+    @property
+    def temp_path(self) -> Path:
+        """Where the temp file is (for messages)."""
+        return self.folder.path / self.temp_name
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -117,35 +159,49 @@ class AtomicFile:
     def __exit__(self, *exc_info: object) -> None:
         if not self._done:
             self.discard()
+        self._close_folder()
+
+    def _close_folder(self) -> None:
+        if self._own_folder:
+            self.folder.close()
 
     def discard(self) -> None:
         """Close and delete the temp file (idempotent)."""
+        if self._done:
+            return
         self._done = True
         with contextlib.suppress(OSError):
             os.close(self.fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temp_path)
+        with contextlib.suppress(OSError):
+            self.folder.unlink(self.temp_name)
+
+    def _mode(self, mode: int | None) -> int:
+        """``mode``, else the mode of the regular file being replaced, else the umask default."""
+        if mode is not None:
+            return mode
+        old = self.folder.lstat(self.name)
+        if old is not None and stat.S_ISREG(old.st_mode):
+            return old.st_mode & 0o7777
+        return 0o666 & ~current_umask()
 
     def commit(self, *, mode: int | None = None, mtime_ns: int = 0) -> None:
         """fsync the temp file, set its mode and mtime, rename it over the destination, fsync the folder.
 
-        Mode and mtime are set before the rename so the file never appears with the wrong ones.
-        ``mode`` None keeps the destination's current mode if it exists, else the umask default.
+        Mode and mtime are set on the fd before the rename, so the file never appears with the
+        wrong ones. ``mode`` None keeps the replaced file's mode if it exists, else the umask default.
         """
         try:
             os.fsync(self.fd)
-            if mode is None:
-                try:
-                    mode = os.stat(self.destination).st_mode & 0o7777
-                except FileNotFoundError:
-                    mode = 0o666 & ~current_umask()
-            os.fchmod(self.fd, mode)
+            os.fchmod(self.fd, self._mode(mode))
             if mtime_ns:
                 os.utime(self.fd, ns=(time.time_ns(), mtime_ns))
-            os.close(self.fd)
-            self._done = True
-            os.replace(self.temp_path, self.destination)
+            fd = self.folder.fd
+            os.rename(self.temp_name, self.name, src_dir_fd=fd, dst_dir_fd=fd)
         except BaseException:
             self.discard()
             raise
-        fsync_dir(self.folder)
+        self._done = True
+        self.folder.fsync()
+        self.observed_ns = time.time_ns()
+        self.stat = os.fstat(self.fd)
+        os.close(self.fd)

@@ -16,7 +16,7 @@ from cas.manifest import ChunkRef
 class Source(Enum):
     """Where the bytes of one chunk of the new file come from."""
 
-    LOCAL = "local"  # the old local file, at source_offset (verified by digest before use)
+    LOCAL = "local"  # local file number source_file, at source_offset (verified by digest before use)
     REPEAT = "repeat"  # an earlier position of the file being written, at source_offset
     FETCH = "fetch"  # the server, in fetch window ``window``
 
@@ -31,6 +31,7 @@ class Step:
     source: Source
     source_offset: int = -1
     window: int = -1
+    source_file: int = 0  # LOCAL: which local file (0: the old copy, 1: a partial download's temp file)
 
 
 @dataclass(slots=True)
@@ -45,7 +46,7 @@ class FetchWindow:
 
 def plan_steps(
     chunks: Sequence[ChunkRef],
-    local: Mapping[bytes, tuple[int, int]],
+    local: Mapping[bytes, tuple[int, ...]],
     *,
     repeat_from_output: bool,
     window_bytes: int,
@@ -53,11 +54,12 @@ def plan_steps(
 ) -> Iterator[Step]:
     """Yield one :class:`Step` per manifest chunk, in file order.
 
-    A chunk already present in ``local`` (digest -> (offset, length) in the old file) is copied
-    from there; with ``repeat_from_output`` (the output is a seekable file) a chunk seen earlier in
-    the new file is copied from its first position, so each digest is fetched at most once. The
-    rest is fetched, grouped into windows of at most ``window_bytes`` distinct bytes and
-    ``window_chunks`` distinct digests. Deterministic: two calls with equal inputs agree, which
+    A chunk already present in ``local`` (digest -> (offset, length) in the old file, or
+    (offset, length, file number) when there are several local files) is copied from there; with
+    ``repeat_from_output`` (the output is a seekable file) a chunk seen earlier in the new file is
+    copied from its first position, so each digest is fetched at most once. The rest is fetched,
+    grouped into windows of at most ``window_bytes`` distinct bytes and ``window_chunks`` distinct
+    digests. Deterministic: two calls with equal inputs agree, which
     lets the fetching thread and the writing thread walk the same plan independently.
     """
     written: dict[bytes, int] = {}
@@ -70,7 +72,8 @@ def plan_steps(
         if repeat_from_output and d in written:
             yield Step(offset, d, n, Source.REPEAT, written[d])
         elif d in local and local[d][1] == n:
-            yield Step(offset, d, n, Source.LOCAL, local[d][0])
+            at = local[d]
+            yield Step(offset, d, n, Source.LOCAL, at[0], source_file=at[2] if len(at) > 2 else 0)
             if repeat_from_output:
                 written[d] = offset
         else:

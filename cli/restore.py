@@ -1,34 +1,66 @@
-"""``stratus get``: download a file, or restore a whole tree as it was at some time.
+"""The download engine behind ``stratus get``: one file, a stream, or a whole tree as it was at some time.
 
-Every file goes through the client's delta download (chunks the existing local copy already has
-are reused, the rest fetched, everything verified, the file replaced atomically with its mode and
-mtime). A tree is listed once, every page, at one point in time, and each file is then fetched at
-exactly the version the listing named, so the restored tree is consistent even while others write.
+Every file goes through the same stages: plan (which chunks the local copy, or a killed download's
+temp file, already has), fetch (the rest), verify (every chunk, then the whole-file BLAKE3) and
+write (a temp file fsynced and renamed into place with its mode and mtime, every step relative to
+a folder fd opened without following symlinks: cli/localdir.py). Large files take the pipelined
+path (cli/download.py), small ones travel in groups (cli/smallget.py); both give one
+:class:`~cli.download.GetOutcome` per file, and a command gets one :class:`GetReport`.
+
+A tree is listed once, every page, at one point in time, and each file is then fetched at exactly
+the version the listing named, so the restored tree is consistent even while others write.
+
+The engine takes its dependencies explicitly (a client, the state cache, :class:`GetOptions`) and
+knows nothing of the command line: no typer, no rich. Progress goes to ``GetOptions.progress``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-from cas.errors import NotFoundError
+from cas.errors import CasError, NotFoundError
 from cas.paths import normalize_path
-from cli import errors
+from cli.client import StratusClient
+from cli.download import GetOutcome
+from cli.grouping import DEFAULT_JOBS, SMALL_FILE_MAX, groups, is_fatal
 from cli.jobs import run_bounded
-from cli.progress import TransferProgress
-from cli.runtime import Runtime
-from cli.smallget import SMALL_FILE_MAX, download_group, groups
-from cli.statecache import Entry, observe
+from cli.localdir import Folder, LocalTarget
+from cli.remote import ProgressFn
+from cli.smallget import download_group
+from cli.statecache import Entry, StateCache, observe
 from cli.tree import RestoreItem, plan_restore, remote_prefix
 from proto import stratus_pb2 as pb
 
-DEFAULT_JOBS = 8
-_FATAL = ("unavailable", "unauthenticated", "permission_denied", "rate_limited", "internal")
+__all__ = ["DEFAULT_JOBS", "Downloader", "GetOptions", "GetOutcome", "GetReport", "GetStats", "ProgressEvent"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report: ``start`` (``files`` files, ``nbytes`` bytes, called ``label``), ``bytes``
+    (``nbytes`` more done) or ``file`` (one more file finished)."""
+
+    kind: str
+    nbytes: int = 0
+    files: int = 0
+    label: str = ""
+
+
+@dataclass
+class GetOptions:
+    """How the engine runs: the cache scope (server, namespace), cache use, signature key, jobs, progress."""
+
+    server: str
+    namespace: str = ""
+    use_cache: bool = True
+    verify_key: object = None
+    jobs: int = DEFAULT_JOBS
+    progress: Callable[[ProgressEvent], None] | None = None
 
 
 @dataclass
@@ -47,27 +79,22 @@ class GetStats:
     chunks_fetched: int = 0
     seconds: float = 0.0
 
-
-@dataclass
-class GetOutcome:
-    """What happened to one file."""
-
-    remote: str
-    local: str
-    status: str  # downloaded | up_to_date | skipped | failed
-    version: int | None = None
-    size: int = 0
-    chunks_total: int = 0
-    chunks_reused: int = 0
-    chunks_fetched: int = 0
-    bytes_fetched: int = 0
-    error: str | None = None
-    exit_code: int = 0
+    def account(self, outcome: GetOutcome) -> None:
+        """Add one file's outcome (a failure counts only as a failure; skips are counted by the caller)."""
+        if outcome.status == "failed":
+            self.files_failed += 1
+            return
+        self.files_downloaded += outcome.status == "downloaded"
+        self.files_up_to_date += outcome.status == "up_to_date"
+        self.bytes_fetched += outcome.bytes_fetched
+        self.chunks_reused += outcome.chunks_reused
+        self.chunks_fetched += outcome.chunks_fetched
+        self.chunks_total += outcome.chunks_total
 
 
 @dataclass
 class GetReport:
-    """The result of a ``get``."""
+    """The result of a ``get``: what was asked, the counters, and one outcome per file."""
 
     kind: str  # file | tree | stdout
     remote: str
@@ -77,30 +104,45 @@ class GetReport:
     outcomes: list[GetOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def exit_code(self) -> int:
-        """0, or the exit code of the first failure."""
-        return next((o.exit_code for o in self.outcomes if o.exit_code), 0)
+    def add(self, outcome: GetOutcome) -> None:
+        """Record a file's outcome and count it."""
+        self.outcomes.append(outcome)
+        if outcome.status == "skipped":
+            self.stats.files_skipped_unchanged += 1
+        else:
+            self.stats.account(outcome)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON document of ``get --json``."""
-        return {
-            "ok": self.exit_code == 0, "kind": self.kind, "remote": self.remote, "local": self.local,
-            "as_of_ms": self.as_of_ms or None, "stats": asdict(self.stats),
-            "files": [asdict(o) for o in self.outcomes if o.status != "skipped"], "notes": self.notes,
-        }
+    @property
+    def first_error(self) -> BaseException | None:
+        """The error of the first failed file (its exit code is the command's)."""
+        return next((o.error for o in self.outcomes if o.error is not None), None)
+
+
+class _CountingWriter:
+    """A binary writer that counts the bytes handed to it (to say how much went out before a failure)."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return self.inner.write(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
 
 
 class Downloader:
-    """Runs downloads for one command; see the module docstring."""
+    """The download engine (see the module docstring)."""
 
-    def __init__(self, rt: Runtime, *, use_cache: bool = True, verify_key: object = None, jobs: int = DEFAULT_JOBS):
-        self.rt = rt
-        self.client = rt.client
+    def __init__(self, client: StratusClient, cache: StateCache, options: GetOptions) -> None:
+        self.client = client
+        self.cache = cache
+        self.options = options
         # A signature must be checked on every run, so the cache may not vouch for a file then.
-        self.use_cache = use_cache and verify_key is None
-        self.verify_key = verify_key
-        self.jobs = max(1, jobs)
+        self.use_cache = options.use_cache and options.verify_key is None
+        self.jobs = max(1, options.jobs)
 
     def locate(self, remote: str, *, version: int | None, as_of_ms: int | None) -> pb.VersionInfo | str:
         """The file version REMOTE names, or the listing prefix when it names a folder.
@@ -125,48 +167,62 @@ class Downloader:
     # ---- one file ---------------------------------------------------------------------------------
 
     def get_file(self, info: pb.VersionInfo, dest: Path) -> GetReport:
-        """Download one version to ``dest`` (a folder gets the remote file's name inside it)."""
+        """Download one version to ``dest`` (a folder gets the remote file's name inside it).
+
+        ``dest``'s folder was named by the user and may be a symlink (followed); a symlink at
+        ``dest`` itself is replaced by the file. A failure is raised, not reported.
+        """
         started = time.perf_counter()
         if dest.is_dir():
             dest = dest / info.path.rsplit("/", 1)[-1]
         report = GetReport("file", info.path, str(dest))
         report.stats.files_listed = 1
         report.stats.bytes_total = info.size
-        cached = self._cached({info.path: info}, info.path)
         item = RestoreItem(info, dest)
-        if self._is_current(item, cached.get(info.path)):
-            report.outcomes.append(GetOutcome(info.path, str(dest), "skipped", info.version, info.size))
-            report.stats.files_skipped_unchanged = 1
+        if self._is_current(item, self._cached({info.path: info}, info.path).get(info.path)):
+            report.add(GetOutcome(info.path, str(dest), "skipped", info.version, info.size))
         else:
-            with TransferProgress(self.rt.out, f"get {info.path}", info.size) as progress:
-                outcome, entry = self._download(item, progress, tree=False)
-            self._account(report.stats, outcome)
-            report.outcomes.append(outcome)
-            self._remember([entry] if entry else [])
+            self._emit("start", info.size, 1, f"get {info.path}")
+            with Folder.open_root(dest.parent) as root:
+                outcome = self._download(item, LocalTarget(root, (), dest.name, dest), tree=False)
+            report.add(outcome)
+            self._remember([outcome], {info.path: item})
         report.stats.seconds = time.perf_counter() - started
         return report
 
-    def get_stdout(self, remote: str, *, version: int | None, as_of_ms: int | None) -> GetReport:
-        """Write a version to standard output (``get REMOTE -``)."""
+    def get_stream(self, remote: str, writer: BinaryIO, *, version: int | None, as_of_ms: int | None,
+                   label: str = "the output") -> GetReport:
+        """Write a version to ``writer`` (``get REMOTE -``); every chunk is verified before it is written.
+
+        A writer cannot be taken back: when a failure comes after some bytes went out, the error's
+        ``hint`` says how many were written to ``label``, so that output is discarded.
+        """
         started = time.perf_counter()
         path = normalize_path(remote)
         report = GetReport("stdout", path, "-")
-        result = self.client.get_stream(path, sys.stdout.buffer, version=version, as_of_ms=as_of_ms,
-                                        verify_key=self.verify_key)
-        v = result.version
-        outcome = GetOutcome(path, "-", "downloaded", v.version, v.size, result.chunks_total,
-                             result.chunks_reused, result.chunks_fetched, result.bytes_fetched)
+        out = _CountingWriter(writer)
+        try:
+            outcome = self.client.get_stream(path, out, version=version, as_of_ms=as_of_ms,
+                                             verify_key=self.options.verify_key, progress=self._file_progress())
+        except Exception as exc:
+            if out.count:
+                exc.hint = (  # type: ignore[attr-defined]
+                    f"{out.count} bytes were written to {label} before the failure; discard that output")
+            raise
         report.stats.files_listed = 1
-        report.stats.bytes_total = v.size
-        self._account(report.stats, outcome)
-        report.outcomes.append(outcome)
+        report.stats.bytes_total = outcome.size
+        report.add(outcome)
         report.stats.seconds = time.perf_counter() - started
         return report
 
     # ---- trees --------------------------------------------------------------------------------------
 
     def get_tree(self, prefix: str, root: Path, *, as_of_ms: int | None) -> GetReport:
-        """Restore every file under ``prefix`` (as of ``as_of_ms``, else now) below ``root``."""
+        """Restore every file under ``prefix`` (as of ``as_of_ms``, else now) below ``root``.
+
+        Per-file failures are reported in the outcomes and the rest goes on; fatal ones (server,
+        credentials) are raised.
+        """
         started = time.perf_counter()
         report = GetReport("tree", prefix, str(root), as_of_ms or 0)
         page = self.client.server_info().max_page_size or 1000
@@ -175,123 +231,100 @@ class Downloader:
             where = f"under {prefix!r}" if prefix else "on the server"
             raise NotFoundError(f"no files {where}" + (" at that time" if as_of_ms else ""))
         plan = plan_restore(files, prefix, root)
-        stats = report.stats
-        stats.files_listed = len(files)
-        stats.bytes_total = sum(f.size for f in files)
+        report.stats.files_listed = len(files)
+        report.stats.bytes_total = sum(f.size for f in files)
         for path, reason in plan.conflicts:
-            report.outcomes.append(GetOutcome(path, "", "failed", error=f"{path} {reason}", exit_code=errors.ERROR))
-            stats.files_failed += 1
+            report.add(GetOutcome(path, "", "failed", error=CasError(f"{path} {reason}")))
         cached = self._cached({i.info.path: i.info for i in plan.items}, prefix)
         todo = []
         for item in plan.items:
             if self._is_current(item, cached.get(item.info.path)):
-                stats.files_skipped_unchanged += 1
+                report.stats.files_skipped_unchanged += 1
             else:
                 todo.append(item)
-        self._run(todo, report)
-        stats.seconds = time.perf_counter() - started
+        if todo:
+            with Folder.open_root(root) as opened:
+                self._run(todo, opened, report)
+        report.stats.seconds = time.perf_counter() - started
         return report
 
-    def _run(self, todo: list[RestoreItem], report: GetReport) -> None:
-        if not todo:
-            return
-        entries: list[Entry] = []
-        total = sum(i.info.size for i in todo)
+    def _run(self, todo: list[RestoreItem], root: Folder, report: GetReport) -> None:
+        """Download ``todo`` below the opened destination ``root`` (no symlink inside it is followed)."""
+        done: list[GetOutcome] = []
+        self._emit("start", sum(i.info.size for i in todo), len(todo), "get")
         small = [i for i in todo if i.info.size <= SMALL_FILE_MAX]
         large = [i for i in todo if i.info.size > SMALL_FILE_MAX]
-        with TransferProgress(self.rt.out, "get", total, len(todo)) as progress, \
-                ThreadPoolExecutor(self.jobs, thread_name_prefix="stratus-get") as pool:
-            tasks = iter([
-                *((self._download_small, group) for group in groups(small)),
-                *((lambda item, p: [self._download(item, p, tree=True)], item) for item in large),
-            ])
+        tasks = iter([
+            *((lambda group: self._download_small(group, root), group)
+              for group in groups(small, lambda i: i.info.size)),
+            *((lambda item: [self._download(item, LocalTarget.below(root, item.dest), tree=True)], item)
+              for item in large),
+        ])
+        items = {i.info.path: i for i in todo}
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="stratus-get") as pool:
             try:
-                for results in run_bounded(pool, tasks, self.jobs * 2, progress):
-                    for outcome, entry in results:
-                        self._account(report.stats, outcome)
-                        report.outcomes.append(outcome)
-                        if entry is not None:
-                            entries.append(entry)
+                for outcomes in run_bounded(pool, tasks, self.jobs * 2):
+                    for outcome in outcomes:
+                        report.add(outcome)
+                        done.append(outcome)
             finally:
-                self._remember(entries)
+                self._remember(done, items)
 
-    def _download_small(
-        self, group: list[RestoreItem], progress: TransferProgress
-    ) -> list[tuple[GetOutcome, Entry | None]]:
-        """Restore a group of small files together (see cli/smallget.py)."""
-        done = []
-        for r in download_group(self.client, self.rt.settings.server, group, verify_key=self.verify_key):
-            info, dest = r.item.info, r.item.dest
-            report = progress.for_file()
-            if report is not None:
-                report(info.size, info.size)
-            progress.file_done()
-            if r.error is not None:
-                if errors.classify(r.error)[1] in _FATAL:
-                    raise r.error
-                done.append((GetOutcome(info.path, str(dest), "failed", info.version, info.size,
-                                        error=errors.describe(r.error), exit_code=errors.exit_code(r.error)), None))
-                continue
-            outcome = GetOutcome(info.path, str(dest), "up_to_date" if r.up_to_date else "downloaded",
-                                 info.version, info.size, r.chunks_total, r.chunks_reused, r.chunks_fetched,
-                                 r.bytes_fetched)
-            done.append((outcome, self._entry(r.item)))
-        return done
+    def _download_small(self, group: list[RestoreItem], root: Folder) -> list[GetOutcome]:
+        """Restore a group of small files together (see cli/smallget.py); a fatal failure is raised."""
+        outcomes = download_group(self.client, self.options.server, group, root, verify_key=self.options.verify_key)
+        for outcome in outcomes:
+            self._emit("bytes", outcome.size)
+            self._emit("file")
+            if outcome.error is not None and is_fatal(outcome.error):
+                raise outcome.error
+        return outcomes
 
     # ---- shared pieces --------------------------------------------------------------------------------
 
-    def _download(
-        self, item: RestoreItem, progress: TransferProgress, *, tree: bool
-    ) -> tuple[GetOutcome, Entry | None]:
+    def _download(self, item: RestoreItem, target: LocalTarget, *, tree: bool) -> GetOutcome:
+        """Download one file; in a tree a non-fatal failure becomes a failed outcome."""
         info = item.info
         try:
-            result = self.client.get_file(info.path, item.dest, version=info.version, verify_key=self.verify_key,
-                                          progress=progress.for_file())
+            return self.client.get_file(info.path, target, version=info.version, verify_key=self.options.verify_key,
+                                        progress=self._file_progress())
         except Exception as exc:  # noqa: BLE001 - one failed file must not stop a tree
-            if not tree or errors.classify(exc)[1] in _FATAL:
+            if not tree or is_fatal(exc):
                 raise
-            return GetOutcome(info.path, str(item.dest), "failed", info.version, info.size,
-                              error=errors.describe(exc), exit_code=errors.exit_code(exc)), None
+            return GetOutcome(info.path, str(item.dest), "failed", info.version, info.size, error=exc)
         finally:
-            progress.file_done()
-        outcome = GetOutcome(info.path, str(item.dest), "up_to_date" if result.up_to_date else "downloaded",
-                             info.version, info.size, result.chunks_total, result.chunks_reused,
-                             result.chunks_fetched, result.bytes_fetched)
-        return outcome, self._entry(item)
+            self._emit("file")
 
-    @staticmethod
-    def _entry(item: RestoreItem) -> Entry | None:
-        """The cache entry of a file just written (or checked) at ``item.info``'s version."""
-        try:
-            _, state = observe(os.path.abspath(item.dest))
-        except OSError:
+    def _emit(self, kind: str, nbytes: int = 0, files: int = 0, label: str = "") -> None:
+        if self.options.progress is not None:
+            self.options.progress(ProgressEvent(kind, nbytes, files, label))
+
+    def _file_progress(self) -> ProgressFn | None:
+        """A per-file ``progress(done, total)`` callback that reports the bytes done as events."""
+        if self.options.progress is None:
             return None
-        return Entry(item.info.path, state, item.info.version, bytes(item.info.manifest_digest))
+        last = [0]
 
-    @staticmethod
-    def _account(stats: GetStats, outcome: GetOutcome) -> None:
-        if outcome.status == "failed":
-            stats.files_failed += 1
-            return
-        stats.files_downloaded += outcome.status == "downloaded"
-        stats.files_up_to_date += outcome.status == "up_to_date"
-        stats.bytes_fetched += outcome.bytes_fetched
-        stats.chunks_reused += outcome.chunks_reused
-        stats.chunks_fetched += outcome.chunks_fetched
-        stats.chunks_total += outcome.chunks_total
+        def update(done: int, _total: int | None) -> None:
+            delta, last[0] = done - last[0], done
+            if delta:
+                self._emit("bytes", delta)
+
+        return update
 
     def _cached(self, wanted: dict[str, pb.VersionInfo], prefix: str) -> dict[str, Entry]:
         if not self.use_cache:
             return {}
-        server, ns = self.rt.settings.server, self.rt.namespace
+        server, ns = self.options.server, self.options.namespace
         if len(wanted) == 1:
             path = next(iter(wanted))
-            entry = self.rt.cache.get(server, ns, path)
+            entry = self.cache.get(server, ns, path)
             return {path: entry} if entry else {}
-        return self.rt.cache.under(server, ns, prefix)
+        return self.cache.under(server, ns, prefix)
 
     @staticmethod
     def _is_current(item: RestoreItem, entry: Entry | None) -> bool:
+        """True when the state cache vouches that the local file is this version with its mode and mtime."""
         if entry is None or not entry.state.trusted:
             return False
         local = os.path.abspath(item.dest)
@@ -307,6 +340,13 @@ class Downloader:
         mode_ok = not item.info.mode or (st.st_mode & 0o777) == (item.info.mode & 0o777)
         return mode_ok and (not item.info.mtime_ns or st.st_mtime_ns == item.info.mtime_ns)
 
-    def _remember(self, entries: list[Entry]) -> None:
+    def _remember(self, outcomes: list[GetOutcome], items: dict[str, RestoreItem]) -> None:
+        """Record files written or checked in the state cache (their state comes from an fstat, never a path)."""
+        entries = []
+        for o in outcomes:
+            if o.state is None or o.status == "failed":
+                continue
+            info = items[o.remote].info
+            entries.append(Entry(o.remote, o.state, info.version, bytes(info.manifest_digest)))
         if entries:
-            self.rt.cache.put_many(self.rt.settings.server, self.rt.namespace, entries)
+            self.cache.put_many(self.options.server, self.options.namespace, entries)

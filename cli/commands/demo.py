@@ -34,10 +34,11 @@ from cli.settings import APP_NAME, ConnectionSettings
 if TYPE_CHECKING:
     from cas.digest import new_hasher
     from cli.push import Uploader
-    from cli.restore import Downloader
+    from cli.restore import Downloader, GetOptions
 else:  # hashing and the transfer machinery load when the demo runs
     new_hasher = lazy("cas.digest", "new_hasher")
     Uploader = lazy("cli.push", "Uploader")
+    GetOptions = lazy("cli.restore", "GetOptions")
     Downloader = lazy("cli.restore", "Downloader")
 
 MIB = 1024 * 1024
@@ -247,7 +248,7 @@ def _tour(rt: Runtime, work: Path, size: int, say: Any) -> dict[str, Any]:  # no
         rt.out.table(["ver", "size", "chunks", "new bytes"], [
             [v.version, human_bytes(v.size), f"{v.new_chunks} new / {v.chunk_count - v.new_chunks} shared",
              human_bytes(v.new_bytes)] for v in versions], right=["ver", "size", "new bytes"])
-    downloader = Downloader(rt)
+    downloader = Downloader(rt.client, rt.cache, GetOptions(rt.settings.server, rt.namespace))
     checks = []
     for info, expected, name in ((first, first_digest, "v1"), (second, second_digest, "v2")):
         target = client.stat(REMOTE, version=info.version)

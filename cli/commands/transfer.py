@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli import errors
 from cli.errors import UsageError
 from cli.grouping import DEFAULT_JOBS
 from cli.lazy import lazy
@@ -15,12 +19,15 @@ from cli.runtime import Runtime
 from cli.timeparse import format_ms, parse_time_ms
 
 if TYPE_CHECKING:
+    from cli.progress import TransferProgress
     from cli.push import PutReport, Uploader
-    from cli.restore import Downloader, GetReport
+    from cli.restore import Downloader, GetOptions, GetOutcome, GetReport, ProgressEvent
     from cli.tree import Excludes, remote_prefix
 else:  # the transfer machinery loads when put or get runs
     Uploader = lazy("cli.push", "Uploader")
     Downloader = lazy("cli.restore", "Downloader")
+    GetOptions = lazy("cli.restore", "GetOptions")
+    TransferProgress = lazy("cli.progress", "TransferProgress")
     Excludes = lazy("cli.tree", "Excludes")
     remote_prefix = lazy("cli.tree", "remote_prefix")
 
@@ -130,24 +137,93 @@ def get(
         from cas import signing
 
         key = signing.load_public_key(verify_key)
-    downloader = Downloader(rt, use_cache=not no_cache, verify_key=key, jobs=jobs)
+    with _ProgressBar(rt.out) as bar:
+        options = GetOptions(rt.settings.server, rt.namespace, not no_cache, key, jobs, bar)
+        downloader = Downloader(rt.client, rt.cache, options)
+        if local == "-":
+            if remote.endswith("/"):
+                raise UsageError("only a single file can go to standard output")
+            report = downloader.get_stream(remote, sys.stdout.buffer, version=version, as_of_ms=as_of_ms,
+                                           label="standard output")
+        else:
+            report = _get_local(downloader, remote, Path(local), version, as_of_ms)
     if local == "-":
-        if remote.endswith("/"):
-            raise UsageError("only a single file can go to standard output")
-        report = downloader.get_stdout(remote, version=version, as_of_ms=as_of_ms)
         rt.out.json = False  # stdout holds the file; the summary goes to stderr
         _render_get(rt.out, report, to_stderr=True)
         return
+    _render_get(rt.out, report)
+    if code := get_exit_code(report):
+        raise typer.Exit(code)
+
+
+def _get_local(
+    downloader: Downloader, remote: str, local: Path, version: int | None, as_of_ms: int | None
+) -> GetReport:
     target = downloader.locate(remote, version=version, as_of_ms=as_of_ms)
     if isinstance(target, str):
         if version is not None:
             raise UsageError(f"{remote} is a folder: --version selects a version of one file; use --as-of")
-        report = downloader.get_tree(target, Path(local), as_of_ms=as_of_ms)
-    else:
-        report = downloader.get_file(target, Path(local))
-    _render_get(rt.out, report)
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+        return downloader.get_tree(target, local, as_of_ms=as_of_ms)
+    return downloader.get_file(target, local)
+
+
+class _ProgressBar:
+    """Draws the engine's progress events as one bar on stderr (a no-op when stderr is not a terminal)."""
+
+    def __init__(self, out: Output) -> None:
+        self._out = out
+        self._bar: TransferProgress | None = None
+        self._update: Any = None
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            if event.kind == "start":
+                self.__exit__()
+                self._bar = TransferProgress(self._out, event.label, event.nbytes, event.files).__enter__()
+                self._update, self._done = self._bar.for_file(), 0
+            elif event.kind == "bytes" and self._update is not None:
+                self._done += event.nbytes
+                self._update(self._done, None)
+            elif event.kind == "file" and self._bar is not None:
+                self._bar.file_done()
+
+
+# ---- JSON of get ------------------------------------------------------------------------------------
+
+_FILE_FIELDS = ("remote", "local", "status", "version", "size", "chunks_total", "chunks_reused", "chunks_fetched",
+                "bytes_fetched")
+
+
+def get_exit_code(report: GetReport) -> int:
+    """0, or the exit code of the first failed file."""
+    error = report.first_error
+    return errors.exit_code(error) if error is not None else 0
+
+
+def _file_document(o: GetOutcome) -> dict[str, Any]:
+    doc: dict[str, Any] = {name: getattr(o, name) for name in _FILE_FIELDS}
+    doc["error"] = errors.describe(o.error) if o.error is not None else None
+    doc["exit_code"] = errors.exit_code(o.error) if o.error is not None else 0
+    return doc
+
+
+def get_document(report: GetReport) -> dict[str, Any]:
+    """The JSON document of ``get --json``."""
+    return {
+        "ok": get_exit_code(report) == 0, "kind": report.kind, "remote": report.remote, "local": report.local,
+        "as_of_ms": report.as_of_ms or None, "stats": asdict(report.stats),
+        "files": [_file_document(o) for o in report.outcomes if o.status != "skipped"], "notes": report.notes,
+    }
 
 
 # ---- rendering -------------------------------------------------------------------------------------
@@ -163,7 +239,8 @@ def _notes(out: Output, notes: list[str]) -> None:
 def _failures(out: Output, outcomes: list) -> None:
     for o in outcomes:
         if o.status == "failed":
-            out.stderr.print(f"stratus: error: {o.remote or o.local}: {o.error}", markup=False)
+            error = errors.describe(o.error) if isinstance(o.error, BaseException) else o.error
+            out.stderr.print(f"stratus: error: {o.remote or o.local}: {error}", markup=False)
 
 
 def _render_put(out: Output, report: PutReport) -> None:
@@ -203,7 +280,7 @@ def _render_put(out: Output, report: PutReport) -> None:
 def _render_get(out: Output, report: GetReport, *, to_stderr: bool = False) -> None:
     _failures(out, report.outcomes)  # on stderr, also under --json
     if out.json:
-        out.document(report.to_dict())
+        out.document(get_document(report))
         return
     say = out.note if to_stderr else out.done
     _notes(out, report.notes)
