@@ -9,6 +9,7 @@ change feed), and not the chunks of the namespace outside its prefixes.
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -186,6 +187,10 @@ def test_read_write_grantee_learns_nothing_about_chunks_outside_its_prefix(serve
             answers.append((info.value.code(), len(trailer) // 32))
         assert answers[0] == (grpc.StatusCode.FAILED_PRECONDITION, len(held))
         assert answers[1] == (grpc.StatusCode.FAILED_PRECONDITION, len(guess))
+        batch = writer.stub.CommitFiles(pb.CommitFilesRequest(files=[
+            pb.CommitFileRequest(path="inbox/writer/steal-many.csv", manifest=chunks_manifest(held, secret))]))
+        error = batch.results[0].error
+        assert (error.code, list(error.missing)) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], digests)
         # uploading the bytes proves it holds them: stored counts them as new to its view, like a guess
         put, other = put_chunks(writer, held), put_chunks(writer, guess)
         assert (put.received, put.stored) == (len(held), len(held))
@@ -314,7 +319,9 @@ def test_cli_read_write_grantee_puts_a_tree_and_big_file_under_its_prefix(server
     with open(big, "r+b") as f:  # a small edit: the second put sends a manifest delta
         f.seek(3 << 20)
         f.write(b"edited")
-    run(cli, "put", str(big), "inbox/writer/big.bin")
+    second = json.loads(run(cli, "--json", "put", str(big), "inbox/writer/big.bin").stdout)
+    assert second["files"][0]["manifest_delta"] is True
+    assert second["files"][0]["chunks_sent"] < second["files"][0]["chunks_total"] // 10
     run(cli, "get", "inbox/writer/", str(tmp_path / "back"))
     assert (tmp_path / "back" / "big.bin").read_bytes() == big.read_bytes()
     for n in range(12):
