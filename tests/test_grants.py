@@ -23,6 +23,7 @@ from cas.chunker import ChunkParams
 from cas.digest import digest
 from cas.errors import MissingChunksError, NotFoundError, PermissionDeniedError
 from cas.pipeline import Pipeline
+from cli.settings import resolve
 from proto import stratus_pb2 as pb
 
 ACCESS = """
@@ -363,3 +364,14 @@ def test_grantee_commit_of_unheld_chunks_raises_the_typed_error(server):
         manifest = chunks_manifest(held, other)
         with pytest.raises(MissingChunksError):
             writer._remote.call(writer.stub.CommitFile, pb.CommitFileRequest(path="inbox/writer/s", manifest=manifest))
+
+
+def test_namespace_setting_precedence(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('namespace = "from-file"\ninsecure = true\n')
+    env = {"STRATUS_CLIENT_CONFIG": str(config)}
+    assert resolve(environ=env).namespace == "from-file"
+    assert resolve(environ={**env, "STRATUS_NAMESPACE": "from-env"}).namespace == "from-env"
+    assert resolve(namespace="from-flag", environ={**env, "STRATUS_NAMESPACE": "from-env"}).namespace == "from-flag"
+    config.write_text("insecure = true\n")
+    assert resolve(environ=env).namespace is None
