@@ -35,8 +35,8 @@ class Caller:
     identity: str
     namespace: str
     admin: bool = False
-    readable: tuple[str, ...] = ("",)
-    writable: tuple[str, ...] = ("",)
+    readable: tuple[str, ...] = ()  # default: nothing (a Caller built by hand is confined)
+    writable: tuple[str, ...] = ()
 
     @property
     def view(self) -> str | None:
