@@ -23,8 +23,8 @@ EPILOG = """[bold]Examples[/bold]
 
 [bold]Connection[/bold]: --server or STRATUS_SERVER (default 127.0.0.1:7420);
 --tls-dir or STRATUS_TLS_DIR, or --insecure or STRATUS_INSECURE=1;
-STRATUS_CLIENT_NAME picks client-NAME.pem; --namespace or STRATUS_NAMESPACE works in a
-namespace you hold a grant on; or config.toml in your config dir.
+STRATUS_CLIENT_NAME picks client-NAME.pem; --namespace or STRATUS_NAMESPACE
+works in a namespace you hold a grant on; or config.toml in your config dir.
 [bold]Exit codes[/bold]: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict, 5 integrity.
 """
 
