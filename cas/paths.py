@@ -2,7 +2,11 @@
 
 Normalising to NFC first means that the same name typed on macOS (NFD) and Linux (NFC) is one path.
 Everything a filesystem, a terminal or a log line could misread is refused rather than repaired,
-so a path never means something other than what the caller saw.
+so a path never means something other than what the caller saw: control characters, and every
+Unicode format character (category Cf) - the bidirectional controls that reorder what a terminal
+shows (U+202A-U+202E, U+2066-U+2069, U+200E/U+200F, U+061C), the zero-width characters that make
+two names look alike (U+200B-U+200D, U+2060, U+FEFF) and the other invisible ones (U+00AD...),
+and the line and paragraph separators U+2028/U+2029.
 """
 
 from __future__ import annotations
@@ -15,9 +19,30 @@ MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
 
 
+_BIDI_CONTROLS = frozenset(
+    [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
+)
+_ZERO_WIDTH = frozenset([0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF])
+
+
 def _is_control(ch: str) -> bool:
     code = ord(ch)
     return code < 0x20 or 0x7F <= code <= 0x9F
+
+
+def misreadable(ch: str) -> str | None:
+    """What kind of misreadable character ``ch`` is (for the error message), or None if it is harmless."""
+    code = ord(ch)
+    if code in _BIDI_CONTROLS:
+        return "bidirectional control character"
+    if code in _ZERO_WIDTH:
+        return "zero-width character"
+    category = unicodedata.category(ch)
+    if category == "Cf":
+        return "invisible format character"
+    if category in ("Zl", "Zp"):
+        return "line or paragraph separator"
+    return None
 
 
 def normalize_path(path: str) -> str:
@@ -37,6 +62,9 @@ def normalize_path(path: str) -> str:
             raise InvalidPathError(f"path contains a NUL character at index {index}")
         if _is_control(ch):
             raise InvalidPathError(f"path contains control character U+{ord(ch):04X} at index {index}")
+        kind = misreadable(ch)
+        if kind:
+            raise InvalidPathError(f"path contains {kind} U+{ord(ch):04X} at index {index}")
         if ch == "\\":
             raise InvalidPathError(f"path contains a backslash at index {index}; the separator is '/'")
     size = len(path.encode("utf-8"))

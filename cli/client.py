@@ -19,7 +19,7 @@ import grpc
 from cas.errors import CasError, InvalidInputError
 from cli.lazy import lazy
 from cli.manifestdelta import ManifestCache
-from cli.remote import ProgressFn, Remote, TransferParams
+from cli.remote import ProgressFn, Remote, TransferParams, with_namespace
 from cli.rpc_errors import translate_errors
 from proto import stratus_pb2 as pb
 
@@ -83,7 +83,8 @@ class StratusClient:
 
     ``manifest_cache``: a folder where the manifests of files put and got are kept, so that the
     next put of the same path sends its manifest as a delta (see :mod:`cli.manifestdelta`);
-    None (the default) keeps none.
+    None (the default) keeps none. ``namespace``: work in that namespace (one the caller holds a
+    grant on) instead of its own; sent as the ``stratus-namespace`` header on every call.
     """
 
     def __init__(
@@ -92,9 +93,10 @@ class StratusClient:
         *,
         target: str | None = None,
         manifest_cache: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
     ) -> None:
         self._channel = channel
-        self._remote = Remote(channel, target)
+        self._remote = Remote(with_namespace(channel, namespace), target)
         self.stub = self._remote.stub
         self._manifests = ManifestCache(manifest_cache) if manifest_cache is not None else None
 
@@ -107,9 +109,11 @@ class StratusClient:
         insecure: bool = False,
         client_name: str | None = None,
         manifest_cache: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
     ) -> StratusClient:
         """Open a channel to ``server`` (HOST:PORT): mTLS with the files in ``tls_dir``, or plaintext
-        when ``insecure``. No network traffic happens until the first call."""
+        when ``insecure``; every call works in ``namespace`` when given (else the caller's own).
+        No network traffic happens until the first call."""
         if insecure:
             channel = grpc.insecure_channel(server, options=channel_options())
         elif tls_dir is not None:
@@ -119,7 +123,7 @@ class StratusClient:
             raise InvalidInputError(
                 "give --tls-dir (or STRATUS_TLS_DIR) for mTLS, or --insecure for plaintext"
             )
-        return cls(channel, target=server, manifest_cache=manifest_cache)
+        return cls(channel, target=server, manifest_cache=manifest_cache, namespace=namespace)
 
     def close(self) -> None:
         """Close the channel (in-flight calls are cancelled)."""

@@ -23,7 +23,8 @@ EPILOG = """[bold]Examples[/bold]
 
 [bold]Connection[/bold]: --server or STRATUS_SERVER (default 127.0.0.1:7420);
 --tls-dir or STRATUS_TLS_DIR, or --insecure or STRATUS_INSECURE=1;
-STRATUS_CLIENT_NAME picks client-NAME.pem; or config.toml in your config dir.
+STRATUS_CLIENT_NAME picks client-NAME.pem; --namespace or STRATUS_NAMESPACE
+works in a namespace you hold a grant on; or config.toml in your config dir.
 [bold]Exit codes[/bold]: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict, 5 integrity.
 """
 
@@ -52,6 +53,9 @@ def main(
         "--insecure", help="Plaintext connection (env STRATUS_INSECURE=1).")] = False,
     client_name: Annotated[str | None, typer.Option(
         "--client-name", metavar="NAME", help="Use client-NAME.pem (env STRATUS_CLIENT_NAME).")] = None,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", metavar="NS",
+        help="Work in namespace NS, one you hold a grant on (env STRATUS_NAMESPACE; default: your own).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (JSON lines for watch).")
                            ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes, no progress bars.")] = False,
@@ -61,7 +65,7 @@ def main(
     if insecure and tls_dir:
         raise typer.BadParameter("give either --tls-dir or --insecure, not both", param_hint="--insecure")
     rt = Runtime(Output(json_mode=json_output, quiet=quiet), server=server, tls_dir=tls_dir, insecure=insecure,
-                 client_name=client_name, debug=debug)
+                 client_name=client_name, namespace_option=namespace, debug=debug)
     ctx.obj = rt
     ctx.call_on_close(rt.close)
 

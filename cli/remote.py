@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import grpc
 
@@ -31,6 +31,53 @@ DEFAULT_BATCH_FILES = 1000  # servers that do not announce max_batch_files
 _BATCH_OVERHEAD = 64 * 1024
 
 ProgressFn = Callable[[int, int | None], None]
+
+# The request header that picks a namespace other than the caller's own (service/gate.py).
+NAMESPACE_HEADER = "stratus-namespace"
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+class _HeaderInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed request headers to every call of a channel, whatever its shape."""
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+
+    def _details(self, d: Any) -> _CallDetails:  # noqa: ANN401 - grpc.ClientCallDetails
+        metadata = [*(d.metadata or ()), *self.headers]
+        return _CallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):  # noqa: ANN001, ANN201
+        return continuation(self._details(details), request_iterator)
+
+
+def with_namespace(channel: grpc.Channel, namespace: str | None) -> grpc.Channel:
+    """``channel`` sending the namespace header on every call (unchanged when ``namespace`` is empty)."""
+    if not namespace:
+        return channel
+    return grpc.intercept_channel(channel, _HeaderInterceptor([(NAMESPACE_HEADER, namespace)]))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Runtime:
     tls_dir: str | None = None
     insecure: bool = False
     client_name: str | None = None
+    namespace_option: str | None = None  # --namespace: work in a namespace the caller holds a grant on
     debug: bool = False
     _settings: ConnectionSettings | None = field(default=None, repr=False)
     _client: StratusClient | None = field(default=None, repr=False)
@@ -48,7 +49,7 @@ class Runtime:
         if self._settings is None:
             self._settings = resolve(
                 server=self.server, tls_dir=self.tls_dir, insecure=self.insecure or None,
-                client_name=self.client_name,
+                client_name=self.client_name, namespace=self.namespace_option,
             )
         return self._settings
 
@@ -64,7 +65,7 @@ class Runtime:
             s = self.settings
             self._client = StratusClient.connect(
                 s.server, tls_dir=s.tls_dir, insecure=s.insecure, client_name=s.client_name,
-                manifest_cache=cache_dir() / "manifests",
+                manifest_cache=cache_dir() / "manifests", namespace=s.namespace,
             )
         return self._client
 

@@ -7,6 +7,7 @@ another one)::
     server = "vault.example.com:7420"
     tls_dir = "~/.config/stratusvault/tls"
     client_name = "alice"          # use client-alice.pem instead of client.pem
+    namespace = "team-a"           # work in a namespace you hold a grant on (default: your own)
     # insecure = true              # plaintext, for a server started with --insecure
 
 Security mode: the first layer (flags, environment, file) that says ``--insecure`` or names a TLS
@@ -29,7 +30,7 @@ from cli.errors import UsageError
 
 APP_NAME = "stratusvault"
 DEFAULT_SERVER = "127.0.0.1:7420"
-_FILE_KEYS = {"server", "tls_dir", "insecure", "client_name"}
+_FILE_KEYS = {"server", "tls_dir", "insecure", "client_name", "namespace"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -42,6 +43,7 @@ class ConnectionSettings:
     tls_dir: Path | None  # None: plaintext
     insecure: bool
     client_name: str | None
+    namespace: str | None = None  # None: the caller's own namespace
 
     def describe(self) -> str:
         """Short human description, e.g. ``127.0.0.1:7420 (mTLS, /home/me/.config/stratusvault/tls)``."""
@@ -109,7 +111,7 @@ def read_config_file(path: Path) -> dict[str, object]:
 
 def _layer_from_env(env: Mapping[str, str]) -> dict[str, object]:
     layer: dict[str, object] = {}
-    for key in ("server", "tls_dir", "client_name"):
+    for key in ("server", "tls_dir", "client_name", "namespace"):
         value = env.get(f"STRATUS_{key.upper()}")
         if value:
             layer[key] = value
@@ -143,13 +145,15 @@ def resolve(
     tls_dir: str | None = None,
     insecure: bool | None = None,
     client_name: str | None = None,
+    namespace: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ConnectionSettings:
     """Combine flags (the arguments), ``STRATUS_*`` variables and the config file."""
     env = os.environ if environ is None else environ
     flags: dict[str, object] = {
         k: v for k, v in
-        {"server": server, "tls_dir": tls_dir, "insecure": insecure, "client_name": client_name}.items()
+        {"server": server, "tls_dir": tls_dir, "insecure": insecure, "client_name": client_name,
+         "namespace": namespace}.items()
         if v not in (None, "", False)
     }
     path = config_file(env)
@@ -164,10 +168,11 @@ def resolve(
         return None
 
     tls, plaintext = _security(layers)
-    name = first("client_name")
+    name, ns = first("client_name"), first("namespace")
     return ConnectionSettings(
         server=str(first("server") or DEFAULT_SERVER),
         tls_dir=tls,
         insecure=plaintext,
         client_name=str(name) if name else None,
+        namespace=str(ns) if ns else None,
     )

@@ -282,7 +282,14 @@ class AccessPolicy:
 
     def readable_prefixes(self, identity: str | None, namespace: str) -> list[str]:
         """Directories ``identity`` may read in ``namespace`` (``[""]`` means all), to filter listings."""
-        if self.allowed(identity, namespace, "", write=False):
+        return self._prefixes(identity, namespace, write=False)
+
+    def writable_prefixes(self, identity: str | None, namespace: str) -> list[str]:
+        """Directories ``identity`` may write in ``namespace`` (``[""]`` means all, ``[]`` none)."""
+        return self._prefixes(identity, namespace, write=True)
+
+    def _prefixes(self, identity: str | None, namespace: str, *, write: bool) -> list[str]:
+        if self.allowed(identity, namespace, "", write=write):
             return [""]
         if identity is None or self._open is not None:
             return []
@@ -290,8 +297,22 @@ class AccessPolicy:
             self.namespace_for(identity)
         except PermissionDeniedError:
             return []
-        prefixes = {g.prefix for g in self._grants if g.applies(identity, namespace)}
+        prefixes = {g.prefix for g in self._grants if g.applies(identity, namespace) and (g.write or not write)}
         return sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes))
+
+    def listing_prefixes(self, identity: str | None, namespace: str, prefix: str) -> list[str]:
+        """What a listing of ``prefix`` may show: ``[prefix]`` if it is readable, else the readable
+        directories inside it (sorted, disjoint); PermissionDeniedError if there are none.
+
+        A grantee of ``reports/`` who lists the whole namespace sees ``reports/`` and nothing else.
+        """
+        readable = self.readable_prefixes(identity, namespace)
+        if any(prefix.startswith(p) for p in readable):
+            return [prefix]
+        inside = [p for p in readable if p.startswith(prefix)]
+        if not inside:
+            self.check(identity, namespace, prefix, write=False)  # raises with the usual message
+        return inside
 
 
 def load_policy(path: str | Path | None, *, tls: bool, insecure_namespace: str = "default") -> AccessPolicy:

@@ -40,7 +40,9 @@ from service.messages import (
     selector_from_message,
     version_info,
 )
+from service.metadata import NamespaceStats
 from service.repository import Repository
+from service.scoped import check_possession, list_within, show_manifest
 
 Ctx = grpc.aio.ServicerContext
 SERVER_VERSION = "0.1.0"
@@ -99,12 +101,26 @@ class StratusService(pb_grpc.StratusServicer):
         self.gate.authorize(caller, path, write=write)
         return caller
 
+    def _enter_chunks(self, context: grpc.aio.ServicerContext, method: str, *, write: bool) -> Caller:
+        caller = self._identify(context, method)
+        self.gate.authorize_chunks(caller, write=write)
+        return caller
+
+    def _enter_listing(self, context: Ctx, method: str, prefix: str) -> tuple[Caller, tuple[str, ...]]:
+        caller = self._identify(context, method)
+        note(path=prefix or None)
+        return caller, tuple(self.gate.listing(caller, prefix))
+
     # ---- information ------------------------------------------------------------------------
 
     @rpc
     async def ServerInfo(self, request: pb.ServerInfoRequest, context: Ctx) -> pb.ServerInfoResponse:
-        caller = self._enter(context, "ServerInfo")
-        ns_stats = await self.repo.metadata.stats(caller.namespace)
+        # Anyone the namespace admits may ask; its counters are shown only to callers who may read
+        # all of it (a prefix grantee would learn the size of what lies outside its prefixes).
+        caller = self._identify(context, "ServerInfo")
+        ns_stats = NamespaceStats(0, 0, 0, 0, 0)
+        if caller.view is None:
+            ns_stats = await self.repo.metadata.stats(caller.namespace)
         disk = await self.repo.disk_stats(DISK_STATS_WAIT) if caller.admin else None
         p = self.config.chunk_params
         return pb.ServerInfoResponse(
@@ -130,14 +146,14 @@ class StratusService(pb_grpc.StratusServicer):
     async def FindMissingChunks(
         self, request: pb.FindMissingChunksRequest, context: Ctx
     ) -> pb.FindMissingChunksResponse:
-        caller = self._enter(context, "FindMissingChunks", write=True)
+        caller = self._enter_chunks(context, "FindMissingChunks", write=True)
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
-        return pb.FindMissingChunksResponse(missing=await self.repo.missing(caller.namespace, digests))
+        return pb.FindMissingChunksResponse(missing=await self.repo.missing(caller.namespace, digests, caller.view))
 
     @rpc
     async def PutChunks(self, request_iterator: AsyncIterator[pb.ChunkBatch], context: Ctx) -> pb.PutChunksResponse:
-        caller = self._enter(context, "PutChunks", write=True)
-        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes)
+        caller = self._enter_chunks(context, "PutChunks", write=True)
+        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes, caller.view)
         pending: asyncio.Future | None = None
         async with self.uploads:
             try:
@@ -165,6 +181,7 @@ class StratusService(pb_grpc.StratusServicer):
         return chunk.digest, chunk.frame
 
     async def _commit(self, caller: Caller, c: CommitRequest) -> pb.CommitFileResponse:
+        await check_possession(self.repo, caller, c)
         outcome = await self.committer.commit(caller.namespace, caller.identity, c)
         if not outcome.unchanged:
             note(version=outcome.record.version, nbytes=outcome.record.size)
@@ -194,6 +211,7 @@ class StratusService(pb_grpc.StratusServicer):
         caller = self._enter(context, "GetManifest", path)
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         manifest = await self.repo.load_manifest(record.manifest_digest)
+        await show_manifest(self.repo, caller, manifest)
         return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
 
     @rpc
@@ -202,7 +220,7 @@ class StratusService(pb_grpc.StratusServicer):
 
     @rpc
     async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> AsyncIterator[pb.ChunkBatch]:
-        caller = self._enter(context, "GetChunks")
+        caller = self._enter_chunks(context, "GetChunks", write=False)
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
         async with self.downloads:
             # Read the next window while the current one is on the wire, so disk, hashing and
@@ -213,7 +231,7 @@ class StratusService(pb_grpc.StratusServicer):
             def read(n: int) -> asyncio.Future | None:
                 if n >= len(parts):
                     return None
-                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, parts[n]))
+                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, parts[n], caller.view))
 
             ahead = read(0)
             try:
@@ -273,7 +291,7 @@ class StratusService(pb_grpc.StratusServicer):
                     yield batch
 
         source = batches()  # advanced on worker threads, one step at a time
-        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes)
+        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes, caller.view)
         try:
             while (batch := await self.repo.run_blocking(next, source, None)) is not None:
                 await upload.add(batch)
@@ -317,10 +335,10 @@ class StratusService(pb_grpc.StratusServicer):
     @rpc
     async def ListFiles(self, request: pb.ListFilesRequest, context: Ctx) -> pb.ListFilesResponse:
         prefix = normalize_prefix(request.prefix)
-        caller = self._enter(context, "ListFiles", prefix)
+        caller, prefixes = self._enter_listing(context, "ListFiles", prefix)
         size = min(request.page_size or self.config.default_page_size, self.config.max_page_size)
-        records, last = await self.repo.metadata.list_files(
-            caller.namespace, prefix, after=_decode_token(request.page_token), limit=size,
+        records, last = await list_within(
+            self.repo, caller.namespace, prefixes, after=_decode_token(request.page_token), limit=size,
             as_of_ms=request.as_of_ms, include_deleted=request.include_deleted,
         )
         return pb.ListFilesResponse(files=[version_info(r) for r in records], next_page_token=_encode_token(last))
@@ -361,9 +379,9 @@ class StratusService(pb_grpc.StratusServicer):
     @rpc
     async def Changes(self, request: pb.ChangesRequest, context: Ctx) -> pb.ChangesResponse:
         prefix = normalize_prefix(request.prefix)
-        caller = self._enter(context, "Changes", prefix)
+        caller, prefixes = self._enter_listing(context, "Changes", prefix)
         limit = min(request.limit or self.config.default_page_size, self.config.max_page_size)
-        events, cursor = await self.repo.metadata.changes(caller.namespace, request.since, limit, prefix)
+        events, cursor = await self.repo.metadata.changes(caller.namespace, request.since, limit, prefixes)
         return pb.ChangesResponse(events=[event_message(e) for e in events], cursor=cursor)
 
     # ---- maintenance --------------------------------------------------------------------------
@@ -384,7 +402,7 @@ class StratusService(pb_grpc.StratusServicer):
     @rpc
     async def Watch(self, request: pb.WatchRequest, context: Ctx) -> AsyncIterator[pb.Event]:
         prefix = normalize_prefix(request.prefix)
-        caller = self._enter(context, "Watch", prefix)
-        async for event in self.repo.metadata.watch(caller.namespace, request.since, prefix):
+        caller, prefixes = self._enter_listing(context, "Watch", prefix)
+        async for event in self.repo.metadata.watch(caller.namespace, request.since, prefixes):
             yield event_message(event)
 

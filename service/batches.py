@@ -15,6 +15,7 @@ import logging
 import grpc
 
 from cas.errors import CasError, LimitExceededError, MissingChunksError
+from cas.manifest import Manifest
 from cas.paths import normalize_path
 from proto import stratus_pb2 as pb
 from service.calls import note
@@ -31,6 +32,7 @@ from service.messages import (
 )
 from service.metadata import VersionRecord
 from service.repository import Repository
+from service.scoped import possessed, show_manifest
 
 log = logging.getLogger("stratus.server")
 
@@ -70,6 +72,8 @@ class BatchCalls:
                 f"{chunks} manifest chunks in one CommitFiles call; the limit is {self.config.max_manifest_chunks}"
             )
         batch = [self._commit_request(caller, f) for f in files]
+        if caller.view is not None:
+            batch = list(await asyncio.gather(*(possessed(self.repo, caller, c) for c in batch)))
         outcomes = await self.committer.commit_many(caller.namespace, caller.identity, batch)
         written = [o for o in outcomes if isinstance(o, CommitOutcome) and not o.unchanged]
         note(files=len(outcomes), failed=sum(isinstance(o, BaseException) for o in outcomes),
@@ -110,6 +114,7 @@ class BatchCalls:
         manifests = await asyncio.gather(
             *(self.repo.load_manifest(record.manifest_digest) for _, record in load), return_exceptions=True
         )
+        await asyncio.gather(*(show_manifest(self.repo, caller, m) for m in manifests if isinstance(m, Manifest)))
         for (n, record), manifest in zip(load, manifests, strict=True):
             answers[n] = manifest if isinstance(manifest, BaseException) else pb.GetManifestResponse(
                 version=version_info(record), manifest=manifest_message(manifest)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from cas.errors import PermissionDeniedError
 from service.access import AccessPolicy
 from service.auth import ANONYMOUS, peer_identity, require_identity
 from service.ratelimit import RateLimiter
@@ -22,11 +23,25 @@ NAMESPACE_HEADER = "stratus-namespace"
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated caller and the namespace their paths live in."""
+    """An authenticated caller, the namespace their paths live in and what they may do there.
+
+    ``readable``/``writable`` are the directories of the namespace the caller may read/write
+    (``("",)``: all of it). A caller that may not read the whole namespace is *confined*: its
+    chunk-level calls (FindMissingChunks, PutChunks, GetChunks, the chunk check of a commit)
+    answer from its own chunk view, which holds only the chunks it uploaded itself or was shown
+    in a manifest of a path it may read, never from the namespace's index (service/scoped.py).
+    """
 
     identity: str
     namespace: str
     admin: bool = False
+    readable: tuple[str, ...] = ()  # default: nothing (a Caller built by hand is confined)
+    writable: tuple[str, ...] = ()
+
+    @property
+    def view(self) -> str | None:
+        """The chunk view of a confined caller (its identity), or None for one who reads everything."""
+        return None if "" in self.readable else self.identity
 
 
 class Gate:
@@ -46,8 +61,29 @@ class Gate:
         self.limiter.check(identity)
         requested = dict(context.invocation_metadata() or ()).get(NAMESPACE_HEADER)
         namespace = self.policy.resolve_namespace(identity, requested if isinstance(requested, str) else None)
-        return Caller(identity, namespace, admin=self.policy.is_admin(identity))
+        return Caller(
+            identity, namespace, admin=self.policy.is_admin(identity),
+            readable=tuple(self.policy.readable_prefixes(identity, namespace)),
+            writable=tuple(self.policy.writable_prefixes(identity, namespace)),
+        )
 
     def authorize(self, caller: Caller, path: str, *, write: bool) -> None:
         """Allow or refuse access to a path or listing prefix (PermissionDeniedError)."""
         self.policy.check(caller.identity, caller.namespace, path, write)
+
+    def authorize_chunks(self, caller: Caller, *, write: bool) -> None:
+        """Allow chunk-level calls to a caller who may read (or write) somewhere in the namespace.
+
+        Chunk calls carry no path; what a confined caller learns through them is bounded by its
+        chunk view instead (see :class:`Caller`).
+        """
+        if not (caller.writable if write else caller.readable):
+            verb = "write" if write else "read"
+            raise PermissionDeniedError(
+                f"identity {caller.identity!r} may not {verb} anything in namespace {caller.namespace!r}"
+            )
+
+    def listing(self, caller: Caller, prefix: str) -> list[str]:
+        """The prefixes a listing or change feed of ``prefix`` covers for this caller (see
+        :meth:`AccessPolicy.listing_prefixes`); PermissionDeniedError if none."""
+        return self.policy.listing_prefixes(caller.identity, caller.namespace, prefix)

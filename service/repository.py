@@ -54,7 +54,7 @@ class IngestResult:
     """What one verified batch of uploaded chunks did to the store."""
 
     received: int
-    stored: int
+    stored: int  # new to the uploader's chunk index (or view); never about other namespaces
     frame_bytes: int
 
 
@@ -160,27 +160,31 @@ class Repository:
         """Decode and BLAKE3-check a frame; returns the chunk's length."""
         return len(codec.decode_verified(digest, frame, self.params.max_size))
 
-    def open_upload(self, ns: str, flush_bytes: int) -> ChunkUpload:
-        """Start taking a stream of uploaded chunk batches into namespace ``ns``."""
-        return ChunkUpload(self, ns, flush_bytes)
+    def open_upload(self, ns: str, flush_bytes: int, view: str | None = None) -> ChunkUpload:
+        """Start taking a stream of uploaded chunk batches into namespace ``ns`` (and ``view``)."""
+        return ChunkUpload(self, ns, flush_bytes, view)
 
-    async def missing(self, ns: str, digests: list[bytes]) -> list[bytes]:
-        """Digests that ``ns`` has not uploaded, or whose stored copy is known damaged (request
-        order, no duplicates): a client sends those, and a damaged copy heals from what it sends."""
-        absent = await self.metadata.missing_chunks(ns, digests)
-        damaged = self.chunks.damaged_among(digests)
-        if not damaged:
-            return absent
-        wanted = set(absent).union(damaged)
-        return [d for d in dict.fromkeys(digests) if d in wanted]
+    async def missing(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
+        """Digests that ``ns`` has not uploaded, that are not in ``view``, or whose stored copy is
+        known damaged (request order, no duplicates): a client sends those, and a damaged copy
+        heals from what it sends."""
+        absent = set(await self.metadata.missing_chunks(ns, digests))
+        if view is not None:
+            absent.update(await self.metadata.missing_chunks(ns, digests, view))
+        absent.update(self.chunks.damaged_among(digests))
+        return [d for d in dict.fromkeys(digests) if d in absent]
 
-    async def read_frames(self, ns: str, digests: list[bytes]) -> list[bytes]:
-        """Frames of chunks that ``ns`` may read; NotFoundError names any it may not.
+    async def read_frames(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
+        """Frames of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
 
-        Every frame is at least header-checked (fully verified with ``verify_reads``); a damaged
-        or missing copy is marked damaged and raises CorruptChunkError (DATA_LOSS).
+        The error is the same whether a chunk is stored nowhere, only in other namespaces or only
+        outside ``view``. Every frame is at least header-checked (fully verified with
+        ``verify_reads``); a damaged or missing copy is marked damaged and raises
+        CorruptChunkError (DATA_LOSS).
         """
         absent = await self.metadata.missing_chunks(ns, digests)
+        if view is not None and not absent:
+            absent = await self.metadata.missing_chunks(ns, digests, view)
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
         loop = asyncio.get_running_loop()
@@ -301,9 +305,10 @@ class ChunkUpload:
     so the index never names a chunk that a crash could lose.
     """
 
-    def __init__(self, repo: Repository, ns: str, flush_bytes: int) -> None:
+    def __init__(self, repo: Repository, ns: str, flush_bytes: int, view: str | None = None) -> None:
         self.repo = repo
         self.ns = ns
+        self.view = view
         self.flush_bytes = flush_bytes
         self._staged: list[Staged] = []
         self._index: list[tuple[bytes, int]] = []
@@ -334,9 +339,13 @@ class ChunkUpload:
         index, self._index = self._index, []
         self._pending_bytes = 0
         if index:
-            flags = await self.repo.run_blocking(self.repo.chunks.publish, *staged)
-            self.stored += sum(flags)
-            await self.repo.metadata.add_chunks(self.ns, index)
+            await self.repo.run_blocking(self.repo.chunks.publish, *staged)
+            # "stored" counts what is new to the uploader's own index: whether the disk already
+            # held a chunk (for another namespace, say) must never show.
+            added = await self.repo.metadata.add_chunks(self.ns, index)
+            if self.view is not None:
+                added = await self.repo.metadata.add_chunks(self.ns, index, self.view)
+            self.stored += added
 
     async def finish(self) -> IngestResult:
         """Publish the rest and report what the whole stream did."""

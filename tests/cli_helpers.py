@@ -20,8 +20,8 @@ from cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
-_SCRUBBED = ("STRATUS_SERVER", "STRATUS_TLS_DIR", "STRATUS_INSECURE", "STRATUS_CLIENT_NAME", "STRATUS_CONFIG",
-             "STRATUS_DEBUG")
+_SCRUBBED = ("STRATUS_SERVER", "STRATUS_TLS_DIR", "STRATUS_INSECURE", "STRATUS_CLIENT_NAME", "STRATUS_NAMESPACE",
+             "STRATUS_CONFIG", "STRATUS_DEBUG")
 
 
 def isolated_env(tmp: Path) -> dict[str, str | None]:

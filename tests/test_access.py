@@ -189,6 +189,49 @@ def test_readable_prefixes(policy):
     assert policy.readable_prefixes(None, "team-a") == []
 
 
+def test_writable_prefixes(policy):
+    assert policy.writable_prefixes("alice", "team-a") == [""]
+    assert policy.writable_prefixes("viewer", "team-a") == []  # read-only home
+    assert policy.writable_prefixes("bob", "team-a") == ["inbox/bob/"]  # only the read-write grant
+    assert policy.writable_prefixes("carol", "team-a") == []
+    assert policy.writable_prefixes("bob", "public") == []
+    assert policy.writable_prefixes(None, "team-a") == []
+
+
+def test_listing_prefixes_narrow_a_wide_listing_to_the_grants(policy):
+    assert policy.listing_prefixes("alice", "team-a", "") == [""]
+    assert policy.listing_prefixes("bob", "team-a", "") == ["inbox/bob/", "reports/"]
+    assert policy.listing_prefixes("bob", "team-a", "inbox/") == ["inbox/bob/"]
+    assert policy.listing_prefixes("bob", "team-a", "rep") == ["reports/"]
+    assert policy.listing_prefixes("bob", "team-a", "reports/2024/") == ["reports/2024/"]
+    assert policy.listing_prefixes("carol", "team-a", "reports/q1.csv") == ["reports/q1.csv"]
+    for outside in ("inbox/alice/", "x", "reportsX", "inbox/bobby/"):
+        with pytest.raises(PermissionDeniedError, match="may not read"):
+            policy.listing_prefixes("bob", "team-a", outside)
+    with pytest.raises(PermissionDeniedError):
+        policy.listing_prefixes("dave", "team-a", "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from("abinox/rept"), max_size=14), st.text(st.sampled_from("abinox/rept"), max_size=14))
+def test_listing_prefixes_never_reach_outside_the_grants(suffix, request_prefix):
+    # every path a narrowed listing could return is readable, and every readable path under the
+    # requested prefix is covered by one of the narrowed prefixes
+    p = AccessPolicy.from_dict({"grants": [
+        {"identities": ["g"], "namespace": "ns", "prefix": "inbox/b/", "access": "read-write"},
+        {"identities": ["g"], "namespace": "ns", "prefix": "rep", "access": "read"},
+    ]})
+    try:
+        prefixes = p.listing_prefixes("g", "ns", request_prefix)
+    except PermissionDeniedError:
+        prefixes = []
+    path = request_prefix + suffix
+    covered = any(path.startswith(q) for q in prefixes)
+    assert covered <= p.allowed("g", "ns", path, write=False)
+    if path.startswith(request_prefix) and p.allowed("g", "ns", path, write=False):
+        assert covered
+
+
 def test_deny_unknown_identities():
     p = AccessPolicy.from_dict({"unknown_identities": "deny", "identities": {"alice": {}}})
     assert p.namespace_for("alice") == "alice"

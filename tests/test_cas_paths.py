@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas.errors import InvalidPathError
-from cas.paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, normalize_path, normalize_prefix
+from cas.paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, misreadable, normalize_path, normalize_prefix
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,65 @@ def test_invalid_paths(path, message):
     assert message in str(info.value)
 
 
+BIDI = [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E, 0x200F, 0x061C]
+ZERO_WIDTH = [0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
+OTHER_FORMAT = [0x00AD, 0x2061, 0x2064, 0x206A, 0x206F, 0xFFF9, 0xFFFB, 0x110BD, 0x1D173, 0xE0001, 0xE007F]
+
+
+@pytest.mark.parametrize(
+    ("codes", "kind"),
+    [(BIDI, "bidirectional control character"), (ZERO_WIDTH, "zero-width character"),
+     (OTHER_FORMAT, "invisible format character")],
+    ids=["bidi", "zero-width", "other-format"],
+)
+def test_misreadable_characters_are_refused_by_code_point(codes, kind):
+    for code in codes:
+        for path in (f"invoice{chr(code)}fdp.exe", f"{chr(code)}a/b", f"a/b{chr(code)}"):
+            with pytest.raises(InvalidPathError) as info:
+                normalize_path(path)
+            assert f"{kind} U+{code:04X} at index {path.index(chr(code))}" in str(info.value)
+            with pytest.raises(InvalidPathError):
+                normalize_prefix(path + "/")
+
+
+def test_line_and_paragraph_separators_are_refused():
+    for code in (0x2028, 0x2029):
+        with pytest.raises(InvalidPathError, match=f"line or paragraph separator U\\+{code:04X}"):
+            normalize_path(f"a{chr(code)}b")
+
+
+def test_the_right_to_left_override_cannot_disguise_an_extension():
+    # "report\u202Etxt.exe" shows as "reportexe.txt" in a terminal
+    with pytest.raises(InvalidPathError, match="U\\+202E"):
+        normalize_path("docs/report\u202etxt.exe")
+
+
+def test_visible_scripts_and_combining_marks_stay_allowed():
+    for path in ("עברית/שלום.txt", "عربي/ملف", "हिन्दी/फ़ाइल", "emoji/🙂.png", "e\u0301"):
+        assert normalize_path(path) == unicodedata.normalize("NFC", path)
+
+
+visible = st.characters(exclude_categories=["Cc", "Cf", "Cs", "Zl", "Zp"], exclude_characters="\\")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(visible, max_size=20), st.characters(categories=["Cf"]), st.text(max_size=20))
+def test_any_format_character_anywhere_is_refused_by_code_point(before, bad, after):
+    with pytest.raises(InvalidPathError) as info:
+        normalize_path(before + bad + after)
+    assert f"U+{ord(bad):04X}" in str(info.value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(visible.filter(lambda c: c != "/"), min_size=1, max_size=40))
+def test_names_without_misreadable_characters_are_accepted_unless_dots(name):
+    name = unicodedata.normalize("NFC", name)
+    if name in (".", "..") or len(name.encode()) > MAX_SEGMENT_BYTES:
+        return
+    assert all(misreadable(c) is None for c in name)
+    assert normalize_path(name) == name
+
+
 def test_length_limits_are_inclusive_and_in_utf8_bytes():
     longest = "/".join(["a" * 254] * 16) + "/" + "b" * 16
     assert len(longest.encode()) == MAX_PATH_BYTES
@@ -94,10 +153,13 @@ def _check_accepted(result: str) -> None:
     assert all(len(s.encode()) <= MAX_SEGMENT_BYTES for s in segments)
     assert len(result.encode()) <= MAX_PATH_BYTES
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "\\" for c in result)
+    assert not any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in result)
     assert normalize_path(result) == result
 
 
-path_alphabet = st.sampled_from(["a", "/", ".", "..", "\\", "\0", "\n", "\x85", "e\u0301", "\ud800", "日", " "])
+path_alphabet = st.sampled_from(
+    ["a", "/", ".", "..", "\\", "\0", "\n", "\x85", "e\u0301", "\ud800", "日", " ", "\u202e", "\u200b", "\ufeff"]
+)
 
 
 @settings(max_examples=500, deadline=None)

@@ -9,6 +9,8 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
     P:{ns}:events       STREAM  change feed; the cursor is the stream id
     P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
     P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
+    P:{ns}:g:<id>:chunks HASH   chunk view of a confined grantee (see service/gate.py), and its
+    P:{ns}:g:<id>:stats  HASH   unique_bytes; <id> is a hash of the identity
     P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
 
 ``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
@@ -17,6 +19,7 @@ always the namespace, so braces or colons inside a path cannot move a key to ano
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from cas.errors import InvalidInputError
@@ -41,3 +44,10 @@ class _Keys:
 
     def versions(self, path: bytes) -> bytes:
         return self.base + b"v:" + path
+
+    def chunk_index(self, view: str | None) -> tuple[bytes, bytes]:
+        """(chunk index, stats hash) of the namespace, or of one identity's chunk view in it."""
+        if view is None:
+            return self.chunks, self.stats
+        tag = hashlib.sha256(view.encode("utf-8", "surrogatepass")).hexdigest()[:32].encode()
+        return self.base + b"g:" + tag + b":chunks", self.base + b"g:" + tag + b":stats"

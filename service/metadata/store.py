@@ -59,6 +59,11 @@ def _path_bytes(path: str, what: str = "path") -> bytes:
         raise InvalidPathError(f"{what} {path!r} is not valid Unicode (lone surrogate)") from exc
 
 
+def _check_prefixes(prefix: str | tuple[str, ...]) -> None:
+    for one in prefix if isinstance(prefix, tuple) else (prefix,):
+        _path_bytes(one, "prefix")
+
+
 def _digest(d: bytes, what: str) -> bytes:
     if not isinstance(d, bytes | bytearray) or len(d) != DIGEST_SIZE:
         raise InvalidDigestError(f"{what} must be {DIGEST_SIZE} bytes, got {d!r:.80}")
@@ -230,9 +235,10 @@ class MetadataStore:
 
     # ---- chunk index ----------------------------------------------------------------------
 
-    async def add_chunks(self, ns: str, chunks: Sequence[tuple[bytes, int]]) -> int:
-        """Record (digest, uncompressed length) pairs in the chunk index; returns how many were new."""
-        keys = self._keys(ns)
+    async def add_chunks(self, ns: str, chunks: Sequence[tuple[bytes, int]], view: str | None = None) -> int:
+        """Record (digest, uncompressed length) pairs in the chunk index (or in ``view``'s chunk
+        view); returns how many were new to it."""
+        index, stats = self._keys(ns).chunk_index(view)
         added = 0
         for start in range(0, len(chunks), _SLICE):
             # first length wins for a digest repeated in the request
@@ -241,7 +247,7 @@ class MetadataStore:
                 part.setdefault(_digest(d, "chunk digest"), int(n))
             joined = b"".join(part)
             lengths = ",".join(map(str, part.values()))
-            added += await self._add_chunks(keys=[keys.chunks, keys.stats], args=[joined, lengths])
+            added += await self._add_chunks(keys=[index, stats], args=[joined, lengths])
         return added
 
     async def remove_chunks(self, ns: str, digests: Sequence[bytes]) -> int:
@@ -253,13 +259,14 @@ class MetadataStore:
             removed += await self._remove_chunks(keys=[keys.chunks, keys.stats], args=[joined])
         return removed
 
-    async def missing_chunks(self, ns: str, digests: Sequence[bytes]) -> list[bytes]:
-        """The digests absent from the namespace's chunk index, in request order, without duplicates."""
-        keys = self._keys(ns)
+    async def missing_chunks(self, ns: str, digests: Sequence[bytes], view: str | None = None) -> list[bytes]:
+        """The digests absent from the namespace's chunk index (or from ``view``'s chunk view), in
+        request order, without duplicates."""
+        index, _ = self._keys(ns).chunk_index(view)
         missing: list[bytes] = []
         unique, _ = _joined_digests(digests)
         for start in range(0, len(unique), _SLICE):
-            blob = await self._missing(keys=[keys.chunks], args=[b"".join(unique[start : start + _SLICE])])
+            blob = await self._missing(keys=[index], args=[b"".join(unique[start : start + _SLICE])])
             missing += _split_digests(blob)
         return missing
 
@@ -348,14 +355,17 @@ class MetadataStore:
 
     # ---- change feed ----------------------------------------------------------------------
 
-    async def changes(self, ns: str, since: str, limit: int, prefix: str = "") -> tuple[list[Event], str]:
-        """Up to ``limit`` events after cursor ``since`` ("" = from the beginning) under ``prefix``.
+    async def changes(
+        self, ns: str, since: str, limit: int, prefix: str | tuple[str, ...] = ""
+    ) -> tuple[list[Event], str]:
+        """Up to ``limit`` events after cursor ``since`` ("" = from the beginning) under ``prefix``
+        (or under any of several prefixes).
 
         Returns (events, cursor); the cursor is unchanged when there was nothing new, and moves past
         events skipped by the prefix filter so they are not scanned again.
         """
         keys = self._keys(ns)
-        _path_bytes(prefix, "prefix")
+        _check_prefixes(prefix)
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
         cursor = since
@@ -376,16 +386,16 @@ class MetadataStore:
         return out, cursor
 
     async def watch(
-        self, ns: str, since: str = "", prefix: str = "", block_ms: int = 1000
+        self, ns: str, since: str = "", prefix: str | tuple[str, ...] = "", block_ms: int = 1000
     ) -> AsyncIterator[Event]:
-        """Events under ``prefix`` as they happen, forever.
+        """Events under ``prefix`` (or any of several prefixes) as they happen, forever.
 
         ``since`` "" starts with events newer than the call, "0" from the beginning, otherwise after
         that cursor. All watchers of a namespace share one XREAD BLOCK loop (``block_ms`` per read,
         taken from the watcher that starts it), so idle watchers hold no Redis connection.
         """
         keys = self._keys(ns)
-        _path_bytes(prefix, "prefix")
+        _check_prefixes(prefix)
         if block_ms < 1:
             raise InvalidInputError("block_ms must be positive (0 would block forever)")
         cursor = "0-0" if since == "0" else (since and _cursor(since))
