@@ -28,6 +28,7 @@ from service.api import StratusService
 from service.audit import AuditLog
 from service.certs import grpc_server_credentials
 from service.config import ConfigError, ServerConfig, load_config
+from service.decoding import TolerantDecoding
 from service.gate import Gate
 from service.metadata import MetadataStore
 from service.ratelimit import RateLimiter
@@ -106,6 +107,7 @@ class Server:
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)
         self._grpc = grpc.aio.server(
+            interceptors=[TolerantDecoding()],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),

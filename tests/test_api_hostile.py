@@ -196,3 +196,23 @@ def test_too_many_digests_is_resource_exhausted(server, stub):
 def test_upload_without_header_is_invalid_argument(server, stub):
     code, _ = _code(lambda: stub.Upload(iter([pb.UploadRequest(data=b"hello")])))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("method", ["Stat", "CommitFile", "CommitFiles", "FindMissingChunks", "PutChunks", "GetChunks"])
+def test_undecodable_request_bytes_are_invalid_argument(server, method):
+    """Bytes that are no protobuf message at all: INVALID_ARGUMENT naming the problem, not UNKNOWN."""
+    before = _state(server)
+    channel, name = server.channel(), f"/stratus.v1.Stratus/{method}"
+    garbage = b"\xff\xff\xff\xff"  # a field tag whose varint never ends
+    if method == "PutChunks":
+        valid = pb.ChunkBatch(chunks=[pb.ChunkData(digest=digest(b"x"), frame=codec.encode(b"x"))])
+        call = lambda: channel.stream_unary(name)(iter([valid.SerializeToString(), garbage]))  # noqa: E731
+    elif method == "GetChunks":
+        call = lambda: list(channel.unary_stream(name)(garbage))  # noqa: E731
+    else:
+        call = lambda: channel.unary_unary(name)(garbage)  # noqa: E731
+    code, details = _code(call)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "not a valid protobuf message" in details
+    assert _state(server) == before
+    channel.close()

@@ -4,8 +4,9 @@ A real server process over mTLS with two client identities and no access file, s
 namespace named after it. Several threads of ``mallory`` send random hostile calls (seeded, so a
 failure replays): random frames, wrong digests, decompression bombs, oversize chunks, malformed
 and missing-chunk manifests, hostile paths, huge page sizes, garbage page tokens, random
-``CommitFiles`` batches, requests for ``good``'s namespace and chunks. Meanwhile ``good`` uploads
-files (some made of the very content mallory lies about) and reads each back.
+``CommitFiles`` batches, requests for ``good``'s namespace and chunks, random bytes as requests.
+Meanwhile ``good`` uploads files (some made of the very content mallory lies about) and reads each
+back.
 
 Asserted: every hostile call got the status its kind of input is documented to get (or a harmless
 OK), never INTERNAL/UNKNOWN; the server never stopped serving and exits 0; every file of ``good``
@@ -36,6 +37,7 @@ from cas import codec
 from cas.digest import digest
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
+from proto import stratus_pb2_grpc as pb_grpc
 from service.certs import create_dev_pki, grpc_channel_credentials
 
 SEED = 20260412
@@ -118,7 +120,7 @@ def _hostile(rng: random.Random, good_paths: list[str]) -> tuple[str, Callable[[
         "random-frames", "wrong-digest", "bomb", "oversize", "bad-digest-length", "malformed-manifest",
         "missing-chunks", "others-chunks-commit", "hostile-path", "huge-page", "garbage-token",
         "commit-files", "others-namespace", "others-chunks-read", "bad-delta", "too-many-digests",
-        "valid-known-content", "others-paths",
+        "valid-known-content", "others-paths", "undecodable",
     ])
     blob = rng.choice(POOL)
     if kind == "random-frames":
@@ -198,12 +200,31 @@ def _hostile(rng: random.Random, good_paths: list[str]) -> tuple[str, Callable[[
                                                    timeout=TIMEOUT), set()
     if kind == "valid-known-content":  # mallory stores good's content itself: harmless
         return kind, lambda s: _put(s, [(digest(blob), codec.encode(blob))]), {S.OK}
+    if kind == "undecodable":  # raw bytes as the request message(s): whatever parses is ordinary input
+        method = rng.choice(UNARY_METHODS + ["PutChunks", "Upload", "GetChunks", "Download"])
+        bodies = [rng.randbytes(rng.randrange(1, 200)) for _ in range(rng.randrange(1, 4))]
+        return kind, lambda s: _raw(s, method, bodies), {
+            S.INVALID_ARGUMENT, S.OK, S.NOT_FOUND, S.FAILED_PRECONDITION, S.DATA_LOSS}
     # others-paths: good's path names, in mallory's own namespace
     path = rng.choice(good_paths or ["g/x"])
     options = [lambda s: s.Stat(pb.StatRequest(path=path), timeout=TIMEOUT),
                lambda s: s.Delete(pb.DeleteRequest(path=path), timeout=TIMEOUT),
                lambda s: s.ListVersions(pb.ListVersionsRequest(path=path), timeout=TIMEOUT)]
     return kind, rng.choice(options), {S.NOT_FOUND, S.OK}
+
+
+UNARY_METHODS = ["ServerInfo", "FindMissingChunks", "CommitFile", "CommitFiles", "GetManifest", "GetManifests",
+                 "Stat", "ListFiles", "ListVersions", "Delete", "Diff", "Changes"]
+
+
+def _raw(stub: pb_grpc.StratusStub, method: str, bodies: list[bytes]) -> object:
+    """Call ``method`` with hand-made request bytes (no serialisation on this side)."""
+    channel, name = stub.channel, f"/stratus.v1.Stratus/{method}"
+    if method in ("PutChunks", "Upload"):
+        return channel.stream_unary(name)(iter(bodies), timeout=TIMEOUT)
+    if method in ("GetChunks", "Download"):
+        return list(channel.unary_stream(name)(bodies[0], timeout=TIMEOUT))
+    return channel.unary_unary(name)(bodies[0], timeout=TIMEOUT)
 
 
 def _status(call: Callable[[object], object], stub: object) -> grpc.StatusCode:
@@ -274,10 +295,13 @@ def test_hostile_identity_cannot_hurt_another(chaos_server):
         def mallory(thread: int) -> None:
             trng = random.Random(SEED * 100 + thread)
             try:
-                with StratusClient.connect(server.address, tls_dir=server.pki, client_name="mallory") as m:
+                credentials = grpc_channel_credentials(server.pki, "mallory")
+                with grpc.secure_channel(server.address, credentials) as channel:
+                    stub = pb_grpc.StratusStub(channel)
+                    stub.channel = channel
                     for _ in range(CALLS_PER_THREAD):
                         kind, call, allowed = _hostile(trng, list(good_paths))
-                        outcomes.append((kind, _status(call, m.stub), allowed))
+                        outcomes.append((kind, _status(call, stub), allowed))
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 failures.append(exc)
 
