@@ -57,6 +57,9 @@ def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | No
                 f"refusing plaintext on {config.listen}: --insecure serves loopback only; "
                 "add --insecure-any-host to expose it anyway, or use --tls-dir"
             )
+        if not _is_loopback(config.listen):
+            log.warning("serving PLAINTEXT on %s, not a loopback address (--insecure-any-host): anyone who "
+                        "can reach it can read and write this store", config.listen)
         policy = load_policy(config.access_file or None, tls=False)
         return Gate(policy, limiter, require_certificate=False), None
     if not config.tls_dir:

@@ -21,6 +21,7 @@ from cas.store import LocalChunkStore
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+from service.certs import create_dev_pki, grpc_channel_credentials
 
 pytest_plugins = ["cli_fixtures"]  # the `cli` and `prefix` fixtures
 
@@ -93,11 +94,13 @@ def test_quiet_prints_results_only(cli, prefix, tmp_path):
 
 
 def _serve(args: list[str], env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``stratus serve ARGS`` as a real process; returns it and its address once it serves."""
+    """Start ``stratus serve ARGS`` as a real process (stderr in ``tmp/serve.err``); returns it
+    and its loopback address once it serves."""
     full = {**os.environ, **{k: v for k, v in isolated_env(tmp).items() if v is not None}, **env,
             "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=full)
+    with open(tmp / "serve.err", "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", *args], stdout=subprocess.PIPE,
+                                stderr=err, text=True, cwd=ROOT, env=full)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = READY.search(line)
@@ -107,6 +110,14 @@ def _serve(args: list[str], env: dict[str, str], tmp: Path) -> tuple[subprocess.
     return proc, f"127.0.0.1:{match.group(2)}"
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, and the server must exit 0."""
+    proc.terminate()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
 def _server_info(args: list[str], env: dict[str, str], tmp: Path) -> pb.ServerInfoResponse:
     """ServerInfo from a ``stratus serve`` started with ARGS and ENV, which is then stopped (exit 0)."""
     proc, address = _serve(args, env, tmp)
@@ -114,10 +125,7 @@ def _server_info(args: list[str], env: dict[str, str], tmp: Path) -> pb.ServerIn
         with grpc.insecure_channel(address) as channel:
             return pb_grpc.StratusStub(channel).ServerInfo(pb.ServerInfoRequest())
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
+        _stop(proc)
 
 
 def _audited(path: Path) -> list[str]:
@@ -222,3 +230,87 @@ def test_unknown_protobuf_fields_are_ignored(server):
     with StratusClient(server.channel()) as c:
         assert c.get_bytes(path + "2") == data
     channel.close()
+
+
+# ---- --insecure-any-host, --client-name, the rate limit per identity, symlinks on the command line --
+
+
+def test_insecure_any_host_serves_plaintext_off_loopback_and_says_so(tmp_path):
+    proc, address = _serve(["--data-dir", str(tmp_path / "data"), "--listen", "0.0.0.0:0", "--insecure",
+                            "--insecure-any-host"], {}, tmp_path)
+    try:
+        with StratusClient.connect(address, insecure=True) as c:
+            c.put_bytes(b"open to all", "exposed/f")
+            assert c.get_bytes("exposed/f") == b"open to all"
+    finally:
+        _stop(proc)
+    warning = (tmp_path / "serve.err").read_text()
+    assert "WARNING" in warning and "0.0.0.0" in warning and "plaintext" in warning.lower()
+
+
+@pytest.fixture
+def tls_pki(tmp_path: Path) -> Path:
+    create_dev_pki(tmp_path / "pki", clients=["alice", "bob"])
+    return tmp_path / "pki"
+
+
+def test_client_name_picks_the_certificate(tls_pki, tmp_path):
+    """--client-name NAME (or STRATUS_CLIENT_NAME) uses client-NAME.pem: the server sees that identity."""
+    proc, address = _serve(["--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+                            "--tls-dir", str(tls_pki)], {}, tmp_path)
+    try:
+        env = isolated_env(tmp_path)
+        base = ["--server", address, "--tls-dir", str(tls_pki), "--json"]
+        default = run_process([*base, "info"], env)
+        assert default.returncode == 0, default.stderr
+        assert json.loads(default.stdout)["identity"] == "alice"  # client.pem: the first client
+        flag = run_process([*base, "--client-name", "bob", "info"], env)
+        assert flag.returncode == 0, flag.stderr
+        assert json.loads(flag.stdout)["identity"] == "bob"
+        by_env = run_process([*base, "info"], {**env, "STRATUS_CLIENT_NAME": "bob"})
+        assert json.loads(by_env.stdout)["identity"] == "bob"
+        unknown = run_process([*base, "--client-name", "carol", "info"], env)
+        assert unknown.returncode != 0 and "client-carol.pem" in unknown.stderr and "Traceback" not in unknown.stderr
+    finally:
+        _stop(proc)
+
+
+def test_rate_limit_is_per_identity_over_mtls(tls_pki, tmp_path):
+    """A burst of 5 and (practically) no refill: alice's sixth call is refused with a retry-after
+    hint; bob, another certificate, still has his whole burst."""
+    proc, address = _serve(["--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+                            "--tls-dir", str(tls_pki)],
+                           {"STRATUS_RATE_LIMIT_PER_SECOND": "0.001", "STRATUS_RATE_LIMIT_BURST": "5"}, tmp_path)
+    try:
+        stubs = {name: pb_grpc.StratusStub(grpc.secure_channel(address, grpc_channel_credentials(tls_pki, name)))
+                 for name in ("alice", "bob")}
+        for _ in range(5):
+            assert stubs["alice"].ServerInfo(pb.ServerInfoRequest()).identity == "alice"
+        with pytest.raises(grpc.RpcError) as info:
+            stubs["alice"].ServerInfo(pb.ServerInfoRequest())
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry_after = dict(info.value.trailing_metadata() or ())["retry-after"]
+        assert float(retry_after) > 60
+        for _ in range(5):
+            assert stubs["bob"].ServerInfo(pb.ServerInfoRequest()).identity == "bob"
+        with pytest.raises(grpc.RpcError) as info:
+            stubs["bob"].ServerInfo(pb.ServerInfoRequest())
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        _stop(proc)
+
+
+def test_a_symlink_named_on_the_command_line_is_followed(cli, prefix, tmp_path):
+    """Inside a tree symlinks are skipped; the one named as the source is followed (file or folder)."""
+    real = write_random(tmp_path / "real" / "data.bin", 70_000)
+    write_random(tmp_path / "real" / "sub" / "more.bin", 1000)
+    (tmp_path / "real" / "inner-link").symlink_to(real)
+    (tmp_path / "file-link").symlink_to(real)
+    (tmp_path / "dir-link").symlink_to(tmp_path / "real")
+    doc = cli.json("put", str(tmp_path / "file-link"), prefix + "one")
+    assert doc["files"][0]["status"] == "uploaded"
+    assert cli("get", prefix + "one", "-").stdout_bytes == real.read_bytes()
+    tree = cli.json("put", str(tmp_path / "dir-link"), prefix + "tree")
+    assert sorted(f["remote"] for f in tree["files"]) == [prefix + "tree/data.bin", prefix + "tree/sub/more.bin"]
+    assert tree["stats"]["symlinks_skipped"] == 1  # the link inside the tree
+    assert cli("get", prefix + "tree/data.bin", "-").stdout_bytes == real.read_bytes()
