@@ -286,7 +286,7 @@ def test_hostile_identity_cannot_hurt_another(chaos_server):
             data = _good_content(rng)
             written[(f"base/{n}", good.put_bytes(data, f"base/{n}").version.version)] = data
         base_records = {k: v for k, v in _redis_snapshot(server, "good").items() if b":base/" in k}
-        assert len(base_records) == 10  # a head and a version hash per file
+        assert len(base_records) >= 10  # at least a head and a version hash per file
 
         good_paths = [p for p, _ in written]
         outcomes: list[tuple[str, grpc.StatusCode, set]] = []
