@@ -111,7 +111,8 @@ def decode(frame: bytes | memoryview, max_size: int) -> bytes:
     except zstandard.ZstdError as exc:
         raise MalformedFrameError(f"bad zstd frame header: {exc}") from None
     # Without a declared content size, zstandard would size its buffer from max_output_size; our
-    # encoder always writes it, so anything else is not ours and is refused outright.
+    # encoder always writes it, so anything else is not ours: refused, as a bomb if it expands past
+    # the limit (a bounded look), else as malformed.
     if content_size < 0 or content_size >= zstandard.CONTENTSIZE_ERROR:
         if _expands_past(payload, max_size):
             raise ChunkTooLargeError(f"zstd frame without a content size expands past {max_size} bytes")
