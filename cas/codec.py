@@ -26,6 +26,11 @@ METHOD_ZSTD = 1
 _HEADER = struct.Struct(">2sBBI")
 _MAX_LENGTH = 0xFFFFFFFF
 
+# zstd's message for ZSTD_error_dstSize_tooSmall. The frame's content size equals the header's
+# length and the output buffer has exactly that size, so this error means the payload produces more
+# bytes than both headers declare: a bomb whose headers lie, not mere corruption.
+_EXPANDS_PAST_DECLARED = "Destination buffer is too small"
+
 # zstd (de)compression contexts are not safe to share between threads; one per thread and level
 # keeps encode/decode thread-safe without a lock, and reusing contexts avoids their setup cost.
 _local = threading.local()
@@ -87,8 +92,9 @@ def frame_length(frame: bytes | memoryview) -> int:
 def decode(frame: bytes | memoryview, max_size: int) -> bytes:
     """Return the chunk bytes of ``frame``.
 
-    Raises :class:`ChunkTooLargeError` when the declared or the zstd-declared length exceeds
-    ``max_size`` (checked before any allocation, so a bomb costs nothing) and
+    Raises :class:`ChunkTooLargeError` for a decompression bomb: the declared or the zstd-declared
+    length exceeds ``max_size`` (checked before any allocation, so it costs nothing), or the payload
+    expands past what its headers declare (found with at most ``max_size + 1`` bytes decoded); and
     :class:`MalformedFrameError` on any other inconsistency, including a real length that differs
     from the declared one.
     """
@@ -105,8 +111,11 @@ def decode(frame: bytes | memoryview, max_size: int) -> bytes:
     except zstandard.ZstdError as exc:
         raise MalformedFrameError(f"bad zstd frame header: {exc}") from None
     # Without a declared content size, zstandard would size its buffer from max_output_size; our
-    # encoder always writes it, so anything else is not ours and is refused outright.
+    # encoder always writes it, so anything else is not ours: refused, as a bomb if it expands past
+    # the limit (a bounded look), else as malformed.
     if content_size < 0 or content_size >= zstandard.CONTENTSIZE_ERROR:
+        if _expands_past(payload, max_size):
+            raise ChunkTooLargeError(f"zstd frame without a content size expands past {max_size} bytes")
         raise MalformedFrameError("zstd frame does not declare its content size")
     if content_size > max_size:
         raise ChunkTooLargeError(f"zstd frame declares {content_size} bytes, limit is {max_size}")
@@ -115,10 +124,21 @@ def decode(frame: bytes | memoryview, max_size: int) -> bytes:
     try:
         data = _decompressor().decompress(payload, max_output_size=length, allow_extra_data=False)
     except zstandard.ZstdError as exc:
+        if _EXPANDS_PAST_DECLARED in str(exc):
+            raise ChunkTooLargeError(f"zstd payload expands past its declared {length} bytes") from None
         raise MalformedFrameError(f"corrupt zstd payload: {exc}") from None
     if len(data) != length:
         raise MalformedFrameError(f"zstd payload decoded to {len(data)} bytes, header says {length}")
     return data
+
+
+def _expands_past(payload: memoryview, limit: int) -> bool:
+    """Whether ``payload`` decompresses to more than ``limit`` bytes (reads at most ``limit + 1``)."""
+    try:
+        with _decompressor().stream_reader(payload, read_across_frames=False) as reader:
+            return len(reader.read(limit + 1)) > limit
+    except zstandard.ZstdError:
+        return False
 
 
 def decode_verified(digest: bytes, frame: bytes | memoryview, max_size: int) -> bytes:

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from cas import errors
+from service.decoding import decoded
 from service.errors import status_for, trailing_details
 
 log = logging.getLogger("stratus.server")
@@ -82,7 +83,7 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _guard(self, method, context):
-                async for item in fn(self, request, context):
+                async for item in fn(self, decoded(request), context):
                     yield item
 
         return stream_wrapper
@@ -90,6 +91,6 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _guard(self, method, context):
-            return await fn(self, request, context)
+            return await fn(self, decoded(request), context)
 
     return unary_wrapper

@@ -29,6 +29,7 @@ from service.audit import AuditLog
 from service.binding import bind_store
 from service.certs import grpc_server_credentials
 from service.config import ConfigError, ServerConfig, load_config
+from service.decoding import TolerantDecoding
 from service.gate import Gate
 from service.metadata import MetadataStore
 from service.ratelimit import RateLimiter
@@ -57,6 +58,9 @@ def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | No
                 f"refusing plaintext on {config.listen}: --insecure serves loopback only; "
                 "add --insecure-any-host to expose it anyway, or use --tls-dir"
             )
+        if not _is_loopback(config.listen):
+            log.warning("serving PLAINTEXT on %s, not a loopback address (--insecure-any-host): anyone who "
+                        "can reach it can read and write this store", config.listen)
         policy = load_policy(config.access_file or None, tls=False)
         return Gate(policy, limiter, require_certificate=False), None
     if not config.tls_dir:
@@ -111,6 +115,7 @@ class Server:
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)
         self._grpc = grpc.aio.server(
+            interceptors=[TolerantDecoding()],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),

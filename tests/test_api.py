@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,9 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_fixtures import ROOT, RunningServer
 
+from cas import codec
 from cas.errors import NotFoundError, VersionConflictError
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
+from proto import stratus_pb2_grpc as pb_grpc
 
 MIB = 1 << 20
 
@@ -203,16 +207,61 @@ def test_feed_resumes_from_a_cursor_after_restart(fresh_server):
         stream.cancel()
 
 
-def test_acknowledged_commit_survives_sigkill_with_embedded_valkey(tmp_path):
-    running = RunningServer(tmp_path / "data", "", "sv").start()
+def _embedded_valkey_pid(data_dir: Path) -> int:
+    """The pid of the valkey-server a server started for ``data_dir`` (from its pid file)."""
+    pid = int((data_dir / "valkey" / "valkey.pid").read_text())
+    assert Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("valkey-server")
+    assert Path(os.readlink(f"/proc/{pid}/cwd")) == (data_dir / "valkey").resolve()
+    return pid
+
+
+def _wait_gone(pid: int) -> None:
+    """Until ``pid`` has exited (a zombie counts as gone: it holds no files and answers nothing)."""
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state == b"Z":
+            return
+        time.sleep(0.01)
+
+
+def test_acknowledged_commit_survives_sigkill_of_server_and_embedded_valkey(tmp_path):
+    """kill -9 of *both* processes right after the acknowledgement: nothing acknowledged is lost.
+
+    Valkey runs in its own session, so killing the server alone would leave it alive and the next
+    start would stop it with SIGTERM (a clean AOF flush); here neither process gets to flush.
+    """
+    data_dir = tmp_path / "data"
+    running = RunningServer(data_dir, "", "sv").start()
+    first, last = os.urandom(3 * MIB), os.urandom(2 * MIB) + b"precious" * 10_000
     try:
+        valkey_pid = _embedded_valkey_pid(data_dir)
         with StratusClient(running.channel()) as c:
-            version = c.put_bytes(b"precious" * 10_000, "keep/me").version
-        running.kill()
+            c.put_bytes(first, "keep/me")
+            acked = c.put_bytes(last, "keep/me").version
+            # the very next thing after the acknowledgement: no flush, no shutdown, no grace
+            os.kill(valkey_pid, signal.SIGKILL)
+            running.kill()
+        _wait_gone(valkey_pid)
+        assert (data_dir / "valkey" / "valkey.pid").exists()  # not a clean valkey shutdown
         running.start()
+        assert _embedded_valkey_pid(data_dir) != valkey_pid
         with StratusClient(running.channel()) as c:
-            assert c.stat("keep/me").version == version.version
-            assert c.get_bytes("keep/me") == b"precious" * 10_000
+            info = c.stat("keep/me")
+            assert (info.version, info.manifest_digest, info.file_digest) == (
+                acked.version, acked.manifest_digest, acked.file_digest)
+            # the manifest, and every chunk it names, are on disk and verify against their digests
+            manifest = c.stub.GetManifest(pb.GetManifestRequest(path="keep/me")).manifest
+            assert len(manifest.chunks) > 1 and manifest.size == len(last)
+            digests = [bytes(ref.digest) for ref in manifest.chunks]
+            assert c.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=digests)).missing == []
+            frames = [chunk for batch in c.stub.GetChunks(pb.GetChunksRequest(digests=digests))
+                      for chunk in batch.chunks]
+            rebuilt = b"".join(codec.decode_verified(f.digest, f.frame, 1 << 20) for f in frames)
+            assert rebuilt == last
+            assert c.get_bytes("keep/me") == last and c.get_bytes("keep/me", version=1) == first
     finally:
         running.stop()
 
@@ -232,12 +281,47 @@ def test_second_server_on_the_same_data_dir_is_refused(tmp_path):
         assert first.stop() == 0
 
 
-def test_sigterm_drains_and_exits_cleanly(tmp_path):
-    running = RunningServer(tmp_path / "data", "", "sv").start()
-    with StratusClient(running.channel()) as c:
-        c.put_bytes(os.urandom(1000), "x")
-    assert running.stop(signal.SIGTERM) == 0
-    assert not (tmp_path / "data" / "valkey" / "valkey.sock").exists()
+def test_sigterm_lets_an_upload_in_flight_finish_then_exits_0(tmp_path):
+    """SIGTERM in the middle of an Upload stream: the stream completes, commits, then the server exits 0."""
+    data_dir = tmp_path / "data"
+    running = RunningServer(data_dir, "", "sv").start()
+    data = os.urandom(8 * MIB)
+    half = threading.Event()
+    draining = threading.Event()
+
+    def messages():  # noqa: ANN202
+        yield pb.UploadRequest(header=pb.UploadHeader(path="drain/big"))
+        for n, start in enumerate(range(0, len(data), MIB)):
+            if n == 4:
+                half.set()  # half the file is on the wire; the rest goes once the server drains
+                assert draining.wait(30)
+            yield pb.UploadRequest(data=data[start:start + MIB])
+
+    channel = running.channel()
+    try:
+        health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(health).status == health_pb2.HealthCheckResponse.SERVING
+        upload = pb_grpc.StratusStub(channel).Upload.future(messages())
+        assert half.wait(30)
+        running.proc.send_signal(signal.SIGTERM)
+        # the server says it is shutting down while the upload is still open
+        assert next(health).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        health.cancel()
+        assert not upload.done()
+        draining.set()
+        committed = upload.result(timeout=60)
+        assert committed.version.version == 1 and committed.version.size == len(data)
+        assert running.stop() == 0
+    finally:
+        channel.close()
+        running.stop(signal.SIGKILL)
+    assert not (data_dir / "valkey" / "valkey.sock").exists()
+    running.start()
+    try:
+        with StratusClient(running.channel()) as c:
+            assert c.get_bytes("drain/big") == data
+    finally:
+        assert running.stop() == 0
 
 
 def test_plaintext_off_loopback_is_refused(tmp_path):

@@ -112,7 +112,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert doc["first_upload"]["bytes_sent"] > 12 * 1024 * 1024  # half the sample is incompressible
     second = doc["second_upload"]
     assert second["version"] == doc["first_upload"]["version"] + 1
-    assert 0 < second["bytes_sent"] < 1024 * 1024 and second["chunks_sent"] < second["chunks_total"] // 10
+    # The README: one chunk (two when the 4 KiB edit straddles a cut point), well under 1% of the
+    # file, travels. Measured: 1 of 318 chunks, 188,615 bytes of a 24 MiB sample.
+    assert 1 <= second["chunks_sent"] <= 2 and second["chunks_sent"] * 100 < second["chunks_total"], second
+    assert 0 < second["bytes_sent"] <= second["chunks_sent"] * (256 * 1024 + 1024), second
     assert [d["verified"] for d in doc["downloads"]] == [True, True]
     assert doc["store"]["logical_bytes"] >= 2 * doc["sample_bytes"]
     assert (data / "tls" / "ca.pem").is_file() and Path(doc["server_log"]).is_file()

@@ -55,3 +55,16 @@ def test_bad_environment_value_and_missing_file(tmp_path: Path):
         load_config(tmp_path / "absent.toml", environ={})
     with pytest.raises(ConfigError, match="either tls_dir or insecure"):
         load_config(environ={"STRATUS_INSECURE": "1", "STRATUS_TLS_DIR": "/x"})
+
+
+def test_json_file_with_a_server_table_and_unknown_keys(tmp_path: Path):
+    as_json = tmp_path / "stratus.json"
+    as_json.write_text(json.dumps({"server": {"verify_reads": True, "rate-limit-burst": 7}}))
+    config = load_config(as_json, environ={})
+    assert config.verify_reads is True and config.rate_limit_burst == 7
+    as_json.write_text(json.dumps({"server": {"verify_read": True}}))
+    with pytest.raises(ConfigError, match="unknown setting 'verify_read'"):
+        load_config(as_json, environ={})
+    as_json.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="table of settings"):
+        load_config(as_json, environ={})

@@ -102,7 +102,11 @@ def test_warm_cache_reupload_sends_little_metadata(server, prefix, tmp_path):
         put = client.put_file(src, prefix + "big")
         assert put.manifest_delta and not put.unchanged and put.version.version == 2
         assert 0 < put.chunks_sent <= 25 and put.digests_checked <= 2 * put.chunks_sent
-        assert counter.metadata_bytes() < 50_000, counter.by_method
+        # The README's promise: ~1 KB of metadata for ten 4 KiB edits, whatever the file size (one
+        # digest asked about, one literal chunk and one copied run per changed chunk: ~90 bytes).
+        # Measured: ~1,000 bytes for 10-11 changed chunks of this 64 MiB file.
+        assert counter.metadata_bytes() <= 90 * put.chunks_sent + 200, counter.by_method
+        assert counter.metadata_bytes() < 2_500, counter.by_method
 
         # The same change without the cache: every digest twice (the control for the bound above).
         cold.put_file(src, prefix + "cold")

@@ -115,9 +115,10 @@ print(json.dumps({{"growth_mib": rss() - base, "sent": put.chunks_sent, "total":
     result = json.loads(out.stdout)
     assert result["read"] == 200 * MIB and result["sent"] == result["total"] == result["fetched"]
     assert file_hash(tmp_path / "copy") == file_hash(src)
-    # Streaming, not buffering: whatever the transfer windows hold, the 200 MiB file itself
-    # (or most of it) must never be in memory. Speed and memory figures live in bench/.
-    assert result["growth_mib"] < 200 * 0.75, result
+    # Streaming, not buffering: the transfer windows (chunk pipeline, ~2 MiB batches, two download
+    # windows) are bounded, so the growth is a fixed cost far below the file: measured ~32 MiB for
+    # this 200 MiB file. Buffering even a third of the file would fail. Figures live in bench/.
+    assert result["growth_mib"] < 64, result
 
 
 def test_get_stream_writes_verified_bytes(client, prefix, tmp_path):
