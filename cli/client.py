@@ -24,10 +24,12 @@ from cli.download import GetResult
 from cli.manifestdelta import ManifestCache
 from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import translate_errors
-from cli.upload import PutResult
+from cli.upload import FileOutcome
 from proto import stratus_pb2 as pb
 
-__all__ = ["GetResult", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
+PutResult = FileOutcome  # what a put returns: the upload engine's one per-file outcome
+
+__all__ = ["FileOutcome", "GetResult", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _UPLOAD_PIECE = 1 << 20
@@ -134,6 +136,16 @@ class StratusClient:
         """The transfer parameters the server announced."""
         return self._remote.params
 
+    @property
+    def remote(self) -> Remote:
+        """The stub, the server's parameters and error mapping that the transfer engines run on."""
+        return self._remote
+
+    @property
+    def manifests(self) -> ManifestCache | None:
+        """The manifest cache that makes re-uploads send deltas (None: none is kept)."""
+        return self._manifests
+
     # ---- delta upload -----------------------------------------------------------------------------
 
     def put_file(
@@ -151,15 +163,11 @@ class StratusClient:
         head), else VersionConflictError. ``sign_key``: an Ed25519 private key (object or PEM
         bytes) to sign the version with. ``progress(done, total)`` may be called from a worker thread.
         """
-        if os.path.exists(local_path) and not os.path.isfile(local_path):
-            raise InvalidInputError(f"{local_path} is not a regular file")
-        with open(local_path, "rb") as stream:
-            st = os.fstat(stream.fileno())
-            return _upload.upload(
-                self._remote, _upload.file_source(local_path, stream), remote_path,
-                if_version=if_version, mode=st.st_mode & 0o777, mtime_ns=st.st_mtime_ns,
-                sign_key=sign_key, progress=progress, cache=self._manifests,
-            )
+        size = os.path.getsize(local_path) if progress is not None else None
+        return _upload.upload_path(
+            self._remote, local_path, remote_path, if_version=if_version, sign_key=sign_key,
+            advance=_upload.cumulative(progress, size), cache=self._manifests,
+        )
 
     def put_stream(
         self,
@@ -178,10 +186,10 @@ class StratusClient:
         Memory stays bounded. A seekable stream can be re-read if the server asks for chunks again
         at commit; a pipe cannot, and then the MissingChunksError is raised.
         """
+        source = _upload.stream_source(stream, size)
         return _upload.upload(
-            self._remote, _upload.stream_source(stream, size), remote_path,
-            if_version=if_version, mode=mode, mtime_ns=mtime_ns, sign_key=sign_key, progress=progress,
-            cache=self._manifests,
+            self._remote, source, remote_path, if_version=if_version, mode=mode, mtime_ns=mtime_ns,
+            sign_key=sign_key, advance=_upload.cumulative(progress, source.size), cache=self._manifests,
         )
 
     def put_bytes(
