@@ -241,6 +241,8 @@ class Uploader:
         """
         started = time.perf_counter()
         opts = self.options
+        self._stop.clear()
+        self._stopped_by = None
         found = walk(Path(local), opts.excludes, follow_symlinks=opts.follow_symlinks)
         report = UploadReport("tree", os.fspath(local), prefix)
         self._count_walk(found, report)

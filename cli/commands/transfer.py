@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -115,6 +116,7 @@ class _Bar:
         self._out = out
         self._label = label
         self._bar: TransferProgress | None = None
+        self._update: Callable[[int, int | None], None] | None = None
         self._lock = threading.Lock()
         self._done = 0
 
@@ -232,7 +234,8 @@ def _put_failures(out: Output, report: UploadReport) -> None:
     failures = report.failures
     shown = [o for o in failures if report.stopped is None or o.error is not report.stopped]
     for o in shown[:MAX_NOTES_SHOWN]:
-        out.stderr.print(f"stratus: error: {o.remote or o.local}: {errors.describe(o.error)}", markup=False)  # type: ignore[arg-type]
+        assert o.error is not None
+        out.stderr.print(f"stratus: error: {o.remote or o.local}: {errors.describe(o.error)}", markup=False)
     if len(shown) > MAX_NOTES_SHOWN:
         out.stderr.print(f"stratus: ... and {len(shown) - MAX_NOTES_SHOWN} more failed files (all in --json)")
     if report.stopped is not None:
