@@ -35,7 +35,7 @@ from cli.jobs import run_bounded
 from cli.smallfiles import upload_group
 from cli.statecache import CacheScope, Entry, FileState, observe
 from cli.tree import Excludes, LocalFile, WalkResult, remote_join, walk
-from cli.upload import Advance, FileOutcome, signing_key, stream_source, upload, upload_path
+from cli.upload import Advance, CommitUnansweredError, FileOutcome, signing_key, stream_source, upload, upload_path
 from proto import stratus_pb2 as pb
 
 if TYPE_CHECKING:
@@ -343,7 +343,9 @@ class Uploader:
 
     def _finished(self, file: LocalFile, outcome: FileOutcome) -> tuple[FileOutcome, Entry | None]:
         if outcome.error is not None and is_fatal(outcome.error) and not self._stop.is_set():
-            self._stopped_by = outcome.error
+            # Files not sent yet fail with the plain cause (their commit was never in doubt).
+            error = outcome.error
+            self._stopped_by = error.__cause__ if isinstance(error, CommitUnansweredError) else error
             self._stop.set()  # tasks not started yet end at once as "not sent"
         self.progress.file_done(outcome)
         return outcome, self._entry(file, outcome)

@@ -22,7 +22,16 @@ from cli import batch
 from cli.grouping import SMALL_FILE_MAX
 from cli.manifestdelta import ManifestCache
 from cli.remote import Remote
-from cli.upload import Advance, FileOutcome, _Meter, _Sender, commit_request, find_missing, upload_path
+from cli.upload import (
+    Advance,
+    FileOutcome,
+    _Meter,
+    _Sender,
+    commit_request,
+    committing,
+    find_missing,
+    upload_path,
+)
 
 
 @dataclass
@@ -117,7 +126,9 @@ def _commit(remote: Remote, prepared: list[_Prepared], sign_key: object, cache: 
         commit_request(p.outcome.remote, p.manifest, mode=p.mode, mtime_ns=p.mtime_ns, sign_key=sign_key)
         for p in prepared
     ]
-    for p, answer in zip(prepared, batch.commit_many(remote, requests), strict=True):
+    with committing():
+        answers = batch.commit_many(remote, requests)
+    for p, answer in zip(prepared, answers, strict=True):
         o = p.outcome
         if isinstance(answer, MissingChunksError):
             # A garbage collection raced the group: this file alone takes the path that resends.

@@ -25,6 +25,7 @@ the base, the full manifest is sent once instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import stat
@@ -38,7 +39,7 @@ import grpc
 
 from cas.digest import digest as blake3_digest
 from cas.digest import new_hasher
-from cas.errors import CasError, InvalidInputError, MissingChunksError
+from cas.errors import CasError, InvalidInputError, MissingChunksError, ServerUnavailableError
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path
 from cas.pipeline import HashedChunk, Pipeline
@@ -56,6 +57,25 @@ _MANIFEST_ENTRY_BYTES = 40  # upper bound of one ChunkRef in a serialised Commit
 _END = object()
 
 Advance = Callable[[int], None]  # called with each increment of bytes done, from any thread
+
+
+class CommitUnansweredError(ServerUnavailableError):
+    """The commit was sent but the server went away before answering: it may or may not be done."""
+
+    def __init__(self, cause: ServerUnavailableError) -> None:
+        super().__init__(f"no answer to the commit, so the file may or may not be committed ({cause}); "
+                         "check it with `stratus stat`, or run the same put again")
+
+
+@contextlib.contextmanager
+def committing() -> Iterator[None]:
+    """Around a commit call: a lost connection becomes :class:`CommitUnansweredError`."""
+    try:
+        yield
+    except CommitUnansweredError:
+        raise
+    except ServerUnavailableError as exc:
+        raise CommitUnansweredError(exc) from exc
 
 
 @dataclass
@@ -438,14 +458,16 @@ def upload(
     outcome = FileOutcome(path, local, "uploaded", bytes_read=bytes_read, chunks_total=count,
                           chunks_sent=sender.chunks_sent, bytes_sent=sender.bytes_sent, digests_checked=asked)
     try:
-        response, delta = commit_file(remote, request, delta)
+        with committing():
+            response, delta = commit_file(remote, request, delta)
     except MissingChunksError:
         if source.reopen is None:
             raise
         again = _resend_missing(remote, source, manifest, _Meter(None))
         outcome.chunks_sent += again.chunks_sent
         outcome.bytes_sent += again.bytes_sent
-        response, delta = commit_file(remote, request, delta)
+        with committing():
+            response, delta = commit_file(remote, request, delta)
     if use_cache and cache is not None:
         cache.put(manifest)
     outcome.version = response.version

@@ -22,7 +22,7 @@ from cli.runtime import Runtime
 from cli.statecache import CacheScope
 from cli.timeparse import format_ms, parse_time_ms
 from cli.tree import Excludes, remote_prefix
-from cli.upload import FileOutcome
+from cli.upload import CommitUnansweredError, FileOutcome
 
 MAX_NOTES_SHOWN = 20
 
@@ -216,6 +216,7 @@ def _outcome_dict(o: FileOutcome) -> dict[str, Any]:
         "bytes_sent": o.bytes_sent, "chunks_total": o.chunks_total, "chunks_sent": o.chunks_sent,
         "error": errors.describe(o.error) if o.error is not None else None, "error_kind": kind,
         "exit_code": code, "manifest_delta": o.manifest_delta,
+        "maybe_committed": isinstance(o.error, CommitUnansweredError),  # the commit's answer was lost
     }
 
 
@@ -240,9 +241,12 @@ def _put_failures(out: Output, report: UploadReport) -> None:
         out.stderr.print(f"stratus: ... and {len(shown) - MAX_NOTES_SHOWN} more failed files (all in --json)")
     if report.stopped is not None:
         committed = sum(o.committed for o in report.files)
+        unsure = sum(isinstance(o.error, CommitUnansweredError) for o in failures)
         out.stderr.print(
-            f"stratus: error: stopped: {errors.describe(report.stopped)}; {committed} files are committed, "
-            f"{len(failures)} failed or were not sent (rerun the same put to finish: committed files are skipped)",
+            f"stratus: error: stopped: {errors.describe(report.stopped)}; committed {committed} files, "
+            f"{len(failures)} failed or were not sent"
+            + (f" ({unsure} of them may be committed: their commit got no answer)" if unsure else "")
+            + "; run the same put again to finish (committed files are skipped)",
             markup=False,
         )
 
