@@ -439,7 +439,8 @@ def upload(
 ) -> FileOutcome:
     """Upload ``source`` to ``remote_path`` as a new version (see the module docstring).
 
-    Raises on failure (nothing is committed then); the outcome is ``uploaded`` or ``unchanged``.
+    Raises on failure: nothing was committed then, except after :class:`CommitUnansweredError`,
+    when it may have been. The outcome is ``uploaded`` or ``unchanged``.
     """
     started = time.perf_counter()
     path = normalize_path(remote_path)  # fail before reading gigabytes, not after
@@ -457,17 +458,7 @@ def upload(
     delta = delta_request(request, base.manifest, manifest) if base.manifest is not None else None
     outcome = FileOutcome(path, local, "uploaded", bytes_read=bytes_read, chunks_total=count,
                           chunks_sent=sender.chunks_sent, bytes_sent=sender.bytes_sent, digests_checked=asked)
-    try:
-        with committing():
-            response, delta = commit_file(remote, request, delta)
-    except MissingChunksError:
-        if source.reopen is None:
-            raise
-        again = _resend_missing(remote, source, manifest, _Meter(None))
-        outcome.chunks_sent += again.chunks_sent
-        outcome.bytes_sent += again.bytes_sent
-        with committing():
-            response, delta = commit_file(remote, request, delta)
+    response, delta = _commit(remote, source, manifest, (request, delta), outcome)
     if use_cache and cache is not None:
         cache.put(manifest)
     outcome.version = response.version
@@ -475,6 +466,26 @@ def upload(
     outcome.manifest_delta = delta is not None
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _commit(
+    remote: Remote, source: Source, manifest: Manifest,
+    requests: tuple[pb.CommitFileRequest, pb.CommitFileRequest | None], outcome: FileOutcome,
+) -> tuple[pb.CommitFileResponse, pb.CommitFileRequest | None]:
+    """The commit stage: CommitFile (as a delta when there is one); chunks the server lost since
+    they were found present are read again from the source and sent, then the commit is retried once."""
+    request, delta = requests
+    try:
+        with committing():
+            return commit_file(remote, request, delta)
+    except MissingChunksError:
+        if source.reopen is None:
+            raise
+    again = _resend_missing(remote, source, manifest, _Meter(None))
+    outcome.chunks_sent += again.chunks_sent
+    outcome.bytes_sent += again.bytes_sent
+    with committing():
+        return commit_file(remote, request, delta)
 
 
 def upload_path(
