@@ -130,5 +130,13 @@ class ServerUnavailableError(CasError):
     """The server cannot be reached (not running, wrong address, network down); retrying may help."""
 
 
+class CommitUnansweredError(ServerUnavailableError):
+    """The commit was sent but the server went away before answering: it may or may not be done."""
+
+    def __init__(self, cause: ServerUnavailableError) -> None:
+        super().__init__(f"no answer to the commit, so the file may or may not be committed ({cause}); "
+                         "check it with `stratus stat`, or run the same put again")
+
+
 class LimitExceededError(InvalidInputError):
     """A request over a configured size or count limit (too many digests, chunks, bytes)."""

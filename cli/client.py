@@ -28,19 +28,22 @@ if TYPE_CHECKING:
     from cli import download as _download
     from cli import upload as _upload
     from cli.download import GetOutcome
-    from cli.upload import PutResult
+    from cli.upload import FileOutcome
 else:  # the transfer machinery (chunking, hashing, zstd) loads with the first transfer, not for stat or ls
     _batch = lazy("cli.batch")
     _download = lazy("cli.download")
     _upload = lazy("cli.upload")
 
-__all__ = ["GetOutcome", "PutResult", "StratusClient", "channel_options", "tls_credentials"]
+__all__ = ["FileOutcome", "GetOutcome", "StratusClient", "channel_options", "tls_credentials"]
 
 
 def __getattr__(name: str) -> object:
-    """``GetOutcome`` and ``PutResult`` are importable from here, loaded with their modules on demand."""
-    if name in ("GetOutcome", "PutResult"):
-        return getattr(_download if name == "GetOutcome" else _upload, name)
+    """The outcome types are importable from here, loaded with their modules on demand
+    (``PutResult`` is another name for the upload engine's one per-file outcome, ``FileOutcome``)."""
+    if name == "GetOutcome":
+        return _download.GetOutcome
+    if name in ("FileOutcome", "PutResult"):
+        return _upload.FileOutcome
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -156,6 +159,16 @@ class StratusClient:
         """The transfer parameters the server announced."""
         return self._remote.params
 
+    @property
+    def remote(self) -> Remote:
+        """The stub, the server's parameters and error mapping that the transfer engines run on."""
+        return self._remote
+
+    @property
+    def manifests(self) -> ManifestCache | None:
+        """The manifest cache that makes re-uploads send deltas (None: none is kept)."""
+        return self._manifests
+
     # ---- delta upload -----------------------------------------------------------------------------
 
     def put_file(
@@ -166,22 +179,18 @@ class StratusClient:
         if_version: int | None = None,
         sign_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> PutResult:
+    ) -> FileOutcome:
         """Upload a local file, sending only the chunks the server lacks; records its mode and mtime.
 
         ``if_version``: commit only if the head is that version (0: only if the path has no live
         head), else VersionConflictError. ``sign_key``: an Ed25519 private key (object or PEM
         bytes) to sign the version with. ``progress(done, total)`` may be called from a worker thread.
         """
-        if os.path.exists(local_path) and not os.path.isfile(local_path):
-            raise InvalidInputError(f"{local_path} is not a regular file")
-        with open(local_path, "rb") as stream:
-            st = os.fstat(stream.fileno())
-            return _upload.upload(
-                self._remote, _upload.file_source(local_path, stream), remote_path,
-                if_version=if_version, mode=st.st_mode & 0o777, mtime_ns=st.st_mtime_ns,
-                sign_key=sign_key, progress=progress, cache=self._manifests,
-            )
+        size = os.path.getsize(local_path) if progress is not None else None
+        return _upload.upload_path(
+            self._remote, local_path, remote_path, if_version=if_version, sign_key=sign_key,
+            advance=_upload.cumulative(progress, size), cache=self._manifests,
+        )
 
     def put_stream(
         self,
@@ -194,16 +203,16 @@ class StratusClient:
         size: int | None = None,
         sign_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> PutResult:
+    ) -> FileOutcome:
         """Upload everything readable from a binary stream (e.g. stdin) as a new version.
 
         Memory stays bounded. A seekable stream can be re-read if the server asks for chunks again
         at commit; a pipe cannot, and then the MissingChunksError is raised.
         """
+        source = _upload.stream_source(stream, size)
         return _upload.upload(
-            self._remote, _upload.stream_source(stream, size), remote_path,
-            if_version=if_version, mode=mode, mtime_ns=mtime_ns, sign_key=sign_key, progress=progress,
-            cache=self._manifests,
+            self._remote, source, remote_path, if_version=if_version, mode=mode, mtime_ns=mtime_ns,
+            sign_key=sign_key, advance=_upload.cumulative(progress, source.size), cache=self._manifests,
         )
 
     def put_bytes(
@@ -216,7 +225,7 @@ class StratusClient:
         mtime_ns: int = 0,
         sign_key: object = None,
         progress: ProgressFn | None = None,
-    ) -> PutResult:
+    ) -> FileOutcome:
         """Upload an in-memory buffer as a new version."""
         return self.put_stream(
             io.BytesIO(data), remote_path, if_version=if_version, mode=mode, mtime_ns=mtime_ns,

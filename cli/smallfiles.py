@@ -1,194 +1,146 @@
-"""Small files of a tree go up in groups: one FindMissingChunks, PutChunks and CommitFiles per group.
+"""The upload engine on a group of small files: one FindMissingChunks, PutChunks and CommitFiles per group.
 
-Uploading a 1 KiB file on its own costs three round trips, a streaming call and a compression
-pool: for a tree of thousands of small files that overhead, not the bytes, sets the pace. Here a
-group of small files is read, chunked and hashed in memory, the group's chunks are checked and
-sent together, and then the group is committed with one CommitFiles call (the results stay per
-file: each is its own version, with its own if-version and signature, and fails on its own).
-Larger files take the client's pipelined path (:meth:`cli.client.StratusClient.put_file`).
+Uploading a 1 KiB file on its own costs three round trips and a streaming call: for a tree of
+thousands of small files that overhead, not the bytes, sets the pace. Here each file of a group is
+prepared (read, chunked and hashed) in memory, then the group goes through the engine's shared
+stages (:func:`cli.upload.find_missing`, the sender, :func:`cli.upload.commit_request`) together.
+The results stay per file: each is its own version, with its own signature, and fails on its own.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from cas import codec
 from cas.chunker import chunk_bytes
 from cas.digest import digest as blake3_digest
 from cas.errors import MissingChunksError
 from cas.manifest import Manifest, ManifestBuilder
-from cli.client import StratusClient
-from cli.rpc_errors import translate_errors
-from cli.statecache import Entry, observe
-from cli.tree import LocalFile
-from proto import stratus_pb2 as pb
-
-SMALL_FILE_MAX = 1024 * 1024  # files up to this size are grouped
-GROUP_FILES = 128
-GROUP_BYTES = 8 * 1024 * 1024
-_CHUNK_OVERHEAD = 48  # protobuf bytes around one frame in a ChunkBatch
+from cas.pipeline import HashedChunk
+from cli import batch
+from cli.grouping import SMALL_FILE_MAX
+from cli.manifestdelta import ManifestCache
+from cli.remote import Remote
+from cli.upload import (
+    Advance,
+    FileOutcome,
+    _Meter,
+    _Sender,
+    commit_request,
+    committing,
+    find_missing,
+    upload_path,
+)
 
 
 @dataclass
-class Prepared:
-    """A small file read into memory and cut into chunks."""
+class _Prepared:
+    """A small file read into memory, cut into chunks, and the outcome it will end as."""
 
-    file: LocalFile
-    remote: str
+    outcome: FileOutcome
     manifest: Manifest
-    chunks: list[tuple[bytes, bytes]]  # (digest, data) in file order
+    chunks: list[HashedChunk]
     mode: int
     mtime_ns: int
+    frames: dict[bytes, int] = field(default_factory=dict)  # digests this file sends for the group
 
 
-@dataclass
-class SmallResult:
-    """What happened to one file of a group (``error`` set when it failed)."""
-
-    file: LocalFile
-    remote: str
-    version: pb.VersionInfo | None = None
-    unchanged: bool = False
-    bytes_read: int = 0
-    bytes_sent: int = 0
-    chunks_total: int = 0
-    chunks_sent: int = 0
-    error: BaseException | None = None
-    entry: Entry | None = None
-
-
-def groups(items: list[tuple[LocalFile, str]]) -> Iterator[list[tuple[LocalFile, str]]]:
-    """Split small files into groups of at most GROUP_FILES files and about GROUP_BYTES bytes."""
-    group: list[tuple[LocalFile, str]] = []
-    size = 0
-    for item in items:
-        if group and (len(group) >= GROUP_FILES or size + item[0].state.size > GROUP_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(item)
-        size += item[0].state.size
-    if group:
-        yield group
-
-
-def _prepare(client: StratusClient, file: LocalFile, remote: str) -> Prepared:
-    with open(file.path, "rb") as f:
-        st = os.fstat(f.fileno())
-        data = f.read(SMALL_FILE_MAX + 1)
-    builder = ManifestBuilder()
-    chunks = []
-    for chunk in chunk_bytes(data, client.params.chunking):
-        d = blake3_digest(chunk.data)
-        builder.add(d, chunk.length)
-        chunks.append((d, chunk.data))
-    manifest = builder.build(blake3_digest(data))
-    return Prepared(file, remote, manifest, chunks, st.st_mode & 0o777, st.st_mtime_ns)
-
-
-def _commit_request(p: Prepared, sign_key: object) -> pb.CommitFileRequest:
-    request = pb.CommitFileRequest(
-        path=p.remote,
-        manifest=pb.Manifest(
-            chunks=[pb.ChunkRef(digest=c.digest, length=c.length) for c in p.manifest.chunks],
-            size=p.manifest.size, file_digest=p.manifest.file_digest,
-        ),
-        mode=p.mode, mtime_ns=p.mtime_ns,
-    )
-    if sign_key is not None:
-        from cas import signing
-
-        request.signature = signing.sign_version(
-            sign_key, p.remote, p.manifest.digest(), p.manifest.file_digest, p.manifest.size  # type: ignore[arg-type]
-        )
-        request.signer_public_key = signing.public_key_bytes(sign_key)  # type: ignore[arg-type]
-    return request
-
-
-def _batches(frames: list[tuple[bytes, bytes]], limit: int) -> Iterator[pb.ChunkBatch]:
-    batch: list[pb.ChunkData] = []
-    size = 0
-    for d, frame in frames:
-        if batch and size + len(frame) + _CHUNK_OVERHEAD > limit:
-            yield pb.ChunkBatch(chunks=batch)
-            batch, size = [], 0
-        batch.append(pb.ChunkData(digest=d, frame=frame))
-        size += len(frame) + _CHUNK_OVERHEAD
-    if batch:
-        yield pb.ChunkBatch(chunks=batch)
-
-
-def upload_group(
-    client: StratusClient, target: str, items: list[tuple[LocalFile, str]], *, sign_key: object = None
-) -> list[SmallResult]:
-    """Upload a group of small files; failures of single files are returned, not raised.
-
-    Errors that doom every file (the server is gone, the credentials are refused) are raised.
-    """
-    results: list[SmallResult] = []
-    prepared: list[tuple[Prepared, SmallResult]] = []
-    for file, remote in items:
-        result = SmallResult(file, remote)
-        results.append(result)
-        try:
-            p = _prepare(client, file, remote)
-        except OSError as exc:
-            result.error = exc
-            continue
-        if p.manifest.size > SMALL_FILE_MAX:
-            result.error = _Grew()
-            continue
-        result.bytes_read = p.manifest.size
-        result.chunks_total = len(p.chunks)
-        prepared.append((p, result))
-    # Which chunks the server lacks, and which file of the group sends each one first.
-    first_owner: dict[bytes, tuple[bytes, SmallResult]] = {}
-    for p, result in prepared:
-        for d, data in p.chunks:
-            first_owner.setdefault(d, (data, result))
-    if first_owner:
-        with translate_errors(target):
-            missing = client.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=list(first_owner))).missing
-        level = client.params.compression_level
-        frames = []
-        for d in missing:
-            data, owner = first_owner[d]
-            frame = codec.encode(data, level)
-            frames.append((d, frame))
-            owner.bytes_sent += len(frame)
-            owner.chunks_sent += 1
-        if frames:
-            with translate_errors(target):
-                client.stub.PutChunks(_batches(frames, client.params.batch_bytes))
-    answers = client.commit_many([_commit_request(p, sign_key) for p, _ in prepared]) if prepared else []
-    for (p, result), answer in zip(prepared, answers, strict=True):
-        if isinstance(answer, MissingChunksError):
-            # A garbage collection raced the group: the client's full path resends what is needed.
-            try:
-                retry = client.put_file(p.file.path, p.remote, sign_key=sign_key)
-            except Exception as exc:  # noqa: BLE001 - the caller decides what is fatal
-                result.error = exc
-                continue
-            result.version, result.unchanged = retry.version, retry.unchanged
-            result.bytes_sent += retry.bytes_sent
-            result.chunks_sent += retry.chunks_sent
-        elif isinstance(answer, BaseException):
-            result.error = answer
-            continue
-        else:
-            result.version, result.unchanged = answer.version, answer.unchanged
-        try:
-            _, after = observe(p.file.path)
-        except OSError:
-            continue
-        if after.same_file(p.file.state):  # unchanged since the walk: safe to remember
-            result.entry = Entry(p.remote, p.file.state, result.version.version, bytes(result.version.manifest_digest))
-    return results
-
-
-class _Grew(OSError):
-    """The file grew past the small-file limit after the walk; the caller sends it the normal way."""
+class FileGrewError(OSError):
+    """The file grew past the small-file limit after the walk."""
 
     def __init__(self) -> None:
         super().__init__("the file grew while the tree was uploaded; run the upload again")
+
+
+def _prepare(remote: Remote, local: str, path: str) -> _Prepared:
+    with open(local, "rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read(SMALL_FILE_MAX + 1)
+    if len(data) > SMALL_FILE_MAX:
+        raise FileGrewError()
+    builder = ManifestBuilder()
+    chunks = []
+    for chunk in chunk_bytes(data, remote.params.chunking):
+        d = blake3_digest(chunk.data)
+        builder.add(d, chunk.length)
+        chunks.append(HashedChunk(chunk.offset, chunk.length, d, chunk.data))
+    outcome = FileOutcome(path, local, "uploaded", bytes_read=len(data), chunks_total=len(chunks))
+    return _Prepared(outcome, builder.build(blake3_digest(data)), chunks, st.st_mode & 0o777, st.st_mtime_ns)
+
+
+def _send(remote: Remote, prepared: list[_Prepared]) -> None:
+    """Find and send the group's missing chunks on one call; each chunk is counted for the first
+    file that holds it. Raises if the call fails (that dooms the whole group)."""
+    first: dict[bytes, tuple[HashedChunk, _Prepared]] = {}
+    for p in prepared:
+        for c in p.chunks:
+            first.setdefault(c.digest, (c, p))
+    missing = find_missing(remote, list(first))
+    if not missing:
+        return
+    sender = _Sender(remote, remote.params, _Meter(None), track=True)
+    try:
+        sender.submit([first[d][0] for d in first if d in missing])
+        sender.finish()
+    except BaseException:
+        sender.abort()
+        raise
+    assert sender.frames is not None
+    for d, size in sender.frames.items():
+        owner = first[d][1].outcome
+        owner.chunks_sent += 1
+        owner.bytes_sent += size
+
+
+def upload_group(
+    remote: Remote, items: Sequence[tuple[str, str]], *, sign_key: object = None,
+    advance: Advance | None = None, cache: ManifestCache | None = None,
+) -> list[FileOutcome]:
+    """Upload small files, given as ``(local path, remote path)``; one outcome per item, in order.
+
+    A file's own failure (unreadable, refused commit) is its ``failed`` outcome; errors of the
+    group's calls (the server is gone, the credentials are refused) are raised, and then none of
+    the group was committed by this call.
+    """
+    outcomes: list[FileOutcome] = []
+    prepared: list[_Prepared] = []
+    for local, path in items:
+        try:
+            p = _prepare(remote, local, path)
+        except OSError as exc:
+            outcomes.append(FileOutcome(path, local, "failed", error=exc))
+            continue
+        outcomes.append(p.outcome)
+        prepared.append(p)
+    if prepared:
+        _send(remote, prepared)
+        _commit(remote, prepared, sign_key, cache)
+    if advance is not None:
+        advance(sum(o.bytes_read for o in outcomes))
+    return outcomes
+
+
+def _commit(remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None) -> None:
+    requests = [
+        commit_request(p.outcome.remote, p.manifest, mode=p.mode, mtime_ns=p.mtime_ns, sign_key=sign_key)
+        for p in prepared
+    ]
+    with committing():
+        answers = batch.commit_many(remote, requests)
+    for p, answer in zip(prepared, answers, strict=True):
+        o = p.outcome
+        if isinstance(answer, MissingChunksError):
+            # A garbage collection raced the group: this file alone takes the path that resends.
+            try:
+                retry = upload_path(remote, o.local, o.remote, sign_key=sign_key, cache=cache)
+            except Exception as exc:  # noqa: BLE001 - the caller decides what is fatal
+                o.status, o.error = "failed", exc
+                continue
+            o.version, o.status = retry.version, retry.status
+            o.bytes_sent += retry.bytes_sent
+            o.chunks_sent += retry.chunks_sent
+        elif isinstance(answer, BaseException):
+            o.status, o.error = "failed", answer
+        else:
+            o.version, o.status = answer.version, "unchanged" if answer.unchanged else "uploaded"

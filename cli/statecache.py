@@ -230,3 +230,28 @@ def observe(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> tu
     observed = time.time_ns()
     st = os.stat(path, follow_symlinks=follow_symlinks)
     return st, FileState.from_stat(os.fspath(path), st, observed)
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """The cache as one (server, namespace) sees it: what a transfer reads and records."""
+
+    cache: StateCache
+    server: str
+    namespace: str
+
+    def get(self, remote_path: str) -> Entry | None:
+        """The entry of one remote path, if any."""
+        return self.cache.get(self.server, self.namespace, remote_path)
+
+    def under(self, prefix: str) -> dict[str, Entry]:
+        """Every entry under ``prefix``, by remote path."""
+        return self.cache.under(self.server, self.namespace, prefix)
+
+    def put_many(self, entries: Iterable[Entry]) -> None:
+        """Record entries (one transaction)."""
+        self.cache.put_many(self.server, self.namespace, entries)
+
+    def forget(self, remote_paths: Iterable[str]) -> None:
+        """Drop the entries of these remote paths."""
+        self.cache.forget(self.server, self.namespace, remote_paths)

@@ -1,6 +1,12 @@
-"""Pipelined delta upload: hash everything, send only what the server lacks, then commit.
+"""The upload engine's stages: prepare (chunk + hash), find missing, send, commit.
 
-Three stages run at once, so memory stays constant whatever the file size:
+Every upload goes through these stages: a big file or a stream here, one file at a time and
+pipelined; a group of small files in :mod:`cli.smallfiles`, prepared in memory and then found,
+sent and committed together with the same :func:`find_missing`, :class:`_Sender` and
+:func:`commit_request`; :mod:`cli.push` runs them for a file, a stream or a tree. Each file ends
+as one :class:`FileOutcome`.
+
+For a big file or a stream, the stages run at once, so memory stays constant whatever the size:
 
 1. this thread reads and chunks the source (hashing in a pool, feeding the whole-file BLAKE3),
    groups chunks into windows and asks FindMissingChunks once per window;
@@ -19,8 +25,10 @@ the base, the full manifest is sent once instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,10 +39,11 @@ import grpc
 
 from cas.digest import digest as blake3_digest
 from cas.digest import new_hasher
-from cas.errors import CasError, InvalidInputError, MissingChunksError
+from cas.errors import CasError, CommitUnansweredError, InvalidInputError, MissingChunksError, ServerUnavailableError
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path
 from cas.pipeline import HashedChunk, Pipeline
+from cli.grouping import CHUNK_OVERHEAD
 from cli.manifestdelta import BaseLookup, ManifestCache, commit_file, delta_request
 from cli.remote import ProgressFn, Remote, TransferParams
 from cli.rpc_errors import map_rpc_error
@@ -44,24 +53,54 @@ WINDOW_BYTES = 8 * 1024 * 1024
 WINDOW_CHUNKS = 1024
 PIPELINE_IN_FLIGHT = 8 * 1024 * 1024
 FIND_BATCH = 4096  # digests per FindMissingChunks call when re-checking a whole manifest
-_CHUNK_OVERHEAD = 48  # protobuf bytes around one frame in a ChunkBatch
 _MANIFEST_ENTRY_BYTES = 40  # upper bound of one ChunkRef in a serialised CommitFileRequest
 _END = object()
 
+Advance = Callable[[int], None]  # called with each increment of bytes done, from any thread
+
+
+@contextlib.contextmanager
+def committing() -> Iterator[None]:
+    """Around a commit call: a lost connection becomes :class:`CommitUnansweredError`."""
+    try:
+        yield
+    except CommitUnansweredError:
+        raise
+    except ServerUnavailableError as exc:
+        raise CommitUnansweredError(exc) from exc
+
 
 @dataclass
-class PutResult:
-    """What an upload did."""
+class FileOutcome:
+    """What happened to one file (or stream) of an upload: the one result type of the engine.
 
-    version: pb.VersionInfo
-    unchanged: bool  # the content equalled the head: no new version was written
-    bytes_read: int
-    chunks_total: int
-    chunks_sent: int
-    bytes_sent: int  # frame bytes sent on the wire
-    seconds: float
+    Invariants: ``status`` is ``uploaded`` or ``unchanged`` exactly when ``version`` is the
+    committed version and ``error`` is None; ``failed`` always carries ``error``; ``skipped``
+    (unchanged since the last run, not read) and ``deleted`` carry the head or the tombstone.
+    """
+
+    remote: str
+    local: str
+    status: str  # uploaded | unchanged | skipped | failed | deleted
+    version: pb.VersionInfo | None = None
+    bytes_read: int = 0
+    bytes_sent: int = 0  # frame bytes sent on the wire
+    chunks_total: int = 0
+    chunks_sent: int = 0
     digests_checked: int = 0  # digests asked about with FindMissingChunks
     manifest_delta: bool = False  # committed as a delta against the head's manifest
+    seconds: float = 0.0
+    error: BaseException | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        """The content equalled the head: no new version was written."""
+        return self.status == "unchanged"
+
+    @property
+    def committed(self) -> bool:
+        """The server holds this file's content as ``version`` (written now or found as the head)."""
+        return self.status in ("uploaded", "unchanged", "skipped") and self.version is not None
 
 
 @dataclass
@@ -73,27 +112,41 @@ class Source:
     reopen: Callable[[], BinaryIO] | None = None  # None: the source cannot be read twice
 
 
-class _Progress:
-    """Serialises progress callbacks from the reading thread and gRPC's sending thread."""
+class _Meter:
+    """Counts bytes done for one file and hands each increment to the run's ``advance``."""
 
-    def __init__(self, fn: ProgressFn | None, total: int | None) -> None:
-        self._fn = fn
-        self._total = total
-        self._done = 0
-        self._lock = threading.Lock()
+    def __init__(self, advance: Advance | None) -> None:
+        self._advance = advance
 
     def add(self, n: int) -> None:
-        if self._fn is None or not n:
-            return
-        with self._lock:
-            self._done += n
-            self._fn(self._done, self._total)
+        if self._advance is not None and n:
+            self._advance(n)
+
+
+def cumulative(fn: ProgressFn | None, total: int | None) -> Advance | None:
+    """An ``advance(n)`` that reports ``fn(done, total)`` (thread-safe; None when ``fn`` is None)."""
+    if fn is None:
+        return None
+    lock = threading.Lock()
+    done = [0]
+
+    def advance(n: int) -> None:
+        with lock:
+            done[0] += n
+            fn(done[0], total)
+
+    return advance
 
 
 class _Sender:
-    """One PutChunks call fed from a bounded queue of windows, opened lazily."""
+    """One PutChunks call fed from a bounded queue of windows, opened lazily.
 
-    def __init__(self, remote: Remote, params: TransferParams, progress: _Progress) -> None:
+    Memory is bounded by the queue (one window) plus the pipeline's in-flight bytes. With
+    ``track``, ``frames`` maps each sent digest to its frame size (a group attributes them to files).
+    """
+
+    def __init__(self, remote: Remote, params: TransferParams, progress: _Meter, *, track: bool = False) -> None:
+        self.frames: dict[bytes, int] | None = {} if track else None
         self._remote = remote
         self._params = params
         self._progress = progress
@@ -151,12 +204,14 @@ class _Sender:
         batch_bytes = frame_bytes = raw_bytes = 0
         try:
             for enc in self._pipe.encode(self._chunks()):
-                size = len(enc.frame) + _CHUNK_OVERHEAD
+                size = len(enc.frame) + CHUNK_OVERHEAD
                 if batch and batch_bytes + size > limit:
                     yield pb.ChunkBatch(chunks=batch)
                     self._account(len(batch), frame_bytes, raw_bytes)
                     batch, batch_bytes, frame_bytes, raw_bytes = [], 0, 0, 0
                 batch.append(pb.ChunkData(digest=enc.digest, frame=enc.frame))
+                if self.frames is not None:
+                    self.frames[enc.digest] = len(enc.frame)
                 batch_bytes += size
                 frame_bytes += len(enc.frame)
                 raw_bytes += enc.length
@@ -212,7 +267,8 @@ class _Sender:
             self._pipe = None
 
 
-def _find_missing(remote: Remote, digests: list[bytes]) -> set[bytes]:
+def find_missing(remote: Remote, digests: list[bytes]) -> set[bytes]:
+    """The digests of ``digests`` the server does not hold (one FindMissingChunks call)."""
     if not digests:
         return set()
     resp = remote.call(remote.stub.FindMissingChunks, pb.FindMissingChunksRequest(digests=digests))
@@ -232,7 +288,7 @@ def _check_limits(params: TransferParams, count: int) -> None:
 
 
 def _send_stream(
-    remote: Remote, stream: BinaryIO, hasher: object, progress: _Progress, base: BaseLookup
+    remote: Remote, stream: BinaryIO, hasher: object, progress: _Meter, base: BaseLookup
 ) -> tuple[ManifestBuilder, int, int, _Sender, int]:
     """Stages 1-3 over one stream; returns the manifest builder, bytes read, chunk count, sender
     and how many digests were asked about."""
@@ -249,7 +305,7 @@ def _send_stream(
         known = base.digests
         ask = list(dict.fromkeys(c.digest for c in window if c.digest not in queued and c.digest not in known))
         asked[0] += len(ask)
-        missing = _find_missing(remote, ask)
+        missing = find_missing(remote, ask)
         to_send = []
         for c in window:
             if c.digest in missing and c.digest not in queued:
@@ -283,13 +339,13 @@ def _send_stream(
     return builder, bytes_read, count, sender, asked[0]
 
 
-def _resend_missing(remote: Remote, source: Source, manifest: Manifest, progress: _Progress) -> _Sender:
+def _resend_missing(remote: Remote, source: Source, manifest: Manifest, progress: _Meter) -> _Sender:
     """Send again the manifest's chunks that the server lacks now, read back from the source."""
     assert source.reopen is not None
     digests = manifest.unique_digests()
     missing: set[bytes] = set()
     for start in range(0, len(digests), FIND_BATCH):
-        missing |= _find_missing(remote, digests[start : start + FIND_BATCH])
+        missing |= find_missing(remote, digests[start : start + FIND_BATCH])
     sender = _Sender(remote, remote.params, progress)
     stream = source.reopen()
     try:
@@ -323,9 +379,20 @@ def _resend_missing(remote: Remote, source: Source, manifest: Manifest, progress
     return sender
 
 
-def _commit_request(
-    path: str, manifest: Manifest, *, if_version: int | None, mode: int, mtime_ns: int, sign_key: object
+def signing_key(sign_key: object) -> object:
+    """An Ed25519 private key object from a key object or PEM bytes (None stays None)."""
+    if isinstance(sign_key, bytes | bytearray):
+        from cas import signing  # lazily: only signed uploads need cryptography loaded
+
+        return signing.private_key_from_pem(bytes(sign_key))
+    return sign_key
+
+
+def commit_request(
+    path: str, manifest: Manifest, *, mode: int, mtime_ns: int, if_version: int | None = None,
+    sign_key: object = None,
 ) -> pb.CommitFileRequest:
+    """The one CommitFile request builder; ``sign_key`` is a private key object or PEM bytes."""
     request = pb.CommitFileRequest(
         path=path,
         manifest=pb.Manifest(
@@ -338,12 +405,12 @@ def _commit_request(
     )
     if if_version is not None:
         request.if_version = if_version
-    if sign_key is not None:
-        from cas import signing  # lazily: only signed uploads need cryptography loaded
+    key = signing_key(sign_key)
+    if key is not None:
+        from cas import signing
 
-        key = signing.private_key_from_pem(sign_key) if isinstance(sign_key, bytes | bytearray) else sign_key
         request.signature = signing.sign_version(
-            key, path, manifest.digest(), manifest.file_digest, manifest.size
+            key, path, manifest.digest(), manifest.file_digest, manifest.size  # type: ignore[arg-type]
         )
         request.signer_public_key = signing.public_key_bytes(key)  # type: ignore[arg-type]
     return request
@@ -354,58 +421,87 @@ def upload(
     source: Source,
     remote_path: str,
     *,
+    local: str = "-",
     if_version: int | None = None,
     mode: int = 0,
     mtime_ns: int = 0,
     sign_key: object = None,
-    progress: ProgressFn | None = None,
+    advance: Advance | None = None,
     cache: ManifestCache | None = None,
-) -> PutResult:
-    """Upload ``source`` to ``remote_path`` as a new version (see the module docstring)."""
+) -> FileOutcome:
+    """Upload ``source`` to ``remote_path`` as a new version (see the module docstring).
+
+    Raises on failure: nothing was committed then, except after :class:`CommitUnansweredError`,
+    when it may have been. The outcome is ``uploaded`` or ``unchanged``.
+    """
     started = time.perf_counter()
     path = normalize_path(remote_path)  # fail before reading gigabytes, not after
-    tracker = _Progress(progress, source.size)
     hasher = new_hasher()
     use_cache = cache is not None and remote.info().manifest_deltas
     base = BaseLookup(remote, cache if use_cache else None, path)
     try:
-        builder, bytes_read, count, sender, asked = _send_stream(remote, source.stream, hasher, tracker, base)
+        builder, bytes_read, count, sender, asked = _send_stream(
+            remote, source.stream, hasher, _Meter(advance), base
+        )
     finally:
         base.cancel()
     manifest = builder.build(hasher.digest())
-    request = _commit_request(
-        path, manifest, if_version=if_version, mode=mode, mtime_ns=mtime_ns, sign_key=sign_key
-    )
+    request = commit_request(path, manifest, mode=mode, mtime_ns=mtime_ns, if_version=if_version, sign_key=sign_key)
     delta = delta_request(request, base.manifest, manifest) if base.manifest is not None else None
-    chunks_sent, bytes_sent = sender.chunks_sent, sender.bytes_sent
+    outcome = FileOutcome(path, local, "uploaded", bytes_read=bytes_read, chunks_total=count,
+                          chunks_sent=sender.chunks_sent, bytes_sent=sender.bytes_sent, digests_checked=asked)
+    response, delta = _commit(remote, source, manifest, (request, delta), outcome)
+    if use_cache and cache is not None:
+        cache.put(manifest)
+    outcome.version = response.version
+    outcome.status = "unchanged" if response.unchanged else "uploaded"
+    outcome.manifest_delta = delta is not None
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _commit(
+    remote: Remote, source: Source, manifest: Manifest,
+    requests: tuple[pb.CommitFileRequest, pb.CommitFileRequest | None], outcome: FileOutcome,
+) -> tuple[pb.CommitFileResponse, pb.CommitFileRequest | None]:
+    """The commit stage: CommitFile (as a delta when there is one); chunks the server lost since
+    they were found present are read again from the source and sent, then the commit is retried once."""
+    request, delta = requests
     try:
-        response, delta = commit_file(remote, request, delta)
+        with committing():
+            return commit_file(remote, request, delta)
     except MissingChunksError:
         if source.reopen is None:
             raise
-        again = _resend_missing(remote, source, manifest, _Progress(None, None))
-        chunks_sent += again.chunks_sent
-        bytes_sent += again.bytes_sent
-        response, delta = commit_file(remote, request, delta)
-    if use_cache and cache is not None:
-        cache.put(manifest)
-    return PutResult(
-        version=response.version,
-        unchanged=response.unchanged,
-        bytes_read=bytes_read,
-        chunks_total=count,
-        chunks_sent=chunks_sent,
-        bytes_sent=bytes_sent,
-        seconds=time.perf_counter() - started,
-        digests_checked=asked,
-        manifest_delta=delta is not None,
-    )
+    again = _resend_missing(remote, source, manifest, _Meter(None))
+    outcome.chunks_sent += again.chunks_sent
+    outcome.bytes_sent += again.bytes_sent
+    with committing():
+        return commit_file(remote, request, delta)
 
 
-def file_source(path: str | os.PathLike[str], stream: BinaryIO) -> Source:
-    """A :class:`Source` over an open regular file that can be re-opened by path for the retry."""
-    size = os.fstat(stream.fileno()).st_size
-    return Source(stream, size, lambda: open(path, "rb"))
+def upload_path(
+    remote: Remote,
+    local_path: str | os.PathLike[str],
+    remote_path: str,
+    *,
+    if_version: int | None = None,
+    sign_key: object = None,
+    advance: Advance | None = None,
+    cache: ManifestCache | None = None,
+) -> FileOutcome:
+    """Upload a local regular file (its mode and mtime are recorded); raises on failure."""
+    if os.path.exists(local_path) and not os.path.isfile(local_path):
+        raise InvalidInputError(f"{os.fspath(local_path)} is not a regular file")  # a FIFO would block open()
+    with open(local_path, "rb") as stream:
+        st = os.fstat(stream.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInputError(f"{os.fspath(local_path)} is not a regular file")
+        return upload(
+            remote, Source(stream, st.st_size, lambda: open(local_path, "rb")), remote_path,
+            local=os.fspath(local_path), if_version=if_version, mode=st.st_mode & 0o777,
+            mtime_ns=st.st_mtime_ns, sign_key=sign_key, advance=advance, cache=cache,
+        )
 
 
 def stream_source(stream: BinaryIO, size: int | None = None) -> Source:

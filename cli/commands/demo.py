@@ -33,11 +33,9 @@ from cli.settings import APP_NAME, ConnectionSettings
 
 if TYPE_CHECKING:
     from cas.digest import new_hasher
-    from cli.push import Uploader
     from cli.restore import Downloader, GetOptions
 else:  # hashing and the transfer machinery load when the demo runs
     new_hasher = lazy("cas.digest", "new_hasher")
-    Uploader = lazy("cli.push", "Uploader")
     GetOptions = lazy("cli.restore", "GetOptions")
     Downloader = lazy("cli.restore", "Downloader")
 
@@ -229,17 +227,16 @@ def _tour(rt: Runtime, work: Path, size: int, say: Any) -> dict[str, Any]:  # no
     sample = work / "sample.bin"
     _write_sample(sample, size)
     first_digest = _file_digest(sample)
-    uploader = Uploader(rt)
-    first = uploader.put_file(sample, REMOTE).outcomes[0]
-    say(f"[bold]3.[/bold] uploaded a {human_bytes(size)} sample as {REMOTE} version {first.version}: "
+    first = client.put_file(sample, REMOTE)
+    say(f"[bold]3.[/bold] uploaded a {human_bytes(size)} sample as {REMOTE} version {first.version.version}: "
         f"sent {human_bytes(first.bytes_sent)} (compressed) in {first.chunks_sent} chunks")
     with open(sample, "r+b") as f:
         f.seek(size // 2)
         f.write(os.urandom(4096))
     second_digest = _file_digest(sample)
-    second = uploader.put_file(sample, REMOTE).outcomes[0]
+    second = client.put_file(sample, REMOTE)
     share = 100.0 * second.bytes_sent / max(size, 1)
-    say(f"[bold]4.[/bold] changed 4 KiB in the middle and uploaded again as version {second.version}: "
+    say(f"[bold]4.[/bold] changed 4 KiB in the middle and uploaded again as version {second.version.version}: "
         f"sent [bold]{human_bytes(second.bytes_sent)}[/bold] ({second.chunks_sent} of {second.chunks_total} chunks, "
         f"{share:.2f}% of the file)")
     versions = client.list_versions(REMOTE, limit=5)
@@ -251,24 +248,25 @@ def _tour(rt: Runtime, work: Path, size: int, say: Any) -> dict[str, Any]:  # no
     downloader = Downloader(rt.client, rt.cache, GetOptions(rt.settings.server, rt.namespace))
     checks = []
     for info, expected, name in ((first, first_digest, "v1"), (second, second_digest, "v2")):
-        target = client.stat(REMOTE, version=info.version)
+        target = client.stat(REMOTE, version=info.version.version)
         dest = work / f"restored-{name}.bin"
         result = downloader.get_file(target, dest).outcomes[0]
         ok = _file_digest(dest) == expected
-        checks.append({"version": info.version, "file": str(dest), "verified": ok,
+        checks.append({"version": info.version.version, "file": str(dest), "verified": ok,
                        "bytes_fetched": result.bytes_fetched, "chunks_reused": result.chunks_reused})
         if not ok:
-            raise CasError(f"{dest} does not match version {info.version}")
-    say(f"[bold]6.[/bold] downloaded version {first.version} and {second.version} to {work} and checked both "
-        "against the originals: identical")
+            raise CasError(f"{dest} does not match version {info.version.version}")
+    say(f"[bold]6.[/bold] downloaded version {first.version.version} and {second.version.version} to {work} "
+        "and checked both against the originals: identical")
     stats = client.info().stats
     ratio = stats.logical_bytes / stats.stored_bytes if stats.stored_bytes else 0.0
     say(f"[bold]7.[/bold] store (stratus info): {human_bytes(stats.logical_bytes)} of file versions kept in "
         f"{human_bytes(stats.stored_bytes)} on disk, {ratio:.2f}x smaller by dedup + compression")
     return {
         "remote": REMOTE, "sample_bytes": size,
-        "first_upload": {"version": first.version, "bytes_sent": first.bytes_sent, "chunks_sent": first.chunks_sent},
-        "second_upload": {"version": second.version, "bytes_sent": second.bytes_sent,
+        "first_upload": {"version": first.version.version, "bytes_sent": first.bytes_sent,
+                         "chunks_sent": first.chunks_sent},
+        "second_upload": {"version": second.version.version, "bytes_sent": second.bytes_sent,
                           "chunks_sent": second.chunks_sent, "chunks_total": second.chunks_total},
         "versions": [version_dict(v) for v in versions], "downloads": checks,
         "store": {"logical_bytes": stats.logical_bytes, "stored_bytes": stats.stored_bytes, "ratio": ratio},

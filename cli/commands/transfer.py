@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cas.errors import CommitUnansweredError
 from cli import errors
 from cli.errors import UsageError
 from cli.grouping import DEFAULT_JOBS
 from cli.lazy import lazy
 from cli.output import Output, human_bytes
 from cli.runtime import Runtime
+from cli.statecache import CacheScope
 from cli.timeparse import format_ms, parse_time_ms
 
 if TYPE_CHECKING:
     from cli.progress import TransferProgress
-    from cli.push import PutReport, Uploader
+    from cli.push import Uploader, UploadOptions, UploadReport
     from cli.restore import Downloader, GetOptions, GetOutcome, GetReport, ProgressEvent
     from cli.tree import Excludes, remote_prefix
+    from cli.upload import FileOutcome
 else:  # the transfer machinery loads when put or get runs
     Uploader = lazy("cli.push", "Uploader")
+    UploadOptions = lazy("cli.push", "UploadOptions")
     Downloader = lazy("cli.restore", "Downloader")
     GetOptions = lazy("cli.restore", "GetOptions")
     TransferProgress = lazy("cli.progress", "TransferProgress")
@@ -87,30 +92,70 @@ def put(
 ) -> None:
     """Upload a file or a folder, sending only the chunks the server does not have."""
     rt = Runtime.of(ctx)
+    source = Path(local)
+    is_tree = local != "-" and source.is_dir()  # a symlink named here is followed
+    if is_tree and if_version is not None:
+        raise UsageError("--if-version applies to a single file, not to a folder")
+    if not is_tree and delete:
+        raise UsageError("--delete applies to folders")
     sign_key = None
     if sign is not None:
         from cas import signing
 
         sign_key = signing.load_private_key(sign)
-    uploader = Uploader(rt, use_cache=not no_cache, sign_key=sign_key, jobs=jobs)
-    source = Path(local)
+    options = UploadOptions(
+        jobs=jobs, sign_key=sign_key, use_cache=not no_cache, excludes=Excludes(exclude or []),
+        follow_symlinks=follow_symlinks, delete=delete, progress=_Bar(rt.out, "put" if is_tree else f"put {remote}"),
+    )
+    uploader = Uploader(rt.client, CacheScope(rt.cache, rt.settings.server, rt.namespace), options)
     if local == "-":
-        report = uploader.put_stream(remote, if_version=if_version)
-    elif source.is_dir():
-        if if_version is not None:
-            raise UsageError("--if-version applies to a single file, not to a folder")
-        report = uploader.put_tree(
-            source, remote_prefix(remote), excludes=Excludes(exclude or []),
-            follow_symlinks=follow_symlinks, delete=delete,
-        )
+        report = uploader.put_stream(sys.stdin.buffer, remote, if_version=if_version)
+    elif is_tree:
+        report = uploader.put_tree(source, remote_prefix(remote))
     else:
-        if delete:
-            raise UsageError("--delete applies to folders")
         target = remote + source.name if remote.endswith("/") else remote
         report = uploader.put_file(source, target, if_version=if_version)
     _render_put(rt.out, report)
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+    code = errors.exit_code(report.first_error) if report.first_error is not None else 0
+    if code:
+        raise typer.Exit(code)
+
+
+class _Bar:
+    """The engine's progress callbacks drawn as one bar on stderr (see :mod:`cli.progress`)."""
+
+    def __init__(self, out: Output, label: str) -> None:
+        self._out = out
+        self._label = label
+        self._bar: TransferProgress | None = None
+        self._update: Callable[[int, int | None], None] | None = None
+        self._lock = threading.Lock()
+        self._done = 0
+
+    def start(self, files: int, total_bytes: int) -> None:
+        """Draw a bar for ``files`` files of ``total_bytes`` bytes."""
+        self._bar = TransferProgress(self._out, self._label, total_bytes, files).__enter__()
+        self._update = self._bar.for_file()
+
+    def advance(self, nbytes: int) -> None:
+        """Move the bar by ``nbytes``."""
+        if self._bar is None or self._update is None:
+            return
+        with self._lock:
+            self._done += nbytes
+            self._update(self._done, None)
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        """Count a file."""
+        if self._bar is not None:
+            self._bar.file_done()
+
+    def finish(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+        self._done = 0
 
 
 def get(
@@ -243,25 +288,60 @@ def _failures(out: Output, outcomes: list) -> None:
             out.stderr.print(f"stratus: error: {o.remote or o.local}: {error}", markup=False)
 
 
-def _render_put(out: Output, report: PutReport) -> None:
-    _failures(out, report.outcomes)  # on stderr, also under --json
+def _outcome_dict(o: FileOutcome) -> dict[str, Any]:
+    """One entry of ``files`` in ``put --json``: ``version`` is the committed (or deleted) version."""
+    code, kind, _ = errors.classify(o.error) if o.error is not None else (0, None, "")
+    v = o.version
+    return {
+        "remote": o.remote, "local": o.local, "status": o.status, "version": v.version if v is not None else None,
+        "size": v.size if v is not None and o.status != "deleted" else 0, "bytes_read": o.bytes_read,
+        "bytes_sent": o.bytes_sent, "chunks_total": o.chunks_total, "chunks_sent": o.chunks_sent,
+        "error": errors.describe(o.error) if o.error is not None else None, "error_kind": kind,
+        "exit_code": code, "manifest_delta": o.manifest_delta,
+        "maybe_committed": isinstance(o.error, CommitUnansweredError),  # the commit's answer was lost
+    }
+
+
+def put_document(report: UploadReport) -> dict[str, Any]:
+    """The JSON document of ``put --json``; ``error`` names what stopped a tree early (else None)."""
+    first = report.first_error
+    return {
+        "ok": first is None, "kind": report.kind, "local": report.local, "remote": report.remote,
+        "stats": asdict(report.stats), "files": [_outcome_dict(o) for o in report.files], "notes": report.notes,
+        "error": errors.error_document(report.stopped)["error"] if report.stopped is not None else None,
+    }
+
+
+def _put_failures(out: Output, report: UploadReport) -> None:
+    """Each failed file on stderr (also under --json); files not sent after a stop are one line."""
+    failures = report.failures
+    shown = [o for o in failures if report.stopped is None or o.error is not report.stopped]
+    for o in shown[:MAX_NOTES_SHOWN]:
+        assert o.error is not None
+        out.stderr.print(f"stratus: error: {o.remote or o.local}: {errors.describe(o.error)}", markup=False)
+    if len(shown) > MAX_NOTES_SHOWN:
+        out.stderr.print(f"stratus: ... and {len(shown) - MAX_NOTES_SHOWN} more failed files (all in --json)")
+    if report.stopped is not None:
+        committed = sum(o.committed for o in report.files)
+        unsure = sum(isinstance(o.error, CommitUnansweredError) for o in failures)
+        out.stderr.print(
+            f"stratus: error: stopped: {errors.describe(report.stopped)}; committed {committed} files, "
+            f"{len(failures)} failed or were not sent"
+            + (f" ({unsure} of them may be committed: their commit got no answer)" if unsure else "")
+            + "; run the same put again to finish (committed files are skipped)",
+            markup=False,
+        )
+
+
+def _render_put(out: Output, report: UploadReport) -> None:
+    _put_failures(out, report)  # on stderr, also under --json
     if out.json:
-        out.document(report.to_dict())
+        out.document(put_document(report))
         return
     _notes(out, report.notes)
     s = report.stats
     if report.kind != "tree":
-        o = report.outcomes[0]
-        if o.status == "skipped":
-            out.done(f"unchanged: {o.remote} is version {o.version} (skipped without reading {o.local})")
-        elif o.status == "unchanged":
-            out.done(f"unchanged: {o.remote} already holds this content as version {o.version}; "
-                      f"read {human_bytes(o.bytes_read)}, sent nothing")
-        else:
-            out.done(
-                f"uploaded {o.local} -> {o.remote} version {o.version}: read {human_bytes(o.bytes_read)}, "
-                f"sent {human_bytes(o.bytes_sent)} ({o.chunks_sent} of {o.chunks_total} chunks) in {s.seconds:.2f} s"
-            )
+        _render_put_one(out, report.files[0], s.seconds)
         return
     out.done(
         f"{report.local} -> {report.remote or '/'}: {s.files_scanned} files scanned ({human_bytes(s.bytes_scanned)}), "
@@ -275,6 +355,20 @@ def _render_put(out: Output, report: PutReport) -> None:
         + (f"; {s.files_excluded} excluded" if s.files_excluded else "")
         + (f"; {s.symlinks_skipped} symlinks skipped" if s.symlinks_skipped else "")
     )
+
+
+def _render_put_one(out: Output, o: FileOutcome, seconds: float) -> None:
+    v = o.version.version if o.version is not None else None
+    if o.status == "skipped":
+        out.done(f"unchanged: {o.remote} is version {v} (skipped without reading {o.local})")
+    elif o.status == "unchanged":
+        out.done(f"unchanged: {o.remote} already holds this content as version {v}; "
+                 f"read {human_bytes(o.bytes_read)}, sent nothing")
+    else:
+        out.done(
+            f"uploaded {o.local} -> {o.remote} version {v}: read {human_bytes(o.bytes_read)}, "
+            f"sent {human_bytes(o.bytes_sent)} ({o.chunks_sent} of {o.chunks_total} chunks) in {seconds:.2f} s"
+        )
 
 
 def _render_get(out: Output, report: GetReport, *, to_stderr: bool = False) -> None:
