@@ -18,13 +18,13 @@ from cli.grouping import DEFAULT_JOBS
 from cli.lazy import lazy
 from cli.output import Output, human_bytes
 from cli.runtime import Runtime
-from cli.statecache import CacheScope
 from cli.timeparse import format_ms, parse_time_ms
 
 if TYPE_CHECKING:
     from cli.progress import TransferProgress
     from cli.push import Uploader, UploadOptions, UploadReport
     from cli.restore import Downloader, GetOptions, GetOutcome, GetReport, ProgressEvent
+    from cli.statecache import CacheScope
     from cli.tree import Excludes, remote_prefix
     from cli.upload import FileOutcome
 else:  # the transfer machinery loads when put or get runs
@@ -34,6 +34,7 @@ else:  # the transfer machinery loads when put or get runs
     GetOptions = lazy("cli.restore", "GetOptions")
     TransferProgress = lazy("cli.progress", "TransferProgress")
     Excludes = lazy("cli.tree", "Excludes")
+    CacheScope = lazy("cli.statecache", "CacheScope")
     remote_prefix = lazy("cli.tree", "remote_prefix")
 
 MAX_NOTES_SHOWN = 20
