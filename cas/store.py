@@ -297,13 +297,17 @@ def _subdirs(folder: Path) -> Iterator[Path]:
 
 
 def _write_file(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``; on failure (a full disk) no part of the file is left behind."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-    finally:
+    except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:

@@ -22,7 +22,7 @@ from cli import download as _download
 from cli import upload as _upload
 from cli.download import GetResult
 from cli.manifestdelta import ManifestCache
-from cli.remote import ProgressFn, Remote, TransferParams
+from cli.remote import ProgressFn, Remote, TransferParams, retry_service_config
 from cli.rpc_errors import translate_errors
 from cli.upload import PutResult
 from proto import stratus_pb2 as pb
@@ -33,11 +33,13 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _UPLOAD_PIECE = 1 << 20
 
 
-def channel_options() -> list[tuple[str, int]]:
-    """gRPC channel options: room for big batches and manifests in both directions."""
+def channel_options() -> list[tuple[str, int | str]]:
+    """gRPC channel options: room for big batches and manifests, retries of idempotent calls."""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", retry_service_config()),
     ]
 
 
