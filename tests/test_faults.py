@@ -61,11 +61,34 @@ def _leftovers(data_dir: Path) -> list[str]:
     return [str(p) for folder in folders if folder.is_dir() for p in folder.iterdir()]
 
 
+def _code(stub, path: str) -> grpc.StatusCode:
+    try:
+        stub.Stat(pb.StatRequest(path=path))
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
 def test_a_full_disk_is_storage_full_and_keeps_nothing(redis_url, small_disk, tmp_path):
     prefix = f"svtest-{uuid.uuid4().hex[:12]}"
     data_dir = small_disk / "data"
     running = RunningServer(data_dir, redis_url, prefix).start()
     try:
+        # A commit whose manifest finds the disk full writes no version.
+        small = os.urandom(4096)
+        stub = running.stub()
+        stub.PutChunks(iter([pb.ChunkBatch(chunks=[pb.ChunkData(digest=digest(small), frame=codec.encode(small))])]))
+        commit = pb.CommitFileRequest(path="m.bin", manifest=pb.Manifest(
+            chunks=[pb.ChunkRef(digest=digest(small), length=len(small))], size=len(small), file_digest=digest(small)))
+        full = _fill(small_disk, 0)
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.CommitFile(commit)
+        assert raw.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_detail(raw.value).reason == pb.ErrorDetail.STORAGE_FULL
+        assert _code(stub, "m.bin") == grpc.StatusCode.NOT_FOUND
+        assert _leftovers(data_dir) == []
+        full.unlink()
+
         ballast = _fill(small_disk, MIB)
         blob = os.urandom(3 * MIB)  # incompressible: needs about 3 MiB on disk
         with StratusClient.connect(running.address, insecure=True) as client:
@@ -83,7 +106,7 @@ def test_a_full_disk_is_storage_full_and_keeps_nothing(redis_url, small_disk, tm
             chunks = [os.urandom(256 * 1024) for _ in range(8)]
             batch = pb.ChunkBatch(chunks=[pb.ChunkData(digest=digest(c), frame=codec.encode(c, 0)) for c in chunks])
             with pytest.raises(grpc.RpcError) as raw:
-                running.stub().PutChunks(iter([batch]))
+                stub.PutChunks(iter([batch]))
             assert raw.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert error_detail(raw.value).reason == pb.ErrorDetail.STORAGE_FULL
             assert _leftovers(data_dir) == []
@@ -102,6 +125,8 @@ def test_a_full_disk_is_storage_full_and_keeps_nothing(redis_url, small_disk, tm
             client.put_bytes(blob, "big.bin")
             assert client.get_bytes("big.bin") == blob
             assert client.stat("big.bin").version == 1
+            assert stub.CommitFile(commit).version.version == 1
+            assert client.get_bytes("m.bin") == small
     finally:
         running.stop()
         drop_prefix(redis_url, prefix)
@@ -129,13 +154,16 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Launch redis-server; with ``wait``, return once it answers PING."""
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
              "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        if not wait:
+            return
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 20
         while True:
@@ -189,8 +217,9 @@ def test_metadata_store_down_is_unavailable_and_recovers(private_redis, tmp_path
             with pytest.raises(BackendUnavailableError):
                 client.put_bytes(b"lost", "b.txt")
 
-            private_redis.start()
-            # The first call after the restart succeeds, on the pool's broken connections too.
+            # The first call after the restart succeeds, made while redis-server is still starting:
+            # the server retries the store with backoff and replaces the pool's broken connections.
+            private_redis.start(wait=False)
             assert stub.Stat(pb.StatRequest(path="a.txt")).version == 1
             assert [f.path for f in stub.ListFiles(pb.ListFilesRequest()).files] == ["a.txt"]
             client.put_bytes(b"after", "c.txt")
@@ -214,6 +243,7 @@ def test_stat_during_a_short_outage_succeeds(private_redis, tmp_path):
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         time.sleep(3)  # the CLI starts, meets the outage and retries
+        assert proc.poll() is None, "the stat ended during the outage instead of retrying"
         private_redis.start()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
