@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cas import codec
 from cas.digest import check_digest, digest
-from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError
+from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError, StorageFullError
 
 _HEX = frozenset("0123456789abcdef")
 _TEMP_SUFFIX = ".tmp"
@@ -27,6 +27,8 @@ _STAGING = ".staging"
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 _FSYNC_MAX = 4  # up to this many paths, fsync each instead of syncfs
+RESERVE_FRACTION = 0.01  # of the file system that new chunks never use (see check_room)
+RESERVE_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -146,14 +148,17 @@ class LocalChunkStore(ChunkStore):
 
         Nothing is visible under a chunk's name until :meth:`publish`; :meth:`discard` removes
         the temp files of a batch that will not be published. Callers stage several batches and
-        publish them together to pay for one barrier per many chunks.
+        publish them together to pay for one barrier per many chunks. A batch that would eat into
+        the free-space reserve is refused whole (StorageFullError, see :func:`check_room`); one
+        that meets a full disk anyway leaves no temp file behind.
         """
         staged = Staged(len(items))
+        todo = [(index, frame, final) for index, (digest, frame) in enumerate(items)
+                if not os.path.exists(final := self.path_for(digest))]
+        if todo:
+            check_room(self.staging, sum(len(frame) for _, frame, _ in todo))
         try:
-            for index, (digest, frame) in enumerate(items):
-                final = self.path_for(digest)
-                if os.path.exists(final):
-                    continue
+            for index, frame, final in todo:
                 staged.folders |= self._make_folder(final.parent)
                 temp = self.staging / f"{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
                 _write_file(temp, frame)
@@ -294,6 +299,19 @@ def _subdirs(folder: Path) -> Iterator[Path]:
         names = sorted(e.name for e in entries if len(e.name) == 2 and _HEX.issuperset(e.name) and e.is_dir())
     for name in names:
         yield folder / name
+
+
+def check_room(folder: Path, nbytes: int) -> None:
+    """Refuse (StorageFullError) to write ``nbytes`` that would leave less than the reserve free.
+
+    The reserve (1% of the file system, at most RESERVE_MAX_BYTES) keeps room for the metadata
+    store's append-only file (the embedded Valkey lives in the same data dir), which cannot
+    survive a failed write, so a filling disk refuses new chunks while commits still work.
+    """
+    st = os.statvfs(folder)
+    reserve = min(RESERVE_MAX_BYTES, st.f_blocks * st.f_frsize * RESERVE_FRACTION)
+    if st.f_bavail * st.f_frsize - nbytes < reserve:
+        raise StorageFullError()
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ killed and restarted is a private redis-server on its own port (never the shared
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from server_fixtures import RunningServer, drop_prefix
 from cas import codec
 from cas.digest import digest
 from cas.errors import BackendUnavailableError, NotFoundError, StorageFullError
+from cas.store import _write_file
 from cli.client import StratusClient
 from cli.rpc_errors import error_detail, map_rpc_error
 from proto import stratus_pb2 as pb
@@ -130,6 +132,42 @@ def test_a_full_disk_is_storage_full_and_keeps_nothing(redis_url, small_disk, tm
     finally:
         running.stop()
         drop_prefix(redis_url, prefix)
+
+
+def test_a_chunk_write_that_meets_a_full_disk_leaves_no_file(small_disk):
+    ballast = _fill(small_disk, 0)
+    target = small_disk / "frame.tmp"
+    with pytest.raises(OSError) as info:
+        _write_file(target, os.urandom(256 * 1024))
+    assert info.value.errno == errno.ENOSPC
+    assert not target.exists()
+    ballast.unlink()
+
+
+def test_a_filling_disk_keeps_room_for_the_embedded_valkey(small_disk):
+    data_dir = small_disk / "data"
+    running = RunningServer(data_dir, "", "svfull").start()  # embedded Valkey inside the data dir
+    try:
+        with StratusClient.connect(running.address, insecure=True) as client:
+            client.put_bytes(b"small file", "first.txt")
+            manifest = client.stub.GetManifest(pb.GetManifestRequest(path="first.txt")).manifest
+            ballast = _fill(small_disk, 2 * MIB)
+            for size in (MIB, 256 << 10, 64 << 10, 16 << 10, 4 << 10, 1 << 10):
+                with pytest.raises(StorageFullError):  # uploads of this size until the disk refuses one
+                    for n in range(64):
+                        client.put_bytes(os.urandom(size), f"fill/{size}-{n}")
+            assert _leftovers(data_dir) == []
+            # The metadata store still writes: commits of stored content and reads keep working.
+            for n in range(20):
+                client.stub.CommitFile(pb.CommitFileRequest(path=f"copy/{n}", manifest=manifest))
+            assert client.stat("copy/19").version == 1
+            assert client.get_bytes("first.txt") == b"small file"
+            ballast.unlink()
+            blob = os.urandom(3 * MIB)
+            client.put_bytes(blob, "after.bin")
+            assert client.get_bytes("after.bin") == blob
+    finally:
+        running.stop()
 
 
 # ---- the metadata store goes away ----------------------------------------------------------------
