@@ -4,8 +4,8 @@ Handlers raise the typed errors of :mod:`cas.errors`; :func:`rpc` turns each int
 the error's message and its :class:`ErrorDetail` (service/errors.py decides which), so a client
 always gets a code and a detail it can act on and a sentence a person can read. A full disk or an
 unreachable metadata store becomes its typed error first; anything unexpected becomes INTERNAL
-without leaking a traceback. Handlers record what the call was about with :func:`note` (path, version, bytes);
-the observers (audit log, metrics) receive it when the call ends.
+without leaking a traceback. Handlers record what the call was about with :func:`note` (path,
+version, bytes); the observers (audit log, metrics) receive it when the call ends.
 """
 
 from __future__ import annotations

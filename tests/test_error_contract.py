@@ -4,16 +4,19 @@ typed errors take their fields from it, never from the wording of the message.""
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 
 import grpc
 import pytest
+import redis
 from server_fixtures import RunningServer, drop_prefix
 
 from cas import codec
 from cas.digest import digest
 from cas.errors import (
+    BackendUnavailableError,
     CasError,
     IntegrityError,
     InvalidInputError,
@@ -21,12 +24,15 @@ from cas.errors import (
     MissingChunksError,
     NotFoundError,
     RateLimitedError,
+    StorageFullError,
     VersionConflictError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST
 from cli.client import StratusClient
 from cli.rpc_errors import error_detail, map_item_error, map_rpc_error, map_status
 from proto import stratus_pb2 as pb
+from service.errors import error_detail as service_detail
+from service.errors import public_message, status_for, typed
 
 DETAILS_KEY = "grpc-status-details-bin"
 
@@ -173,3 +179,21 @@ def test_client_behaviour_does_not_depend_on_the_message(server):
     # An unexpected reason falls back to the code.
     odd = map_status(grpc.StatusCode.INTERNAL, "boom", pb.ErrorDetail(reason=pb.ErrorDetail.INTERNAL))
     assert type(odd) is CasError
+
+
+def test_faults_below_the_library_become_typed_errors():
+    full = typed(OSError(errno.ENOSPC, "No space left on device"))
+    quota = typed(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    down = typed(redis.exceptions.ConnectionError("Connection refused"))
+    assert isinstance(full, StorageFullError) and not full.quota and str(full) == "server storage full"
+    assert isinstance(quota, StorageFullError) and quota.quota
+    assert isinstance(down, BackendUnavailableError) and down.retry_after_s > 0
+    assert status_for(full) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_for(down) == grpc.StatusCode.UNAVAILABLE
+    other = OSError(errno.EIO, "I/O error")
+    assert typed(other) is other and status_for(other) == grpc.StatusCode.INTERNAL
+    # Each detail decodes back to the same typed error on the client.
+    for exc in (full, quota, down):
+        back = map_status(status_for(exc), public_message(exc, "Test"), service_detail(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+    assert map_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "x", service_detail(quota)).quota
