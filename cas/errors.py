@@ -130,6 +130,18 @@ class ServerUnavailableError(CasError):
     """The server cannot be reached (not running, wrong address, network down); retrying may help."""
 
 
+class BackendUnavailableError(ServerUnavailableError):
+    """The server is up but a store behind it (the metadata database) is not; retrying may help.
+
+    Nothing was changed by the call that got this error.
+    """
+
+    def __init__(self, backend: str = "metadata", message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message or f"{backend} store unavailable; retry later")
+        self.backend = backend
+        self.retry_after_s = retry_after_s
+
+
 class CommitUnansweredError(ServerUnavailableError):
     """The commit was sent but the server went away before answering: it may or may not be done."""
 
@@ -138,5 +150,26 @@ class CommitUnansweredError(ServerUnavailableError):
                          "check it with `stratus stat`, or run the same put again")
 
 
+# ---- capacity: the request is valid but the server has no room for it -----------------------
+
+
+class StorageFullError(CasError):
+    """The server's disk (or quota) is full; the call kept nothing, and the same call can succeed later."""
+
+    def __init__(self, quota: bool = False, message: str = "") -> None:
+        super().__init__(message or ("server storage quota full" if quota else "server storage full"))
+        self.quota = quota
+
+
 class LimitExceededError(InvalidInputError):
-    """A request over a configured size or count limit (too many digests, chunks, bytes)."""
+    """A request over a configured size or count limit (too many digests, chunks, bytes).
+
+    ``limit`` names the limit, ``value`` is what the request asked for and ``maximum`` the most
+    allowed (empty / 0 where the raiser did not say).
+    """
+
+    def __init__(self, message: str, *, limit: str = "", value: int = 0, maximum: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum

@@ -21,7 +21,7 @@ import zstandard
 
 from cas import codec
 from cas.digest import check_digest, digest
-from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError
+from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError, StorageFullError
 
 _HEX = frozenset("0123456789abcdef")
 _TEMP_SUFFIX = ".tmp"
@@ -30,6 +30,8 @@ _DAMAGED = ".damaged"
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 _FSYNC_MAX = 4  # up to this many paths, fsync each instead of syncfs
+RESERVE_FRACTION = 0.01  # of the file system that new chunks never use (see check_room)
+RESERVE_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -199,16 +201,23 @@ class LocalChunkStore(ChunkStore):
 
         Nothing is visible under a chunk's name until :meth:`publish`; :meth:`discard` removes
         the temp files of a batch that will not be published. Callers stage several batches and
-        publish them together to pay for one barrier per many chunks.
+        publish them together to pay for one barrier per many chunks. A batch that would eat into
+        the free-space reserve is refused whole (StorageFullError, see :func:`check_room`); one
+        that meets a full disk anyway leaves no temp file behind.
         """
         staged = Staged(len(items))
+        todo: list[tuple[int, bytes, Path]] = []
+        for index, (d, frame) in enumerate(items):
+            final = self.path_for(d)
+            if d in self._damaged or self._stored_copy_damaged(d, final, frame):
+                staged.repairs.add(final)
+            elif os.path.exists(final):
+                continue
+            todo.append((index, frame, final))
+        if todo:
+            check_room(self.staging, sum(len(frame) for _, frame, _ in todo))
         try:
-            for index, (digest, frame) in enumerate(items):
-                final = self.path_for(digest)
-                if digest in self._damaged or self._stored_copy_damaged(digest, final, frame):
-                    staged.repairs.add(final)
-                elif os.path.exists(final):
-                    continue
+            for index, frame, final in todo:
                 staged.folders |= self._make_folder(final.parent)
                 temp = self.staging / f"{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
                 _write_file(temp, frame)
@@ -555,14 +564,31 @@ def _subdirs(folder: Path) -> Iterator[Path]:
         yield folder / name
 
 
+def check_room(folder: Path, nbytes: int) -> None:
+    """Refuse (StorageFullError) to write ``nbytes`` that would leave less than the reserve free.
+
+    The reserve (1% of the file system, at most RESERVE_MAX_BYTES) keeps room for the metadata
+    store's append-only file (the embedded Valkey lives in the same data dir), which cannot
+    survive a failed write, so a filling disk refuses new chunks while commits still work.
+    """
+    st = os.statvfs(folder)
+    reserve = min(RESERVE_MAX_BYTES, st.f_blocks * st.f_frsize * RESERVE_FRACTION)
+    if st.f_bavail * st.f_frsize - nbytes < reserve:
+        raise StorageFullError()
+
+
 def _write_file(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``; on failure (a full disk) no part of the file is left behind."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-    finally:
+    except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:

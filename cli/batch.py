@@ -1,7 +1,8 @@
 """Many small files per round trip: CommitFiles and GetManifests, with per-file results.
 
 Each entry of a batch call succeeds or fails on its own; a failed entry comes back as the typed
-error of :mod:`cas.errors` that the single call would have raised, so callers handle a conflict
+error of :mod:`cas.errors` that the single call would have raised (decoded from the entry's
+ErrorDetail by cli/rpc_errors.py), so callers handle a conflict
 or missing chunks per file exactly as before. Requests are split to fit the server's announced
 limits (entries per call, manifest chunks per call). A server that predates the batch calls is
 served one call per file.
@@ -14,14 +15,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cas.errors import CasError, IntegrityError
+from cas.errors import CasError, IntegrityError, LimitExceededError
 from cli.remote import Remote
 from cli.rpc_errors import map_item_error, map_rpc_error
 from proto import stratus_pb2 as pb
 
 R = TypeVar("R")
 Q = TypeVar("Q")
-_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
 def commit_many(remote: Remote, requests: Sequence[pb.CommitFileRequest]) -> list[pb.CommitFileResponse | CasError]:
@@ -53,11 +53,11 @@ def get_manifests(
             continue
         _check_count(results, part)
         for request, result in zip(part, results, strict=True):
-            if result.WhichOneof("result") == "error" and result.error.code == _RESOURCE_EXHAUSTED:
+            answer = _unpack(result)
+            if isinstance(answer, LimitExceededError):
                 # The response ran out of room (huge manifests): this one on its own.
-                out.append(_single(remote, remote.stub.GetManifest, request))
-            else:
-                out.append(_unpack(result))
+                answer = _single(remote, remote.stub.GetManifest, request)
+            out.append(answer)
     return out
 
 
@@ -103,5 +103,4 @@ def _check_count(results: list, part: list) -> None:
 def _unpack(result: pb.CommitFileResult | pb.GetManifestResult) -> Any:
     if result.WhichOneof("result") == "ok":
         return result.ok
-    error = result.error
-    return map_item_error(error.code, error.message, list(error.missing))
+    return map_item_error(result.error)

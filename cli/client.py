@@ -19,7 +19,7 @@ import grpc
 from cas.errors import CasError, InvalidInputError
 from cli.lazy import lazy
 from cli.manifestdelta import ManifestCache
-from cli.remote import ProgressFn, Remote, TransferParams, with_namespace
+from cli.remote import ProgressFn, Remote, TransferParams, retry_service_config, with_namespace
 from cli.rpc_errors import translate_errors
 from proto import stratus_pb2 as pb
 
@@ -50,11 +50,13 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _UPLOAD_PIECE = 1 << 20
 
 
-def channel_options() -> list[tuple[str, int]]:
-    """gRPC channel options: room for big batches and manifests in both directions."""
+def channel_options() -> list[tuple[str, int | str]]:
+    """gRPC channel options: room for big batches and manifests, retries of idempotent calls."""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", retry_service_config()),
     ]
 
 

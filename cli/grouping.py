@@ -19,12 +19,14 @@ GROUP_BYTES = 8 * 1024 * 1024  # ... and about this many bytes
 DEFAULT_JOBS = 8  # files or groups in flight at once
 CHUNK_OVERHEAD = 48  # protobuf bytes around one frame in a ChunkBatch
 
-# Failures of the connection or the credentials, not of one file: going on would only repeat them.
+# Failures of the connection, the credentials or the server's disk, not of one file: going on would
+# only repeat them.
 _FATAL: tuple[type[BaseException], ...] = (
     errors.ServerUnavailableError,
     errors.UnauthenticatedError,
     errors.PermissionDeniedError,
     errors.RateLimitedError,
+    errors.StorageFullError,
 )
 
 

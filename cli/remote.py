@@ -1,4 +1,4 @@
-"""What the transfer code needs from a connection: the stub, the server's parameters, error mapping.
+"""What the transfer code needs from a connection: the stub, the server's parameters, errors, retries.
 
 The server owns the chunking parameters and the compression level; a client that chunked with its
 own would never deduplicate against anyone else, so everything here comes from ``ServerInfo``.
@@ -6,6 +6,7 @@ own would never deduplicate against anyone else, so everything here comes from `
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,33 @@ def with_namespace(channel: grpc.Channel, namespace: str | None) -> grpc.Channel
     if not namespace:
         return channel
     return grpc.intercept_channel(channel, _HeaderInterceptor([(NAMESPACE_HEADER, namespace)]))
+
+
+# Calls that change nothing on the server: the channel retries them on UNAVAILABLE with bounded
+# exponential backoff, at most RETRY_ATTEMPTS tries in all (about 1.5 s for a server that cannot be
+# reached). A server whose metadata store is down says when to retry (grpc-retry-pushback-ms), so
+# a short outage of the store is bridged: each try also waits on the server's own store retries.
+# Writes are never retried blindly.
+IDEMPOTENT_METHODS = (
+    "ServerInfo", "Stat", "ListFiles", "ListVersions", "GetManifest", "GetManifests", "GetChunks",
+    "FindMissingChunks", "Diff", "Changes",
+)
+RETRY_ATTEMPTS = 5  # gRPC's own ceiling
+RETRY_INITIAL_BACKOFF_S = 0.1
+RETRY_MAX_BACKOFF_S = 1.0
+
+
+def retry_service_config() -> str:
+    """The gRPC service config (JSON) that retries the idempotent calls on UNAVAILABLE."""
+    policy = {
+        "maxAttempts": RETRY_ATTEMPTS,
+        "initialBackoff": f"{RETRY_INITIAL_BACKOFF_S}s",
+        "maxBackoff": f"{RETRY_MAX_BACKOFF_S}s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    names = [{"service": "stratus.v1.Stratus", "method": m} for m in IDEMPOTENT_METHODS]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
 @dataclass(frozen=True)

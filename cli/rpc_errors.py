@@ -1,87 +1,109 @@
-"""Translate gRPC failures into the typed errors of :mod:`cas.errors`.
+"""Translate gRPC failures into the typed errors of :mod:`cas.errors`: the one decoder of the error contract.
 
 This is the only place in the client that looks at gRPC status codes; everything above it (the
 transfer code, the CLI and its exit codes) deals in :class:`cas.errors.CasError` subclasses.
+
+A StratusVault server ends every failed call with a status code, a message for people and a
+``stratus.v1.ErrorDetail`` packed in the ``google.rpc.Status`` of the standard
+``grpc-status-details-bin`` trailer (batch entries carry the same detail in their ItemError).
+The typed error is chosen by the detail's reason, and its fields (missing digests, versions,
+retry delay, limit) come from the detail; the message is only passed on for people to read.
+A failure without a detail (an older server, or one gRPC raised itself) is mapped by its code.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
+from grpc_status import rpc_status
 
 from cas.errors import (
+    BackendUnavailableError,
     CasError,
     IntegrityError,
     InvalidInputError,
+    LimitExceededError,
     MissingChunksError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitedError,
     ServerUnavailableError,
+    StorageFullError,
     UnauthenticatedError,
     VersionConflictError,
 )
+from proto import stratus_pb2 as pb
 
-# The server renders VersionConflictError with its own message; parsing it back keeps the numbers.
-_CONFLICT_RE = re.compile(r"^(?:(?P<path>.*): )?expected head version (?P<expected>\d+), but the head is "
-                          r"version (?P<actual>\d+)")
-_RETRY_RE = re.compile(r"retry in (?P<seconds>\d+(?:\.\d+)?) ?s")
-_HEX_DIGEST_RE = re.compile(r"\b[0-9a-f]{64}\b")
-
+Reason = pb.ErrorDetail
 _CODES = {status.value[0]: status for status in grpc.StatusCode}
 
-# Trailing-metadata keys the server may use to hand back structured details.
-MISSING_CHUNKS_KEY = "sv-missing-chunks-bin"
-RETRY_AFTER_KEY = "retry-after"
+# Without a detail, the code alone decides (what each code means in this API).
+_REASON_OF_CODE = {
+    grpc.StatusCode.NOT_FOUND: Reason.NOT_FOUND,
+    grpc.StatusCode.ABORTED: Reason.VERSION_CONFLICT,
+    grpc.StatusCode.FAILED_PRECONDITION: Reason.MISSING_CHUNKS,
+    grpc.StatusCode.INVALID_ARGUMENT: Reason.INVALID_INPUT,
+    grpc.StatusCode.OUT_OF_RANGE: Reason.INVALID_INPUT,
+    grpc.StatusCode.DATA_LOSS: Reason.INTEGRITY,
+    grpc.StatusCode.UNAUTHENTICATED: Reason.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: Reason.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.LIMIT_EXCEEDED,
+}
 
 
-def _trailers(err: grpc.RpcError) -> dict[str, str | bytes]:
-    getter = getattr(err, "trailing_metadata", None)
-    if getter is None:
-        return {}
-    try:
-        return {key: value for key, value in (getter() or ())}
-    except Exception:  # noqa: BLE001 - a broken call object must not hide the real error
-        return {}
-
-
-def _version_conflict(message: str) -> VersionConflictError:
-    match = _CONFLICT_RE.search(message)
-    if match:
-        return VersionConflictError(match["path"] or "", int(match["expected"]), int(match["actual"]))
-    # Unknown wording: keep the server's message rather than inventing numbers.
-    err = VersionConflictError("", -1, -1)
+def _version_conflict(message: str, d: pb.ErrorDetail) -> CasError:
+    info = d.version_conflict
+    known = d.HasField("version_conflict")
+    err = VersionConflictError(info.path, info.expected if known else -1, info.actual if known else -1)
     err.args = (message,)
     return err
 
 
-def _missing_chunks(message: str, trailers: dict[str, str | bytes]) -> MissingChunksError:
-    raw = trailers.get(MISSING_CHUNKS_KEY)
-    missing: list[bytes] = []
-    if isinstance(raw, bytes) and len(raw) % 32 == 0:
-        missing = [raw[i : i + 32] for i in range(0, len(raw), 32)]
-    else:
-        missing = [bytes.fromhex(h) for h in _HEX_DIGEST_RE.findall(message)]
-    err = MissingChunksError(missing)
+def _missing_chunks(message: str, d: pb.ErrorDetail) -> CasError:
+    err = MissingChunksError(list(d.missing_chunks.digests))
     err.args = (message,)
     return err
 
 
-def _rate_limited(message: str, trailers: dict[str, str | bytes]) -> RateLimitedError:
-    retry_after = 1.0
-    header = trailers.get(RETRY_AFTER_KEY)
-    match = _RETRY_RE.search(message)
+def _limit(message: str, d: pb.ErrorDetail) -> CasError:
+    info = d.limit_exceeded
+    return LimitExceededError(message, limit=info.limit, value=info.value, maximum=info.max)
+
+
+def _rate_limited(message: str, d: pb.ErrorDetail) -> CasError:
+    return RateLimitedError(d.retry_after_ms / 1000 if d.retry_after_ms else 1.0, message)
+
+
+_BY_REASON: dict[int, Callable[[str, pb.ErrorDetail], CasError]] = {
+    Reason.INVALID_INPUT: lambda m, d: InvalidInputError(m),
+    Reason.NOT_FOUND: lambda m, d: NotFoundError(m),
+    Reason.VERSION_CONFLICT: _version_conflict,
+    Reason.MISSING_CHUNKS: _missing_chunks,
+    Reason.INTEGRITY: lambda m, d: IntegrityError(m),
+    Reason.UNAUTHENTICATED: lambda m, d: UnauthenticatedError(m),
+    Reason.PERMISSION_DENIED: lambda m, d: PermissionDeniedError(m),
+    Reason.RATE_LIMITED: _rate_limited,
+    Reason.LIMIT_EXCEEDED: _limit,
+    Reason.STORAGE_FULL: lambda m, d: StorageFullError(d.storage_full.quota, m),
+    Reason.BACKEND_UNAVAILABLE: lambda m, d: BackendUnavailableError(
+        d.backend_unavailable.backend or "metadata", m, d.retry_after_ms / 1000 if d.retry_after_ms else None
+    ),
+}
+
+
+def error_detail(err: grpc.RpcError) -> pb.ErrorDetail | None:
+    """The ErrorDetail in a failed call's ``grpc-status-details-bin`` trailer, if the server sent one."""
     try:
-        if header is not None:
-            retry_after = float(header)
-        elif match:
-            retry_after = float(match["seconds"])
-    except ValueError:
-        pass
-    return RateLimitedError(retry_after, message)
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except (ValueError, AttributeError, TypeError):
+        return None  # no call object, or a status that contradicts the call's own code
+    for packed in status.details if status is not None else ():
+        detail = pb.ErrorDetail()
+        if packed.Unpack(detail):
+            return detail
+    return None
 
 
 def map_rpc_error(err: grpc.RpcError, server: str | None = None) -> CasError:
@@ -91,41 +113,26 @@ def map_rpc_error(err: grpc.RpcError, server: str | None = None) -> CasError:
     """
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = (err.details() if hasattr(err, "details") else None) or str(code)
-    return _map_status(code, message, _trailers(err), server)
+    return map_status(code, message, error_detail(err), server)
 
 
-def map_item_error(code: int, message: str, missing: Sequence[bytes] = ()) -> CasError:
-    """Return the typed error of one failed entry of a batch call (CommitFiles, GetManifests).
-
-    The server reports each entry's failure as the status code the single call would have had.
-    """
-    status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
-    trailers: dict[str, str | bytes] = {MISSING_CHUNKS_KEY: b"".join(missing)} if missing else {}
-    return _map_status(status, message or str(status), trailers, None)
+def map_item_error(error: pb.ItemError) -> CasError:
+    """Return the typed error of one failed entry of a batch call (CommitFiles, GetManifests)."""
+    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    detail = error.detail if error.HasField("detail") else None
+    return map_status(code, error.message or str(code), detail, None)
 
 
-def _map_status(
-    code: grpc.StatusCode, message: str, trailers: dict[str, str | bytes], server: str | None
+def map_status(
+    code: grpc.StatusCode, message: str, detail: pb.ErrorDetail | None, server: str | None = None
 ) -> CasError:
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFoundError(message)
-    if code == grpc.StatusCode.ABORTED:
-        return _version_conflict(message)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return _missing_chunks(message, trailers)
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-        return InvalidInputError(message)
-    if code == grpc.StatusCode.DATA_LOSS:
-        return IntegrityError(message)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return UnauthenticatedError(message)
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDeniedError(message)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # Both a rate limit (retry later) and a size/count limit (never retry as is) use this code.
-        if RETRY_AFTER_KEY in trailers or "rate limit" in message.lower():
-            return _rate_limited(message, trailers)
-        return InvalidInputError(message)
+    """The typed error for a status code, its message and its detail (the detail's reason decides)."""
+    reason = detail.reason if detail is not None else Reason.REASON_UNSPECIFIED
+    if reason == Reason.REASON_UNSPECIFIED:
+        reason = _REASON_OF_CODE.get(code, Reason.REASON_UNSPECIFIED)
+    build = _BY_REASON.get(reason)
+    if build is not None:
+        return build(message, detail or pb.ErrorDetail())
     if code == grpc.StatusCode.UNAVAILABLE:
         where = f" at {server}" if server else ""
         return ServerUnavailableError(

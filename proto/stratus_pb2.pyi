@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -203,14 +204,100 @@ class CommitFileResponse(_message.Message):
     def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("code", "message", "missing")
+    __slots__ = ("code", "message", "detail")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    MISSING_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    missing: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., missing: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    detail: ErrorDetail
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+
+class ErrorDetail(_message.Message):
+    __slots__ = ("reason", "retry_after_ms", "missing_chunks", "version_conflict", "limit_exceeded", "backend_unavailable", "storage_full")
+    class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        REASON_UNSPECIFIED: _ClassVar[ErrorDetail.Reason]
+        INVALID_INPUT: _ClassVar[ErrorDetail.Reason]
+        NOT_FOUND: _ClassVar[ErrorDetail.Reason]
+        VERSION_CONFLICT: _ClassVar[ErrorDetail.Reason]
+        MISSING_CHUNKS: _ClassVar[ErrorDetail.Reason]
+        INTEGRITY: _ClassVar[ErrorDetail.Reason]
+        UNAUTHENTICATED: _ClassVar[ErrorDetail.Reason]
+        PERMISSION_DENIED: _ClassVar[ErrorDetail.Reason]
+        RATE_LIMITED: _ClassVar[ErrorDetail.Reason]
+        LIMIT_EXCEEDED: _ClassVar[ErrorDetail.Reason]
+        STORAGE_FULL: _ClassVar[ErrorDetail.Reason]
+        BACKEND_UNAVAILABLE: _ClassVar[ErrorDetail.Reason]
+        INTERNAL: _ClassVar[ErrorDetail.Reason]
+    REASON_UNSPECIFIED: ErrorDetail.Reason
+    INVALID_INPUT: ErrorDetail.Reason
+    NOT_FOUND: ErrorDetail.Reason
+    VERSION_CONFLICT: ErrorDetail.Reason
+    MISSING_CHUNKS: ErrorDetail.Reason
+    INTEGRITY: ErrorDetail.Reason
+    UNAUTHENTICATED: ErrorDetail.Reason
+    PERMISSION_DENIED: ErrorDetail.Reason
+    RATE_LIMITED: ErrorDetail.Reason
+    LIMIT_EXCEEDED: ErrorDetail.Reason
+    STORAGE_FULL: ErrorDetail.Reason
+    BACKEND_UNAVAILABLE: ErrorDetail.Reason
+    INTERNAL: ErrorDetail.Reason
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FULL_FIELD_NUMBER: _ClassVar[int]
+    reason: ErrorDetail.Reason
+    retry_after_ms: int
+    missing_chunks: MissingChunksDetail
+    version_conflict: VersionConflictDetail
+    limit_exceeded: LimitExceededDetail
+    backend_unavailable: BackendUnavailableDetail
+    storage_full: StorageFullDetail
+    def __init__(self, reason: _Optional[_Union[ErrorDetail.Reason, str]] = ..., retry_after_ms: _Optional[int] = ..., missing_chunks: _Optional[_Union[MissingChunksDetail, _Mapping]] = ..., version_conflict: _Optional[_Union[VersionConflictDetail, _Mapping]] = ..., limit_exceeded: _Optional[_Union[LimitExceededDetail, _Mapping]] = ..., backend_unavailable: _Optional[_Union[BackendUnavailableDetail, _Mapping]] = ..., storage_full: _Optional[_Union[StorageFullDetail, _Mapping]] = ...) -> None: ...
+
+class MissingChunksDetail(_message.Message):
+    __slots__ = ("digests", "total")
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[bytes]
+    total: int
+    def __init__(self, digests: _Optional[_Iterable[bytes]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class VersionConflictDetail(_message.Message):
+    __slots__ = ("path", "expected", "actual")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    expected: int
+    actual: int
+    def __init__(self, path: _Optional[str] = ..., expected: _Optional[int] = ..., actual: _Optional[int] = ...) -> None: ...
+
+class LimitExceededDetail(_message.Message):
+    __slots__ = ("limit", "value", "max")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    value: int
+    max: int
+    def __init__(self, limit: _Optional[str] = ..., value: _Optional[int] = ..., max: _Optional[int] = ...) -> None: ...
+
+class BackendUnavailableDetail(_message.Message):
+    __slots__ = ("backend",)
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    def __init__(self, backend: _Optional[str] = ...) -> None: ...
+
+class StorageFullDetail(_message.Message):
+    __slots__ = ("quota",)
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    quota: bool
+    def __init__(self, quota: _Optional[bool] = ...) -> None: ...
 
 class CommitFilesRequest(_message.Message):
     __slots__ = ("files",)

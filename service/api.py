@@ -66,7 +66,8 @@ def _decode_token(token: str) -> str:
 
 def _check_digests(digests: list[bytes], limit: int) -> list[bytes]:
     if len(digests) > limit:
-        raise LimitExceededError(f"{len(digests)} digests in one request; the limit is {limit}")
+        raise LimitExceededError(f"{len(digests)} digests in one request; the limit is {limit}",
+                                 limit="max_find_digests", value=len(digests), maximum=limit)
     for d in digests:
         digest.check_digest(d)
     return digests

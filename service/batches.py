@@ -4,7 +4,7 @@ A tree of thousands of small files is bound by round trips and per-commit durabi
 not by bytes. The limits of a batch are checked for the whole call first (RESOURCE_EXHAUSTED,
 nothing done); after that every entry gets its own result, and what refuses one entry (a bad
 path, no permission, a version conflict, missing chunks, a bad signature) becomes that entry's
-ItemError with the status code the single call would have ended with.
+ItemError with the status code and ErrorDetail the single call would have ended with.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import logging
 
 import grpc
 
-from cas.errors import CasError, LimitExceededError, MissingChunksError
+from cas.errors import CasError, LimitExceededError
 from cas.manifest import Manifest
 from cas.paths import normalize_path
 from proto import stratus_pb2 as pb
 from service.calls import note
 from service.commits import CommitOutcome, CommitRequest, Committer
 from service.config import ServerConfig
-from service.errors import MAX_MISSING_IN_TRAILER, status_for
+from service.errors import error_detail, public_message, status_for, typed
 from service.gate import Caller, Gate
 from service.messages import (
     commit_manifest_from_message,
@@ -37,20 +37,22 @@ from service.scoped import possessed, show_manifest
 log = logging.getLogger("stratus.server")
 
 
-def item_error(exc: BaseException) -> pb.ItemError:
-    """The ItemError of one failed entry: the code and message the single call would have had."""
-    code = status_for(exc) if isinstance(exc, CasError) else grpc.StatusCode.INTERNAL
+def item_error(exc: BaseException, method: str) -> pb.ItemError:
+    """The ItemError of one failed entry: the code, message and detail the single call would have had."""
+    exc = typed(exc)
+    code = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
-        log.error("internal error in one entry of a batch call", exc_info=exc)
-        return pb.ItemError(code=code.value[0], message="internal server error; see the server log")
-    missing = exc.missing[:MAX_MISSING_IN_TRAILER] if isinstance(exc, MissingChunksError) else []
-    return pb.ItemError(code=code.value[0], message=str(exc), missing=missing)
+        log.error("internal error in one entry of a %s call", method, exc_info=exc)
+    return pb.ItemError(code=code.value[0], message=public_message(exc, method), detail=error_detail(exc))
 
 
 def check_batch_size(entries: int, limit: int, method: str) -> None:
     """Refuse a batch with more entries than the server takes in one call."""
     if entries > limit:
-        raise LimitExceededError(f"{entries} entries in one {method} call; the limit is {limit}")
+        raise LimitExceededError(
+            f"{entries} entries in one {method} call; the limit is {limit}",
+            limit="max_batch_files", value=entries, maximum=limit,
+        )
 
 
 class BatchCalls:
@@ -69,7 +71,8 @@ class BatchCalls:
         chunks = sum(declared_chunks(f) for f in files)
         if chunks > self.config.max_manifest_chunks:
             raise LimitExceededError(
-                f"{chunks} manifest chunks in one CommitFiles call; the limit is {self.config.max_manifest_chunks}"
+                f"{chunks} manifest chunks in one CommitFiles call; the limit is {self.config.max_manifest_chunks}",
+                limit="max_manifest_chunks", value=chunks, maximum=self.config.max_manifest_chunks,
             )
         batch = [self._commit_request(caller, f) for f in files]
         if caller.view is not None:
@@ -105,7 +108,8 @@ class BatchCalls:
                 answers.append(record)
             elif load and used + record.chunk_count > budget:
                 answers.append(LimitExceededError(
-                    f"{record.path}: the response reached {budget} manifest chunks; ask for this file again"
+                    f"{record.path}: the response reached {budget} manifest chunks; ask for this file again",
+                    limit="max_manifest_chunks", value=used + record.chunk_count, maximum=budget,
                 ))
             else:
                 used += record.chunk_count
@@ -130,12 +134,12 @@ class BatchCalls:
 
 def _commit_result(o: CommitOutcome | BaseException) -> pb.CommitFileResult:
     if isinstance(o, BaseException):
-        return pb.CommitFileResult(error=item_error(o))
+        return pb.CommitFileResult(error=item_error(o, "CommitFiles"))
     return pb.CommitFileResult(ok=pb.CommitFileResponse(version=version_info(o.record), unchanged=o.unchanged))
 
 
 def _manifest_result(a: pb.GetManifestResponse | BaseException | None) -> pb.GetManifestResult:
     assert a is not None
     if isinstance(a, BaseException):
-        return pb.GetManifestResult(error=item_error(a))
+        return pb.GetManifestResult(error=item_error(a, "GetManifests"))
     return pb.GetManifestResult(ok=a)

@@ -1,10 +1,11 @@
 """The wrapper around every API handler: errors to status codes, call facts, observers.
 
-Handlers raise the typed errors of :mod:`cas.errors`; :func:`rpc` turns each into a status code
-with the error's message (service/errors.py decides which), so a client always gets a code it can
-act on and a sentence a person can read. Anything unexpected becomes INTERNAL without leaking a
-traceback. Handlers record what the call was about with :func:`note` (path, version, bytes);
-the observers (audit log, metrics) receive it when the call ends.
+Handlers raise the typed errors of :mod:`cas.errors`; :func:`rpc` turns each into a status code,
+the error's message and its :class:`ErrorDetail` (service/errors.py decides which), so a client
+always gets a code and a detail it can act on and a sentence a person can read. A full disk or an
+unreachable metadata store becomes its typed error first; anything unexpected becomes INTERNAL
+without leaking a traceback. Handlers record what the call was about with :func:`note` (path,
+version, bytes); the observers (audit log, metrics) receive it when the call ends.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any
 
 import grpc
 
-from cas import errors
 from service.decoding import decoded
-from service.errors import status_for, trailing_details
+from service.errors import grpc_status, status_for, typed
 
 log = logging.getLogger("stratus.server")
 _facts: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("stratus_call_facts", default=None)
@@ -59,14 +59,15 @@ async def _guard(owner: Any, method: str, context: grpc.aio.ServicerContext) -> 
     except asyncio.CancelledError:
         observe(grpc.StatusCode.CANCELLED)
         raise
-    except Exception as exc:
-        code = status_for(exc) if isinstance(exc, errors.CasError) else grpc.StatusCode.INTERNAL
+    except Exception as raised:
+        exc = typed(raised)
+        code = status_for(exc)
         observe(code)
-        context.set_trailing_metadata(trailing_details(exc))
         if code is grpc.StatusCode.INTERNAL:
             log.exception("internal error in %s", method)
-            await context.abort(code, f"internal server error in {method}; see the server log")
-        await context.abort(code, str(exc))
+        elif exc is not raised:
+            log.warning("%s in %s: %s", exc, method, raised)
+        await context.abort_with_status(grpc_status(exc, method))
     else:
         observe(grpc.StatusCode.OK)
 

@@ -322,9 +322,15 @@ class ChunkUpload:
         lengths = await asyncio.gather(*(loop.run_in_executor(pool, self.repo.verify, d, f) for d, f in chunks))
         items = [(d, bytes(f)) for d, f in chunks]
         step = max(1, -(-len(items) // self.repo.store_parallelism))
-        self._staged += await asyncio.gather(
-            *(loop.run_in_executor(pool, store.stage, items[i:i + step]) for i in range(0, len(items), step))
+        staged = await asyncio.gather(
+            *(loop.run_in_executor(pool, store.stage, items[i:i + step]) for i in range(0, len(items), step)),
+            return_exceptions=True,
         )
+        # Keep every part that was staged, so discard() removes its temp files if another part failed.
+        self._staged += [s for s in staged if not isinstance(s, BaseException)]
+        failed = [s for s in staged if isinstance(s, BaseException)]
+        if failed:
+            raise failed[0]
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
         size = sum(len(f) for _, f in items)
         self.received += len(items)

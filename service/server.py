@@ -20,6 +20,10 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cas.errors import CasError
 from proto import stratus_pb2, stratus_pb2_grpc
@@ -72,6 +76,28 @@ def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | No
     return Gate(policy, limiter, require_certificate=True), grpc_server_credentials(config.tls_dir)
 
 
+# A command on a pooled connection that a Redis restart broke is retried on a new connection; while
+# the metadata store is down a call gives up after about 1.2 s of backoff (UNAVAILABLE, see
+# service/errors.py) and the client retries the idempotent ones.
+_REDIS_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4)
+_REDIS_HEALTH_CHECK_S = 15  # an idle pooled connection is pinged before use after this long
+
+
+def metadata_client(url: str) -> aioredis.Redis:
+    """The Redis/Valkey client of the metadata store: a blocking pool with retries and health checks.
+
+    Past its size the pool makes callers wait for a connection instead of failing; connection and
+    timeout errors are retried with exponential backoff, so the first call after a restart of the
+    store succeeds; connecting gives up after 5 s instead of hanging on an unreachable host.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=256, timeout=30,
+        retry=_REDIS_RETRY, retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=_REDIS_HEALTH_CHECK_S, socket_connect_timeout=5,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class Server:
     """A configured, running StratusVault server (also used in-process by tests and benchmarks)."""
 
@@ -100,9 +126,7 @@ class Server:
             self._valkey = EmbeddedValkey(cfg.data_dir)
             self._valkey.start()
             url = self._valkey.url
-        # A blocking pool: past its size, callers wait for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=256, timeout=30)
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = metadata_client(url)
         await self._redis.ping()
         self._repo = Repository(
             cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,

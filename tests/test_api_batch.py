@@ -91,7 +91,12 @@ def test_failures_stay_with_their_file(client):
     assert results[2].error.code == _code(grpc.StatusCode.ABORTED)
     assert "expected head version 5" in results[2].error.message
     assert results[3].error.code == _code(grpc.StatusCode.FAILED_PRECONDITION)
-    assert list(results[3].error.missing) == [digest(absent)]
+    assert list(results[3].error.detail.missing_chunks.digests) == [digest(absent)]
+    assert results[3].error.detail.reason == pb.ErrorDetail.MISSING_CHUNKS
+    conflict = results[2].error.detail
+    assert conflict.reason == pb.ErrorDetail.VERSION_CONFLICT
+    assert (conflict.version_conflict.path, conflict.version_conflict.expected) == (f"{base}/existing", 5)
+    assert conflict.version_conflict.actual == 1
     assert results[4].error.code == _code(grpc.StatusCode.DATA_LOSS)
     assert results[6].error.code == _code(grpc.StatusCode.INVALID_ARGUMENT)
     assert client.get_bytes(f"{base}/good1") == b"first good"

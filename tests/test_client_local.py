@@ -1,8 +1,8 @@
 """Client pieces that need no StratusVault server: download planning, the local chunk index,
-atomic replacement, gRPC error mapping and the upload pipeline's failure handling.
+atomic replacement and the upload pipeline's failure handling.
 
-The gRPC tests run a small in-process gRPC server over loopback that answers with chosen status
-codes, so the mapping and the stream shutdown are exercised through real gRPC calls.
+The stream-shutdown tests run a small in-process gRPC server over loopback whose PutChunks fails
+on purpose; the error contract itself is tested against the real server (test_error_contract.py).
 """
 
 from __future__ import annotations
@@ -22,18 +22,11 @@ from cas import codec
 from cas.chunker import ChunkParams, chunk_bytes
 from cas.digest import digest, new_hasher
 from cas.errors import (
-    CasError,
     CorruptChunkError,
     IntegrityError,
     InvalidInputError,
     InvalidPathError,
-    MissingChunksError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitedError,
     ServerUnavailableError,
-    UnauthenticatedError,
-    VersionConflictError,
 )
 from cas.manifest import ChunkRef
 from cli.client import StratusClient, tls_credentials
@@ -41,7 +34,6 @@ from cli.download import decode_chunk
 from cli.localfile import AtomicFile, index_local_file, read_exact
 from cli.plan import Source, fetch_windows, plan_steps
 from cli.remote import TransferParams
-from cli.rpc_errors import map_rpc_error
 from cli.upload import stream_source
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
@@ -244,21 +236,17 @@ def test_tls_credentials_name_the_missing_files(tmp_path):
         StratusClient.connect("127.0.0.1:1")
 
 
-# ---- gRPC error mapping and upload failure handling, against a scripted gRPC server ------------------
+# ---- upload failure handling, against a scripted gRPC server ----------------------------------------
+# (the error mapping is tested against the real server in test_error_contract.py)
 
 
 PUT_STATE: dict = {}
 
 
 class ScriptedService(pb_grpc.StratusServicer):
-    """Answers ServerInfo normally unless told otherwise; PutChunks fails after two batches."""
+    """Answers ServerInfo normally; PutChunks fails after two batches when told to."""
 
     def ServerInfo(self, request, context):
-        md = dict(context.invocation_metadata())
-        if "code" in md:
-            if "trailer" in md:
-                context.set_trailing_metadata((("sv-missing-chunks-bin", d(1) + d(2)),))
-            context.abort(grpc.StatusCode[md["code"]], md.get("message", "scripted failure"))
         return pb.ServerInfoResponse(
             chunking=pb.ChunkParams(min_size=16384, avg_size=65536, max_size=262144),
             compression_level=1, max_batch_bytes=1 << 20, max_message_bytes=16 << 20,
@@ -289,54 +277,6 @@ def scripted():
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0)
-
-
-def _fail_with(address: str, code: str, message: str = "scripted failure", trailer: bool = False) -> CasError:
-    stub = pb_grpc.StratusStub(grpc.insecure_channel(address))
-    metadata = [("code", code), ("message", message)] + ([("trailer", "1")] if trailer else [])
-    with pytest.raises(grpc.RpcError) as info:
-        stub.ServerInfo(pb.ServerInfoRequest(), metadata=metadata)
-    return map_rpc_error(info.value, address)
-
-
-@pytest.mark.parametrize(
-    ("code", "cls"),
-    [
-        ("NOT_FOUND", NotFoundError),
-        ("ABORTED", VersionConflictError),
-        ("FAILED_PRECONDITION", MissingChunksError),
-        ("INVALID_ARGUMENT", InvalidInputError),
-        ("DATA_LOSS", IntegrityError),
-        ("PERMISSION_DENIED", PermissionDeniedError),
-        ("UNAUTHENTICATED", UnauthenticatedError),
-        ("RESOURCE_EXHAUSTED", RateLimitedError),
-        ("UNAVAILABLE", ServerUnavailableError),
-        ("INTERNAL", CasError),
-    ],
-)
-def test_status_codes_map_to_typed_errors(scripted, code, cls):
-    err = _fail_with(scripted, code, "rate limit exceeded; retry in 2.50 s")
-    assert type(err) is cls
-
-
-def test_version_conflict_keeps_the_numbers(scripted):
-    err = _fail_with(scripted, "ABORTED", "docs/a.txt: expected head version 3, but the head is version 5")
-    assert isinstance(err, VersionConflictError)
-    assert (err.path, err.expected, err.actual) == ("docs/a.txt", 3, 5)
-    odd = _fail_with(scripted, "ABORTED", "the head moved")
-    assert str(odd) == "the head moved"
-
-
-def test_missing_chunks_come_from_the_trailer(scripted):
-    err = _fail_with(scripted, "FAILED_PRECONDITION", "2 chunk(s) missing", trailer=True)
-    assert isinstance(err, MissingChunksError)
-    assert err.missing == [d(1), d(2)]
-
-
-def test_rate_limit_keeps_the_retry_delay(scripted):
-    err = _fail_with(scripted, "RESOURCE_EXHAUSTED", "rate limit exceeded; retry in 2.50 s")
-    assert isinstance(err, RateLimitedError)
-    assert err.retry_after_s == pytest.approx(2.5)
 
 
 def test_unreachable_server_says_what_to_check():

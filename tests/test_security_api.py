@@ -23,6 +23,7 @@ from cas.digest import digest
 from cas.errors import NotFoundError, PermissionDeniedError, ServerUnavailableError, SignatureError
 from cas.signing import generate_key, private_key_from_pem
 from cli.client import StratusClient
+from cli.rpc_errors import error_detail
 from proto import stratus_pb2 as pb
 from service.certs import add_client, create_dev_pki
 
@@ -263,8 +264,8 @@ def test_rate_limit_per_identity_gives_a_retry_hint(redis_url, tmp_path):
                 codes.append("OK")
             except grpc.RpcError as exc:
                 codes.append(exc.code().name)
-                trailers = dict(exc.trailing_metadata() or ())
-                assert float(trailers["retry-after"]) > 0
+                detail = error_detail(exc)
+                assert detail.reason == pb.ErrorDetail.RATE_LIMITED and detail.retry_after_ms > 0
                 assert "retry in" in exc.details()
         assert codes[:5] == ["OK"] * 5
         assert "RESOURCE_EXHAUSTED" in codes[5:]
