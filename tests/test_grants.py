@@ -23,6 +23,7 @@ from cas.chunker import ChunkParams
 from cas.digest import digest
 from cas.errors import MissingChunksError, NotFoundError, PermissionDeniedError
 from cas.pipeline import Pipeline
+from cli.rpc_errors import error_detail
 from cli.settings import resolve
 from proto import stratus_pb2 as pb
 
@@ -184,14 +185,15 @@ def test_read_write_grantee_learns_nothing_about_chunks_outside_its_prefix(serve
             manifest = chunks_manifest(chunks, secret)
             with pytest.raises(grpc.RpcError) as info:
                 writer.stub.CommitFile(pb.CommitFileRequest(path=path, manifest=manifest))
-            trailer = dict(info.value.trailing_metadata())["sv-missing-chunks-bin"]
-            answers.append((info.value.code(), len(trailer) // 32))
+            detail = error_detail(info.value)
+            answers.append((info.value.code(), len(detail.missing_chunks.digests)))
         assert answers[0] == (grpc.StatusCode.FAILED_PRECONDITION, len(held))
         assert answers[1] == (grpc.StatusCode.FAILED_PRECONDITION, len(guess))
         batch = writer.stub.CommitFiles(pb.CommitFilesRequest(files=[
             pb.CommitFileRequest(path="inbox/writer/steal-many.csv", manifest=chunks_manifest(held, secret))]))
         error = batch.results[0].error
-        assert (error.code, list(error.missing)) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], digests)
+        assert (error.code, list(error.detail.missing_chunks.digests)) == (
+            grpc.StatusCode.FAILED_PRECONDITION.value[0], digests)
         # uploading the bytes proves it holds them: stored counts them as new to its view, like a guess
         put, other = put_chunks(writer, held), put_chunks(writer, guess)
         assert (put.received, put.stored) == (len(held), len(held))
