@@ -21,10 +21,10 @@ from cas.chunker import ChunkParams
 from cas.digest import digest, new_hasher
 from cas.manifest import Manifest, ManifestBuilder
 from cas.pipeline import Pipeline
+from cli.rpc_errors import error_detail
 from proto import stratus_pb2 as pb
 
 PATH = "secret/plan.bin"
-MISSING_KEY = "sv-missing-chunks-bin"
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,11 @@ class Normalizer:
         return re.sub(rf"\b{self.name}\b", "<me>", text)
 
     def error(self, err: grpc.RpcError) -> tuple:
-        trailers = dict(err.trailing_metadata() or ())
-        missing = trailers.get(MISSING_KEY, b"")
-        return (err.code().name, self.text(err.details() or ""),
-                [self.digest(missing[i:i + 32]) for i in range(0, len(missing), 32)])
+        detail = error_detail(err) or pb.ErrorDetail()
+        missing = list(detail.missing_chunks.digests)
+        del detail.missing_chunks.digests[:]  # compared by name below; the rest of the detail as text
+        return (err.code().name, self.text(err.details() or ""), self.text(str(detail)),
+                [self.digest(d) for d in missing])
 
     def version(self, v: pb.VersionInfo) -> tuple:
         return (v.path, v.version, self.digest(v.manifest_digest), v.size, self.text(v.identity), v.deleted,

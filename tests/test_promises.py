@@ -19,6 +19,7 @@ from server_fixtures import READY, ROOT, RunningServer, drop_prefix
 from cas.digest import digest
 from cas.store import LocalChunkStore
 from cli.client import StratusClient
+from cli.rpc_errors import error_detail
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
 from service.certs import create_dev_pki, grpc_channel_credentials
@@ -289,8 +290,7 @@ def test_rate_limit_is_per_identity_over_mtls(tls_pki, tmp_path):
         with pytest.raises(grpc.RpcError) as info:
             stubs["alice"].ServerInfo(pb.ServerInfoRequest())
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        retry_after = dict(info.value.trailing_metadata() or ())["retry-after"]
-        assert float(retry_after) > 60
+        assert error_detail(info.value).retry_after_ms > 60_000
         for _ in range(5):
             assert stubs["bob"].ServerInfo(pb.ServerInfoRequest()).identity == "bob"
         with pytest.raises(grpc.RpcError) as info:
