@@ -132,7 +132,7 @@ def probe(client, name: str, content: Content) -> dict[str, object]:
     )
     out["CommitFile delta on their manifest"] = attempt(n, lambda: n.version(stub.CommitFile(delta).version))
     out["CommitFiles unheld chunks"] = attempt(n, lambda: [
-        (r.error.code, n.text(r.error.message), [n.digest(d) for d in r.error.missing])
+        (r.error.code, n.text(r.error.message), [n.digest(d) for d in r.error.detail.missing_chunks.digests])
         for r in stub.CommitFiles(pb.CommitFilesRequest(files=[commit, delta])).results])
     put = stub.PutChunks(iter([pb.ChunkBatch(chunks=[pb.ChunkData(digest=d, frame=f) for d, f in content.frames])]))
     out["PutChunks"] = (put.received, put.stored, put.frame_bytes)

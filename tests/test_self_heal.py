@@ -238,8 +238,10 @@ def test_commit_refuses_chunk_lengths_that_contradict_the_store(heal_server):
     with connect(heal_server, "alice") as alice:
         alice.put_bytes(data, "lengths/true.bin")
         manifest = alice.stub.GetManifest(pb.GetManifestRequest(path="lengths/true.bin")).manifest
-        lie = _lying_manifest(manifest, 1)
-        wrong = lie.chunks[1]
+        # a chunk below the maximum size, so the lie is still a valid length (only the store contradicts it)
+        index = next(i for i, c in enumerate(manifest.chunks) if c.length < 256 * 1024)
+        lie = _lying_manifest(manifest, index)
+        wrong = lie.chunks[index]
         expected = (f"chunk {wrong.digest.hex()} a length of {wrong.length} bytes but the stored chunk has "
                     f"{wrong.length - 1} bytes")
         # CommitFile
