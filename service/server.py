@@ -67,6 +67,28 @@ def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | No
     return Gate(policy, limiter, require_certificate=True), grpc_server_credentials(config.tls_dir)
 
 
+def grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """Channel options of the server: message sizes, HTTP/2 keepalive, per-connection limits.
+
+    The server pings a connection that has been quiet for ``keepalive_time_s`` and drops it when
+    no answer comes within ``keepalive_timeout_s``, so the calls of a vanished peer end and give
+    back what they hold. Clients may ping too, but not more often than every 10 s without data.
+    """
+    ms = 1000
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * ms)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10 * ms),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(cfg.connection_idle_timeout_s * ms)),
+    ]
+
+
 class Server:
     """A configured, running StratusVault server (also used in-process by tests and benchmarks)."""
 
@@ -105,13 +127,7 @@ class Server:
         service = StratusService(cfg, self._repo, gate)
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        self._grpc = grpc.aio.server(options=grpc_options(cfg))
         stratus_pb2_grpc.add_StratusServicer_to_server(service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
