@@ -1,4 +1,5 @@
-"""Per-identity admission: how many streams and how many bytes one caller may hold at once.
+"""Per-identity admission: how many streams and how many bytes one caller may hold at once,
+and how much parsing one PutChunks message may cost.
 
 A :class:`StreamLimits` hands out stream slots of one kind (uploads or downloads). Each slot
 counts against a server-wide total and against the caller's own limit, so one identity can use
@@ -21,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from cas.errors import RateLimitedError
+from proto import stratus_pb2 as pb
 
 
 class _Counter:
@@ -158,3 +161,65 @@ class ByteBudget:
     def _forget(self, identity: str, mine: _Counter) -> None:
         if mine.held <= 0 and not mine.charging and self._mine.get(identity) is mine:
             del self._mine[identity]
+
+
+# ---- bounded parsing of PutChunks messages ------------------------------------------------------
+
+_SKIP = {1: 8, 5: 4}  # fixed-size wire types
+
+
+@dataclass(frozen=True)
+class OversizeBatch:
+    """A PutChunks message with more chunks than one message may hold (or a structure the
+    scan cannot follow, which no client sends); it was never parsed."""
+
+    counted: int  # the chunks counted before giving up: limit + 1
+    nbytes: int  # the size of the message on the wire
+
+
+def chunk_batch_reader(max_chunks: int) -> Callable[[bytes], pb.ChunkBatch | OversizeBatch]:
+    """The PutChunks request deserializer: counts the fields on the wire (at most ``max_chunks``
+    + 1 steps) before parsing, so a message of 100,000 tiny chunks costs the server a bounded
+    scan instead of 100,000 objects."""
+
+    def read(raw: bytes) -> pb.ChunkBatch | OversizeBatch:
+        if _count_fields(raw, max_chunks) > max_chunks:
+            return OversizeBatch(max_chunks + 1, len(raw))
+        return pb.ChunkBatch.FromString(raw)
+
+    return read
+
+
+def _count_fields(raw: bytes, limit: int) -> int:
+    """Top-level fields of a serialized message (chunks and any unknown ones alike); counting
+    stops past ``limit``, and a structure the scan cannot follow counts as past it. A malformed
+    message within the limit is left to the real parser to refuse."""
+    pos, count, end = 0, 0, len(raw)
+    while pos < end and count <= limit:
+        tag, pos = _varint(raw, pos)
+        kind = tag & 7
+        if kind == 0:
+            _, pos = _varint(raw, pos)
+        elif kind == 2:
+            length, pos = _varint(raw, pos)
+            pos = pos + length if pos >= 0 else pos
+        elif kind in _SKIP:
+            pos += _SKIP[kind]
+        else:
+            return limit + 1
+        if pos < 0:
+            return count
+        count += 1
+    return count
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(raw) and shift < 64:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return 0, -1

@@ -17,13 +17,13 @@ from pathlib import Path
 import grpc
 
 from cas import codec, digest
-from cas.errors import ChunkTooLargeError, InvalidInputError, LimitExceededError, NotFoundError
+from cas.errors import ChunkTooLargeError, InvalidInputError, LimitExceededError, NotFoundError, RateLimitedError
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
-from service.admission import ByteBudget, StreamLimits
+from service.admission import ByteBudget, OversizeBatch, StreamLimits
 from service.batches import BatchCalls
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
@@ -36,6 +36,7 @@ from service.messages import (
     selector_from_message,
     version_info,
 )
+from service.ratelimit import RateLimiter
 from service.repository import Repository
 
 Ctx = grpc.aio.ServicerContext
@@ -94,6 +95,7 @@ class StratusService(pb_grpc.StratusServicer):
                                       config.max_downloads_per_identity, wait,
                                       total_setting="max_concurrent_downloads",
                                       identity_setting="max_downloads_per_identity")
+        self.chunk_rate = RateLimiter(config.upload_chunks_per_second, config.upload_chunks_burst)
         self.inflight = ByteBudget(config.max_inflight_bytes_per_identity, setting="max_inflight_bytes_per_identity")
         self.observers: list = []
         self.committer = Committer(repo, config.max_manifest_chunks)
@@ -153,11 +155,15 @@ class StratusService(pb_grpc.StratusServicer):
     @rpc
     async def PutChunks(self, request_iterator: AsyncIterator[pb.ChunkBatch], context: Ctx) -> pb.PutChunksResponse:
         caller = self._enter(context, "PutChunks", write=True)
+        await self._paced(caller.identity, self.config.admission_wait_s)
         async with self.uploads.slot(caller.identity), _deadline("PutChunks", self.config.upload_call_timeout_s):
             upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes)
             pending: asyncio.Future | None = None
             try:
-                async for batch in self._arriving(request_iterator, "PutChunks"):
+                async for batch in self._arriving(request_iterator, "PutChunks", paced=caller.identity):
+                    # Every chunk received costs parsing: charged before the limits are checked.
+                    over = isinstance(batch, OversizeBatch)
+                    self.chunk_rate.charge(caller.identity, batch.counted if over else len(batch.chunks))
                     chunks = self._checked_batch(batch)
                     # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
                     if pending is not None:
@@ -185,11 +191,29 @@ class StratusService(pb_grpc.StratusServicer):
         task.add_done_callback(lambda _: self.inflight.refund(identity, nbytes))
         return task
 
-    async def _arriving(self, messages: AsyncIterable, method: str) -> AsyncIterator:
-        """The messages of a client stream; a pause longer than ``stream_idle_timeout_s`` ends it."""
+    async def _paced(self, identity: str, limit_s: float) -> None:
+        """Wait until ``identity``'s upload chunk budget is out of debt; refuse when that would take
+        longer than ``limit_s``. Nothing of the next message is read (or parsed) meanwhile."""
+        wait = self.chunk_rate.acquire(identity, 0)
+        if wait > limit_s:
+            raise RateLimitedError(
+                wait, f"identity {identity!r} is over its upload rate ({self.chunk_rate.rate:g} chunks/s, "
+                f"setting upload_chunks_per_second); retry in {wait:.2f} s",
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _arriving(self, messages: AsyncIterable, method: str, *, paced: str | None = None) -> AsyncIterator:
+        """The messages of a client stream; a pause longer than ``stream_idle_timeout_s`` ends it.
+
+        With ``paced`` (an identity), each next message is read only once that identity's upload
+        chunk budget allows it.
+        """
         idle = self.config.stream_idle_timeout_s
         iterator = aiter(messages)
         while True:
+            if paced is not None:
+                await self._paced(paced, idle)
             try:
                 async with asyncio.timeout(idle):
                     message = await anext(iterator)
@@ -201,7 +225,7 @@ class StratusService(pb_grpc.StratusServicer):
                 ) from None
             yield message
 
-    def _checked_batch(self, batch: pb.ChunkBatch) -> list[tuple[bytes, bytes]]:
+    def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> list[tuple[bytes, bytes]]:
         """Refuse a message whose verification would cost more than one message may, before any work.
 
         Bounded: at most ``max_chunks_per_message`` chunks, of which at most
@@ -209,9 +233,9 @@ class StratusService(pb_grpc.StratusServicer):
         those at the end of a file), declaring at most ``max_message_raw_bytes`` uncompressed bytes.
         """
         cfg = self.config
-        if len(batch.chunks) > cfg.max_chunks_per_message:
+        if isinstance(batch, OversizeBatch) or len(batch.chunks) > cfg.max_chunks_per_message:
             raise LimitExceededError(
-                f"{len(batch.chunks)} chunks in one PutChunks message; the limit is {cfg.max_chunks_per_message} "
+                f"more than {cfg.max_chunks_per_message} chunks in one PutChunks message "
                 "(setting max_chunks_per_message)"
             )
         chunks = [self._checked_chunk(c) for c in batch.chunks]

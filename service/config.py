@@ -74,6 +74,11 @@ class ServerConfig:
     max_chunks_per_message: int = 4096  # 32 x batch_bytes / chunk_min_size
     max_small_chunks_per_message: int = 1024
     max_message_raw_bytes: int = 256 * MIB
+    # Uploaded chunks per second per identity (every chunk of a message counts, refused or not):
+    # past the burst an identity's next message is read, or its next stream admitted, only once
+    # its debt is paid. This bounds the server CPU one identity's uploads take. 0 disables.
+    upload_chunks_per_second: float = 5000.0
+    upload_chunks_burst: int = 20_000
     stream_idle_timeout_s: float = 60.0  # an upload stream with no message for this long ends
     upload_call_timeout_s: float = 3600.0  # total time one PutChunks or Upload call may take
     # HTTP/2: ping idle connections so dead peers are found, bound streams per connection.
@@ -113,6 +118,8 @@ class ServerConfig:
                      "connection_idle_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.upload_chunks_per_second > 0 and self.upload_chunks_burst < self.max_chunks_per_message:
+            raise ConfigError("upload_chunks_burst must be at least max_chunks_per_message")
         if self.admission_wait_s < 0 or self.max_small_chunks_per_message < 0:
             raise ConfigError("admission_wait_s and max_small_chunks_per_message cannot be negative")
         if self.max_inflight_bytes_per_identity < self.max_message_bytes:

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from cas.errors import CasError
 from proto import stratus_pb2, stratus_pb2_grpc
 from service.access import load_policy
+from service.admission import chunk_batch_reader
 from service.api import StratusService
 from service.audit import AuditLog
 from service.certs import grpc_server_credentials
@@ -89,6 +90,31 @@ def grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+class _Handlers:
+    """Stands in for a server to collect the method handlers the generated code registers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+
+def _add_service(service: StratusService, server: grpc.aio.Server, cfg: ServerConfig) -> None:
+    """Register the API; PutChunks messages are counted on the wire before they are parsed."""
+    collected = _Handlers()
+    stratus_pb2_grpc.add_StratusServicer_to_server(service, collected)
+    handlers = dict(collected.handlers)
+    handlers["PutChunks"] = grpc.stream_unary_rpc_method_handler(
+        service.PutChunks, request_deserializer=chunk_batch_reader(cfg.max_chunks_per_message),
+        response_serializer=stratus_pb2.PutChunksResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class Server:
     """A configured, running StratusVault server (also used in-process by tests and benchmarks)."""
 
@@ -128,7 +154,7 @@ class Server:
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)
         self._grpc = grpc.aio.server(options=grpc_options(cfg))
-        stratus_pb2_grpc.add_StratusServicer_to_server(service, self._grpc)
+        _add_service(service, self._grpc, cfg)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc

@@ -35,7 +35,7 @@ LIVENESS_S = 60.0  # a generous bound: "it happens", not "it is fast"
 def _server(root: Path, redis_url: str, env: dict[str, str], *, tls: bool) -> RunningServer:
     args: list[str] = []
     if tls:
-        create_dev_pki(root / "pki", clients=["alice", "bob"])
+        create_dev_pki(root / "pki", clients=["alice", "bob", "carol"])
         args = ["--tls-dir", str(root / "pki")]
     running = RunningServer(root / "data", redis_url, f"svtest-{uuid.uuid4().hex[:12]}", extra_args=args,
                             extra_env=env).start()
@@ -45,7 +45,7 @@ def _server(root: Path, redis_url: str, env: dict[str, str], *, tls: bool) -> Ru
 
 @pytest.fixture(scope="module")
 def tls_server(redis_url, tmp_path_factory):
-    """mTLS, identities alice and bob; 32 upload streams per identity, 64 in all."""
+    """mTLS, identities alice, bob and carol; 32 upload streams per identity, 64 in all."""
     env = {"STRATUS_MAX_UPLOADS_PER_IDENTITY": str(PER_IDENTITY), "STRATUS_MAX_CONCURRENT_UPLOADS": "64",
            "STRATUS_ADMISSION_WAIT_S": "0.2", "STRATUS_MAX_MESSAGE_RAW_BYTES": str(4 << 20)}
     running = _server(tmp_path_factory.mktemp("limits-tls"), redis_url, env, tls=True)
@@ -163,10 +163,15 @@ def test_idle_streams_of_one_identity_do_not_stop_another(tls_server):
     _within(lambda: _round_trip(tls_server, "alice"), "alice's put after her streams ended")
 
 
+def _tiny_flood() -> pb.ChunkBatch:
+    """One message of 100,000 one-byte chunks."""
+    return pb.ChunkBatch(chunks=[pb.ChunkData(digest=digest(bytes([i % 256])), frame=codec.encode(bytes([i % 256])))
+                                 for i in range(100_000)])
+
+
 def test_tiny_chunk_flood_is_refused_without_temp_files_or_memory(tls_server):
     alice = _stub(tls_server, "alice")
-    frames = [pb.ChunkData(digest=digest(bytes([i % 256])), frame=codec.encode(bytes([i % 256])))
-              for i in range(100_000)]
+    flood = _tiny_flood()
     rss_before = _rss_mib(tls_server.proc.pid)
     seen = [0]
     stop = threading.Event()
@@ -179,11 +184,13 @@ def test_tiny_chunk_flood_is_refused_without_temp_files_or_memory(tls_server):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        for _ in range(5):
+        for n in range(5):
             with pytest.raises(grpc.RpcError) as info:
-                alice.PutChunks(iter([pb.ChunkBatch(chunks=frames)]), timeout=LIVENESS_S)
+                alice.PutChunks(iter([flood]), timeout=LIVENESS_S)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "max_chunks_per_message" in info.value.details()
+            # Each refused message still counts against alice's upload rate; later ones may meet that.
+            assert "max_chunks_per_message" in info.value.details() or (
+                n and "upload_chunks_per_second" in info.value.details())
     finally:
         stop.set()
         watcher.join()
@@ -191,6 +198,27 @@ def test_tiny_chunk_flood_is_refused_without_temp_files_or_memory(tls_server):
     # Five 100,000-chunk messages used to add ~775 MiB; refusing them costs about one message.
     assert _rss_mib(tls_server.proc.pid) - rss_before < 100
     _within(lambda: _round_trip(tls_server, "bob"), "bob's put after the flood")
+
+
+def test_upload_rate_per_identity_refuses_promptly_and_recovers(tls_server):
+    carol = _stub(tls_server, "carol")
+    flood = _tiny_flood()
+    # Every refused message costs carol 4,097 chunks of her 20,000-chunk burst (5,000/s).
+    details = []
+    for _ in range(8):
+        with pytest.raises(grpc.RpcError) as info:
+            carol.PutChunks(iter([flood]), timeout=LIVENESS_S)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details.append(info.value.details())
+        if "upload_chunks_per_second" in details[-1]:
+            break
+    assert "upload_chunks_per_second" in details[-1], details
+    retry = float(dict(info.value.trailing_metadata())["retry-after"])
+    assert retry > 0
+    _within(lambda: _round_trip(tls_server, "bob"), "bob's put while carol is over her rate")
+    time.sleep(retry)
+    ok = carol.PutChunks(iter([_batch([os.urandom(50_000)])]), timeout=LIVENESS_S)
+    assert ok.received == 1
 
 
 def test_small_chunks_and_declared_bytes_per_message_are_bounded(tls_server):
