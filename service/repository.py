@@ -217,6 +217,8 @@ class ChunkUpload:
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
         lengths = [n for part in verified for n in part]
         await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part) for part in slices))
+        if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
+            return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
         size = sum(len(f) for _, f in items)
         self.received += len(items)

@@ -27,6 +27,7 @@ from cli.client import StratusClient, channel_options, tls_credentials
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
 from service.certs import create_dev_pki
+from service.config import ConfigError, load_config
 
 PER_IDENTITY = 32
 LIVENESS_S = 60.0  # a generous bound: "it happens", not "it is fast"
@@ -298,3 +299,14 @@ def test_sigkilled_client_leaves_no_temp_files(quick_server, when):
     _wait(lambda: _staging(quick_server) == [], "the killed stream's temp files are removed")
     _within(lambda: _round_trip(quick_server, None), "a put after the client was killed")
     assert _staging(quick_server) == []
+
+
+@pytest.mark.parametrize(("setting", "value", "words"), [
+    ("max_uploads_per_identity", "0", "max_uploads_per_identity must be at least 1"),
+    ("stream_idle_timeout_s", "0", "stream_idle_timeout_s must be a positive number"),
+    ("max_inflight_bytes_per_identity", "1024", "max_inflight_bytes_per_identity must be at least"),
+    ("upload_chunks_burst", "100", "upload_chunks_burst must be at least max_chunks_per_message"),
+])
+def test_limit_settings_are_checked_at_start(setting, value, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config(environ={f"STRATUS_{setting.upper()}": value})
