@@ -192,10 +192,13 @@ class StratusService(pb_grpc.StratusServicer):
         return task
 
     async def _paced(self, identity: str, limit_s: float) -> None:
-        """Wait until ``identity``'s upload chunk budget is out of debt; refuse when that would take
-        longer than ``limit_s``. Nothing of the next message is read (or parsed) meanwhile."""
+        """Wait until ``identity``'s upload chunk budget is out of debt; refuse (after ``limit_s``)
+        when that would take longer than ``limit_s``. Nothing of the next message is read (or
+        parsed) meanwhile."""
         wait = self.chunk_rate.acquire(identity, 0)
         if wait > limit_s:
+            # Not refused at once: a client retrying in a tight loop would cost more than it waits.
+            await asyncio.sleep(limit_s)
             raise RateLimitedError(
                 wait, f"identity {identity!r} is over its upload rate ({self.chunk_rate.rate:g} chunks/s, "
                 f"setting upload_chunks_per_second); retry in {wait:.2f} s",

@@ -246,7 +246,9 @@ class ChunkUpload:
         index, self._index = self._index, []
         self._pending_bytes = 0
         if index:
-            flags = await self.repo.run_blocking(self.repo.chunks.publish, *staged)
+            # Shielded: a cancelled call must not cancel a publish that has not started yet, or
+            # the staged files (already taken off the list above) would stay in .staging.
+            flags = await asyncio.shield(self.repo.run_blocking(self.repo.chunks.publish, *staged))
             self.stored += sum(flags)
             await self.repo.metadata.add_chunks(self.ns, index)
 
