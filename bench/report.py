@@ -87,6 +87,10 @@ def evaluate(results: dict) -> list[dict]:
                            mem["server_peak_mib"] < 300))
         out.append(_target(f"client peak RSS ({size})", _fmt(mem["client_peak_mib"], "MiB", 0), "< 300 MiB",
                            mem["client_peak_mib"] < 300))
+    fl = _get(g, "flood")
+    if fl:
+        out.append(_target("Stat p99 of another identity under a flood", _fmt(fl["flooded"].get("p99_ms"), "ms", 2),
+                           f"< {fl['target_p99_ms']:g} ms", fl["target_met"]))
     peers = _get(g, "peers")
     if peers:
         out += _peer_targets(peers)

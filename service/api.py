@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -22,12 +23,14 @@ from cas.errors import (
     LimitExceededError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
 )
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+from service.admission import ByteBudget, OversizeBatch, StreamLimits
 from service.batches import BatchCalls
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
@@ -41,6 +44,7 @@ from service.messages import (
     version_info,
 )
 from service.metadata import NamespaceStats
+from service.ratelimit import RateLimiter
 from service.repository import Repository
 from service.scoped import check_possession, list_within, show_manifest
 
@@ -73,6 +77,21 @@ def _check_digests(digests: list[bytes], limit: int) -> list[bytes]:
     return digests
 
 
+@contextlib.asynccontextmanager
+async def _deadline(method: str, seconds: float) -> AsyncIterator[None]:
+    """Bound the whole call: past ``seconds`` it ends with RESOURCE_EXHAUSTED naming the setting."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise LimitExceededError(
+            f"{method} took longer than {seconds:g} s (setting upload_call_timeout_s); send less per call"
+        ) from None
+
+
 class StratusService(pb_grpc.StratusServicer):
     """The StratusVault API over one repository."""
 
@@ -80,8 +99,16 @@ class StratusService(pb_grpc.StratusServicer):
         self.config = config
         self.repo = repo
         self.gate = gate
-        self.uploads = asyncio.Semaphore(config.max_concurrent_uploads)
-        self.downloads = asyncio.Semaphore(config.max_concurrent_downloads)
+        wait = config.admission_wait_s
+        self.uploads = StreamLimits("upload streams", config.max_concurrent_uploads, config.max_uploads_per_identity,
+                                    wait, total_setting="max_concurrent_uploads",
+                                    identity_setting="max_uploads_per_identity")
+        self.downloads = StreamLimits("download streams", config.max_concurrent_downloads,
+                                      config.max_downloads_per_identity, wait,
+                                      total_setting="max_concurrent_downloads",
+                                      identity_setting="max_downloads_per_identity")
+        self.chunk_rate = RateLimiter(config.upload_chunks_per_second, config.upload_chunks_burst)
+        self.inflight = ByteBudget(config.max_inflight_bytes_per_identity, setting="max_inflight_bytes_per_identity")
         self.observers: list = []
         self.committer = Committer(repo, config.max_manifest_chunks)
         self.batches = BatchCalls(config, repo, gate, self.committer)
@@ -154,25 +181,106 @@ class StratusService(pb_grpc.StratusServicer):
     @rpc
     async def PutChunks(self, request_iterator: AsyncIterator[pb.ChunkBatch], context: Ctx) -> pb.PutChunksResponse:
         caller = self._enter_chunks(context, "PutChunks", write=True)
-        upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes, caller.view)
-        pending: asyncio.Future | None = None
-        async with self.uploads:
+        await self._paced(caller.share, self.config.admission_wait_s)
+        async with self.uploads.slot(caller.share), _deadline("PutChunks", self.config.upload_call_timeout_s):
+            upload = self.repo.open_upload(caller.namespace, self.config.flush_bytes, caller.view)
+            pending: asyncio.Future | None = None
             try:
-                async for batch in request_iterator:
-                    chunks = [self._checked_chunk(c) for c in batch.chunks]
+                async for batch in self._arriving(request_iterator, "PutChunks", paced=caller.share):
+                    # Every chunk received costs parsing: charged before the limits are checked.
+                    over = isinstance(batch, OversizeBatch)
+                    self.chunk_rate.charge(caller.share, batch.counted if over else len(batch.chunks))
+                    chunks = self._checked_batch(batch)
                     # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
                     if pending is not None:
                         await pending
-                    pending = asyncio.ensure_future(upload.add(chunks))
+                    pending = await self._charged(caller.share, chunks, upload.add(chunks))
                 if pending is not None:
                     await pending
                 result = await upload.finish()
             finally:
-                if pending is not None:
-                    await asyncio.wait([pending])  # its temp files must exist before discard
+                # Temp files of batches still being staged are removed by their own threads.
                 upload.discard()
         note(nbytes=result.frame_bytes)
         return pb.PutChunksResponse(received=result.received, stored=result.stored, frame_bytes=result.frame_bytes)
+
+    async def _charged(self, identity: str, chunks: list[tuple[bytes, bytes]], work: object) -> asyncio.Future:
+        """Start ``work`` on a batch once its bytes fit the identity's in-flight budget; the bytes
+        are given back when the work ends, however it ends."""
+        nbytes = sum(len(f) for _, f in chunks)
+        try:
+            await self.inflight.charge(identity, nbytes, self.config.stream_idle_timeout_s)
+        except BaseException:
+            work.close()  # type: ignore[attr-defined]
+            raise
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        task.add_done_callback(lambda _: self.inflight.refund(identity, nbytes))
+        return task
+
+    async def _paced(self, identity: str, limit_s: float) -> None:
+        """Wait until ``identity``'s upload chunk budget is out of debt; refuse (after ``limit_s``)
+        when that would take longer than ``limit_s``. Nothing of the next message is read (or
+        parsed) meanwhile."""
+        wait = self.chunk_rate.acquire(identity, 0)
+        if wait > limit_s:
+            # Not refused at once: a client retrying in a tight loop would cost more than it waits.
+            await asyncio.sleep(limit_s)
+            raise RateLimitedError(
+                wait, f"identity {identity!r} is over its upload rate ({self.chunk_rate.rate:g} chunks/s, "
+                f"setting upload_chunks_per_second); retry in {wait:.2f} s",
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _arriving(self, messages: AsyncIterable, method: str, *, paced: str | None = None) -> AsyncIterator:
+        """The messages of a client stream; a pause longer than ``stream_idle_timeout_s`` ends it.
+
+        With ``paced`` (an identity), each next message is read only once that identity's upload
+        chunk budget allows it.
+        """
+        idle = self.config.stream_idle_timeout_s
+        iterator = aiter(messages)
+        while True:
+            if paced is not None:
+                await self._paced(paced, idle)
+            try:
+                async with asyncio.timeout(idle):
+                    message = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise LimitExceededError(
+                    f"{method} stream idle for {idle:g} s (setting stream_idle_timeout_s); the stream was closed"
+                ) from None
+            yield message
+
+    def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> list[tuple[bytes, bytes]]:
+        """Refuse a message whose verification would cost more than one message may, before any work.
+
+        Bounded: at most ``max_chunks_per_message`` chunks, of which at most
+        ``max_small_chunks_per_message`` are smaller than ``chunk_min_size`` (a chunker only makes
+        those at the end of a file), declaring at most ``max_message_raw_bytes`` uncompressed bytes.
+        """
+        cfg = self.config
+        if isinstance(batch, OversizeBatch) or len(batch.chunks) > cfg.max_chunks_per_message:
+            raise LimitExceededError(
+                f"more than {cfg.max_chunks_per_message} chunks in one PutChunks message "
+                "(setting max_chunks_per_message)"
+            )
+        chunks = [self._checked_chunk(c) for c in batch.chunks]
+        lengths = [codec.frame_length(f) for _, f in chunks]
+        small = sum(1 for n in lengths if n < cfg.chunk_min_size)
+        if small > cfg.max_small_chunks_per_message:
+            raise LimitExceededError(
+                f"{small} chunks smaller than chunk_min_size ({cfg.chunk_min_size} bytes) in one PutChunks message; "
+                f"the limit is {cfg.max_small_chunks_per_message} (setting max_small_chunks_per_message)"
+            )
+        if sum(lengths) > cfg.max_message_raw_bytes:
+            raise LimitExceededError(
+                f"one PutChunks message declares {sum(lengths)} uncompressed bytes; the limit is "
+                f"{cfg.max_message_raw_bytes} (setting max_message_raw_bytes)"
+            )
+        return chunks
 
     def _checked_chunk(self, chunk: pb.ChunkData) -> tuple[bytes, bytes]:
         digest.check_digest(chunk.digest)
@@ -223,7 +331,7 @@ class StratusService(pb_grpc.StratusServicer):
     async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> AsyncIterator[pb.ChunkBatch]:
         caller = self._enter_chunks(context, "GetChunks", write=False)
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
-        async with self.downloads:
+        async with self.downloads.slot(caller.share):
             # Read the next window while the current one is on the wire, so disk, hashing and
             # network overlap; at most two windows are in memory.
             window = max(1, self.config.batch_bytes // self.config.chunk_avg_size)
@@ -249,7 +357,8 @@ class StratusService(pb_grpc.StratusServicer):
 
     @rpc
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest], context: Ctx) -> pb.CommitFileResponse:
-        first = await anext(aiter(request_iterator), None)
+        messages = self._arriving(request_iterator, "Upload")
+        first = await anext(messages, None)
         if first is None or first.WhichOneof("msg") != "header":
             raise InvalidInputError("the first Upload message must be the header")
         header = first.header
@@ -257,12 +366,12 @@ class StratusService(pb_grpc.StratusServicer):
         caller = self._enter(context, "Upload", path, write=True)
         spool_dir = self.config.data_dir / "spool"
         spool_dir.mkdir(parents=True, exist_ok=True)
-        async with self.uploads:
+        async with self.uploads.slot(caller.share), _deadline("Upload", self.config.upload_call_timeout_s):
             # Spooling to disk keeps memory flat whatever the size; the chunker then reads it back.
             fd, spool = tempfile.mkstemp(dir=spool_dir, prefix="upload-")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    async for message in request_iterator:
+                    async for message in messages:
                         if message.WhichOneof("msg") != "data":
                             raise InvalidInputError("only data messages may follow the Upload header")
                         await self.repo.run_blocking(out.write, message.data)
@@ -311,7 +420,7 @@ class StratusService(pb_grpc.StratusServicer):
             raise InvalidInputError(f"offset {request.offset} is past the end of {path} ({record.size} bytes)")
         manifest = await self.repo.load_manifest(record.manifest_digest)
         yield pb.DownloadResponse(version=version_info(record))
-        async with self.downloads:
+        async with self.downloads.slot(caller.share):
             position, piece = 0, bytearray()
             for ref in manifest.chunks:
                 end = position + ref.length

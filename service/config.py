@@ -59,8 +59,33 @@ class ServerConfig:
     max_manifest_chunks: int = 1_500_000
     max_find_digests: int = 100_000
     max_batch_files: int = 1000  # entries per CommitFiles / GetManifests call
-    max_concurrent_uploads: int = 32
-    max_concurrent_downloads: int = 64
+    # Admission (service/admission.py): the totals bound the whole server, the per-identity limits
+    # bound one caller's share of them. A call over a limit waits at most admission_wait_s for a
+    # slot, then gets RESOURCE_EXHAUSTED with a retry-after trailer.
+    max_concurrent_uploads: int = 64  # PutChunks + Upload streams, all identities together
+    max_concurrent_downloads: int = 64  # GetChunks + Download streams, all identities together
+    max_uploads_per_identity: int = 16
+    max_downloads_per_identity: int = 16
+    max_inflight_bytes_per_identity: int = 64 * MIB  # received upload frames not yet on disk
+    admission_wait_s: float = 1.0
+    # Bounded work per PutChunks message, checked before anything is decoded or written: chunk
+    # count, chunks smaller than chunk_min_size (only the last chunk of a file or a small file may
+    # be), and the uncompressed bytes the frame headers declare (what verification costs).
+    max_chunks_per_message: int = 4096  # 32 x batch_bytes / chunk_min_size
+    max_small_chunks_per_message: int = 1024
+    max_message_raw_bytes: int = 256 * MIB
+    # Uploaded chunks per second per identity (every chunk of a message counts, refused or not):
+    # past the burst an identity's next message is read, or its next stream admitted, only once
+    # its debt is paid. This bounds the server CPU one identity's uploads take. 0 disables.
+    upload_chunks_per_second: float = 5000.0
+    upload_chunks_burst: int = 20_000
+    stream_idle_timeout_s: float = 60.0  # an upload stream with no message for this long ends
+    upload_call_timeout_s: float = 3600.0  # total time one PutChunks or Upload call may take
+    # HTTP/2: ping idle connections so dead peers are found, bound streams per connection.
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    max_streams_per_connection: int = 256
+    connection_idle_timeout_s: float = 900.0  # a connection without calls is closed after this
     rate_limit_per_second: float = 0.0  # calls per identity; 0 disables
     rate_limit_burst: int = 100
     # Re-hash chunks before GetChunks sends them. Off by default: every client verifies every chunk
@@ -85,9 +110,22 @@ class ServerConfig:
         if self.batch_bytes + self.chunk_max_size * 2 > self.max_message_bytes:
             raise ConfigError("max_message_bytes must exceed batch_bytes by at least two maximum chunks")
         for name in ("max_page_size", "default_page_size", "max_batch_files", "max_concurrent_uploads",
-                     "max_concurrent_downloads"):
+                     "max_concurrent_downloads", "max_uploads_per_identity", "max_downloads_per_identity",
+                     "max_chunks_per_message", "max_streams_per_connection"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        for name in ("stream_idle_timeout_s", "upload_call_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
+                     "connection_idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.upload_chunks_per_second > 0 and self.upload_chunks_burst < self.max_chunks_per_message:
+            raise ConfigError("upload_chunks_burst must be at least max_chunks_per_message")
+        if self.admission_wait_s < 0 or self.max_small_chunks_per_message < 0:
+            raise ConfigError("admission_wait_s and max_small_chunks_per_message cannot be negative")
+        if self.max_inflight_bytes_per_identity < self.max_message_bytes:
+            raise ConfigError("max_inflight_bytes_per_identity must be at least max_message_bytes")
+        if self.max_message_raw_bytes < self.chunk_max_size:
+            raise ConfigError("max_message_raw_bytes must be at least chunk_max_size")
         if self.tls_dir and self.insecure:
             raise ConfigError("choose either tls_dir or insecure, not both")
         return self

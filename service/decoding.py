@@ -1,23 +1,22 @@
 """Request bytes that are not a valid protobuf message get INVALID_ARGUMENT like any bad input.
 
 gRPC parses each request before the handler runs; when parsing fails it answers UNKNOWN, names
-the parser's exception class and logs a traceback. :class:`TolerantDecoding` (a server
-interceptor on the ``stratus.v1.Stratus`` methods) makes the parser hand the handler an
-:class:`UndecodableRequest` instead, and the call wrapper (service/calls.py) turns that into
-:class:`InvalidInputError` through :func:`decoded`, so the refusal is precise, audited and quiet.
+the parser's exception class and logs a traceback. :func:`tolerant_handlers` wraps the request
+parser of every ``stratus.v1.Stratus`` method once, when the service is registered (no per-call
+interceptor), so that it hands the handler an :class:`UndecodableRequest` instead, and the call
+wrapper (service/calls.py) turns that into :class:`InvalidInputError` through :func:`decoded`, so
+the refusal is precise, audited and quiet.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from cas.errors import InvalidInputError
-
-SERVICE_PREFIX = "/stratus.v1.Stratus/"
 
 
 class UndecodableRequest:
@@ -41,18 +40,10 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse
 
 
-class TolerantDecoding(grpc.aio.ServerInterceptor):
-    """Wraps the request parser of every ``stratus.v1.Stratus`` method (see the module docstring)."""
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if (handler is None or handler.request_deserializer is None
-                or not handler_call_details.method.startswith(SERVICE_PREFIX)):
-            return handler
-        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+def tolerant_handlers(handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, grpc.RpcMethodHandler]:
+    """The method handlers with every request parser made tolerant (see the module docstring)."""
+    return {name: h if h.request_deserializer is None else h._replace(
+        request_deserializer=_tolerant(h.request_deserializer)) for name, h in handlers.items()}
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -37,6 +37,13 @@ class Caller:
     admin: bool = False
     readable: tuple[str, ...] = ()  # default: nothing (a Caller built by hand is confined)
     writable: tuple[str, ...] = ()
+    quota_key: str = ""  # whose share of the stream and byte limits a call takes (service/admission.py)
+
+    @property
+    def share(self) -> str:
+        """The holder of the caller's share of the per-identity limits: the identity, or, for an
+        anonymous (plaintext) caller, its connection, so plaintext clients do not share one quota."""
+        return self.quota_key or self.identity
 
     @property
     def view(self) -> str | None:
@@ -65,6 +72,7 @@ class Gate:
             identity, namespace, admin=self.policy.is_admin(identity),
             readable=tuple(self.policy.readable_prefixes(identity, namespace)),
             writable=tuple(self.policy.writable_prefixes(identity, namespace)),
+            quota_key=f"{ANONYMOUS}@{context.peer()}" if identity == ANONYMOUS else identity,
         )
 
     def authorize(self, caller: Caller, path: str, *, write: bool) -> None:

@@ -75,6 +75,21 @@ class RateLimiter:
             self._evict(now)
             return 0.0
 
+    def charge(self, identity: str, cost: float) -> float:
+        """Take ``cost`` tokens whatever the bucket holds (it may go into debt, which later calls
+        wait out); returns the seconds until the bucket is out of debt again."""
+        if self.rate <= 0:
+            return 0.0
+        if cost < 0 or math.isnan(cost):
+            raise ValueError("cost must be a non-negative number")
+        now = self._clock()
+        with self._lock:
+            tokens = self._tokens(identity, now) - cost
+            self._buckets[identity] = (tokens, now)
+            self._buckets.move_to_end(identity)
+            self._evict(now)
+        return max(0.0, -tokens / self.rate)
+
     def check(self, identity: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens or raise RateLimitedError with ``retry_after_s`` set."""
         wait = self.acquire(identity, cost)

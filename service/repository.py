@@ -303,6 +303,10 @@ class ChunkUpload:
     stays flat) and are published, with one durability barrier for all of them, every
     ``flush_bytes`` and at the end; only then are they added to the namespace's chunk index,
     so the index never names a chunk that a crash could lose.
+
+    Temp files never outlive the stream: :meth:`discard` removes what is staged, and a batch
+    whose staging thread finishes after that (the call was cancelled while it ran) removes its
+    own files, so a stream that ends in any way leaves nothing in ``.staging``.
     """
 
     def __init__(self, repo: Repository, ns: str, flush_bytes: int, view: str | None = None) -> None:
@@ -311,6 +315,8 @@ class ChunkUpload:
         self.view = view
         self.flush_bytes = flush_bytes
         self._staged: list[Staged] = []
+        self._lock = threading.Lock()  # _staged and _closed are shared with the staging threads
+        self._closed = False
         self._index: list[tuple[bytes, int]] = []
         self._pending_bytes = 0
         self.received = self.stored = self.frame_bytes = 0
@@ -318,19 +324,16 @@ class ChunkUpload:
     async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
         """Verify and stage one batch; publish what is staged once enough has gathered."""
         loop = asyncio.get_running_loop()
-        pool, store = self.repo.pool, self.repo.chunks
-        lengths = await asyncio.gather(*(loop.run_in_executor(pool, self.repo.verify, d, f) for d, f in chunks))
+        pool = self.repo.pool
         items = [(d, bytes(f)) for d, f in chunks]
+        # A few slices per batch, not one task per chunk: the event loop's cost stays per batch.
         step = max(1, -(-len(items) // self.repo.store_parallelism))
-        staged = await asyncio.gather(
-            *(loop.run_in_executor(pool, store.stage, items[i:i + step]) for i in range(0, len(items), step)),
-            return_exceptions=True,
-        )
-        # Keep every part that was staged, so discard() removes its temp files if another part failed.
-        self._staged += [s for s in staged if not isinstance(s, BaseException)]
-        failed = [s for s in staged if isinstance(s, BaseException)]
-        if failed:
-            raise failed[0]
+        slices = [items[i:i + step] for i in range(0, len(items), step)]
+        verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
+        lengths = [n for part in verified for n in part]
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part) for part in slices))
+        if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
+            return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
         size = sum(len(f) for _, f in items)
         self.received += len(items)
@@ -339,13 +342,28 @@ class ChunkUpload:
         if self._pending_bytes >= self.flush_bytes:
             await self.flush()
 
+    def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
+        return [self.repo.verify(d, f) for d, f in items]
+
+    def _stage(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write temp files for ``items`` (on a worker thread) and record them, unless discarded."""
+        staged = self.repo.chunks.stage(items)
+        with self._lock:
+            if not self._closed:
+                self._staged.append(staged)
+                return
+        self.repo.chunks.discard(staged)
+
     async def flush(self) -> None:
         """Publish everything staged so far and add it to the namespace's chunk index."""
-        staged, self._staged = self._staged, []
+        with self._lock:
+            staged, self._staged = self._staged, []
         index, self._index = self._index, []
         self._pending_bytes = 0
         if index:
-            await self.repo.run_blocking(self.repo.chunks.publish, *staged)
+            # Shielded: a cancelled call must not cancel a publish that has not started yet, or
+            # the staged files (already taken off the list above) would stay in .staging.
+            await asyncio.shield(self.repo.run_blocking(self.repo.chunks.publish, *staged))
             # "stored" counts what is new to the uploader's own index: whether the disk already
             # held a chunk (for another namespace, say) must never show.
             added = await self.repo.metadata.add_chunks(self.ns, index)
@@ -359,7 +377,9 @@ class ChunkUpload:
         return IngestResult(received=self.received, stored=self.stored, frame_bytes=self.frame_bytes)
 
     def discard(self) -> None:
-        """Drop whatever is staged and unpublished (the stream failed)."""
-        for batch in self._staged:
+        """Drop whatever is staged and unpublished; batches still being staged drop themselves."""
+        with self._lock:
+            self._closed = True
+            staged, self._staged, self._index = self._staged, [], []
+        for batch in staged:
             self.repo.chunks.discard(batch)
-        self._staged, self._index = [], []

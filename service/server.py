@@ -28,12 +28,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from cas.errors import CasError
 from proto import stratus_pb2, stratus_pb2_grpc
 from service.access import load_policy
+from service.admission import chunk_batch_reader
 from service.api import StratusService
 from service.audit import AuditLog
 from service.binding import bind_store
 from service.certs import grpc_server_credentials
 from service.config import ConfigError, ServerConfig, load_config
-from service.decoding import TolerantDecoding
+from service.decoding import tolerant_handlers
 from service.gate import Gate
 from service.metadata import MetadataStore
 from service.ratelimit import RateLimiter
@@ -98,6 +99,55 @@ def metadata_client(url: str) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """Channel options of the server: message sizes, HTTP/2 keepalive, per-connection limits.
+
+    The server pings a connection that has been quiet for ``keepalive_time_s`` and drops it when
+    no answer comes within ``keepalive_timeout_s``, so the calls of a vanished peer end and give
+    back what they hold. Clients may ping too, but not more often than every 10 s without data.
+    """
+    ms = 1000
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * ms)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10 * ms),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(cfg.connection_idle_timeout_s * ms)),
+    ]
+
+
+class _Handlers:
+    """Stands in for a server to collect the method handlers the generated code registers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+
+def _add_service(service: StratusService, server: grpc.aio.Server, cfg: ServerConfig) -> None:
+    """Register the API: PutChunks messages are counted on the wire before they are parsed, and
+    request bytes that are no message become INVALID_ARGUMENT (service/decoding.py)."""
+    collected = _Handlers()
+    stratus_pb2_grpc.add_StratusServicer_to_server(service, collected)
+    handlers = dict(collected.handlers)
+    handlers["PutChunks"] = grpc.stream_unary_rpc_method_handler(
+        service.PutChunks, request_deserializer=chunk_batch_reader(cfg.max_chunks_per_message),
+        response_serializer=stratus_pb2.PutChunksResponse.SerializeToString,
+    )
+    handlers = tolerant_handlers(handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class Server:
     """A configured, running StratusVault server (also used in-process by tests and benchmarks)."""
 
@@ -138,15 +188,8 @@ class Server:
         service = StratusService(cfg, self._repo, gate)
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)
-        self._grpc = grpc.aio.server(
-            interceptors=[TolerantDecoding()],
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        stratus_pb2_grpc.add_StratusServicer_to_server(service, self._grpc)
+        self._grpc = grpc.aio.server(options=grpc_options(cfg))
+        _add_service(service, self._grpc, cfg)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
