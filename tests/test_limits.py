@@ -24,6 +24,7 @@ from server_fixtures import ROOT, RunningServer, drop_prefix
 from cas import codec
 from cas.digest import digest
 from cli.client import StratusClient, channel_options, tls_credentials
+from cli.rpc_errors import error_detail
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
 from service.certs import create_dev_pki
@@ -147,7 +148,7 @@ def test_idle_streams_of_one_identity_do_not_stop_another(tls_server):
         for call in refused:
             assert call.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "max_uploads_per_identity" in call.exception().details()
-            assert float(dict(call.exception().trailing_metadata())["retry-after"]) > 0
+            assert error_detail(call.exception()).retry_after_ms > 0
         # Her 32 admitted streams sit idle; bob's uploads, reads and stats still go through.
         _within(lambda: _round_trip(tls_server, "bob"), "bob's put and get")
         assert sum(c.done() for c in calls) == 8
@@ -214,7 +215,7 @@ def test_upload_rate_per_identity_refuses_promptly_and_recovers(tls_server):
         if "upload_chunks_per_second" in details[-1]:
             break
     assert "upload_chunks_per_second" in details[-1], details
-    retry = float(dict(info.value.trailing_metadata())["retry-after"])
+    retry = error_detail(info.value).retry_after_ms / 1000
     assert retry > 0
     _within(lambda: _round_trip(tls_server, "bob"), "bob's put while carol is over her rate")
     time.sleep(retry)
