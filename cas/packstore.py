@@ -228,6 +228,8 @@ class PackChunkStore(ChunkStore):
         (self.root / "packs").mkdir(parents=True, exist_ok=True)
         self.quarantine = self.root / "damaged"
         self.quarantine.mkdir(exist_ok=True)
+        if fsync:
+            fsync_dir(self.root)
         self.recoveries = [r for r in (recover(self.root, p, fsync) for p in list_packs(self.root)) if r.cut_bytes]
         self.writer = PackWriter(self.root, max_pack_size, fsync)
         self.reader = PackReader(self.root, max_open_packs)
@@ -501,7 +503,8 @@ class PackChunkStore(ChunkStore):
         """Recreate the index from the packs alone (existing entries are replaced).
 
         Of several intact records of one digest, the one with the shortest delta chain wins (a
-        plain frame first). A digest seen only in damaged records is marked damaged.
+        plain frame first). A digest seen only in damaged records is marked damaged (the tail of a
+        pack another process is still appending to is in flight, not damaged).
         """
         report = RebuildReport()
         best: dict[bytes, IndexEntry] = {}
@@ -518,7 +521,9 @@ class PackChunkStore(ChunkStore):
                 old = best.get(record.digest)
                 if old is None or record.depth <= old.depth:
                     best[record.digest] = IndexEntry.of(location, record)
-            for _, record in scanned.damaged:
+            for offset, record in scanned.damaged:
+                if offset >= scanned.end and not scanned.sealed:
+                    continue  # the tail of a pack another process is appending to: in flight, not damage
                 if record is None:
                     report.unreadable_spans += 1
                 elif record.type in kinds:

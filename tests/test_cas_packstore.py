@@ -21,7 +21,7 @@ from cas import codec, delta
 from cas.chunker import ChunkParams, chunk_bytes
 from cas.digest import digest
 from cas.errors import ChunkNotFoundError, CorruptChunkError
-from cas.pack import PackWriter, Record, RecordType, is_sealed, list_packs, pack_path
+from cas.pack import PackWriter, Record, RecordType, encode_header, is_sealed, list_packs, pack_path
 from cas.packstore import IndexEntry, MemoryIndex, PackChunkStore
 from cas.store import StoreStats
 
@@ -303,3 +303,25 @@ def test_writer_and_store_share_nothing_but_the_folder(tmp_path):
     writer.append(Record(RecordType.CHUNK, d, frame, frame[3]))
     writer.close()
     assert PackChunkStore(tmp_path, fsync=False).get(d) == b"from elsewhere"
+
+
+def test_rebuild_marks_a_damaged_record_but_not_a_tail_still_being_written(tmp_path):
+    store = PackChunkStore(tmp_path, fsync=False)
+    items = [item(b"kept %d " % i * 500) for i in range(4)]
+    store.put_many(items)
+    store.close()
+    flip(store, items[1][0], at=-10)
+    busy = PackWriter(tmp_path, fsync=False)  # another writer, mid-append: its pack is locked
+    other = item(b"from the busy writer")
+    loc = busy.append(Record(RecordType.CHUNK, other[0], other[1], other[1][3]))
+    busy.flush()
+    in_flight = item(b"still being written " * 100)
+    head = encode_header(Record(RecordType.CHUNK, in_flight[0], in_flight[1], in_flight[1][3]))
+    with open(pack_path(tmp_path, loc.pack), "ab") as f:
+        f.write(head + in_flight[1][:10])  # a record whose payload is only partly written so far
+    reopened = PackChunkStore(tmp_path, fsync=False)
+    assert reopened.recoveries == []
+    assert reopened.damaged_among([d for d, _ in items] + [other[0], in_flight[0]]) == [items[1][0]]
+    assert reopened.get(other[0]) == b"from the busy writer"
+    assert [reopened.has(d) for d, _ in items] == [True, False, True, True]
+    busy.close()
