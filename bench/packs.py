@@ -9,12 +9,14 @@ Usage: ``python -m bench.packs [--size-mib 128] [--batch 64] [--skip-history] [-
    every frame read back (``get_frame``, page cache warm) in MB/s.
 2. History: the 8 flask sdists of ``bench.datasets`` (downloaded once into bench/data/, gunzipped
    to .tar), chunked with the default parameters. Every unique chunk is put into a PackChunkStore
-   with, as delta hint, the previous version's chunk covering the same offset; reported: zstd-3
-   frame bytes, what the store keeps (delta chains bounded at depth 4), the same with unbounded
-   chains, the data dir on disk (``du``-style allocated bytes) for both stores, and a borg-like
-   reference computed in-process (2 MiB average chunks, zstd-3, exact dedup; borg itself is not
-   installed here). When /work/shared/tools/similarity_trial.py exists it is run on the same files
-   (its dictionary is three neighbouring chunks, not one).
+   with, as delta hints, the previous version's chunk covering the same offset and its two
+   neighbours (one store uses the first hint only, one keeps the smallest delta of the three);
+   reported: zstd-3 frame bytes, what each store keeps (delta chains bounded at depth 4), the
+   same-offset deltas with unbounded chains, the data dir on disk (``du``-style allocated bytes)
+   of a pack store and of the file-per-chunk store, and a borg-like reference computed
+   in-process (2 MiB average chunks, zstd-3, exact dedup; borg itself is not installed here).
+   When /work/shared/tools/similarity_trial.py exists it is run on the same files (its
+   dictionary is three neighbouring chunks, not one, and its chains are unbounded).
 
 Prints numbers only; no thresholds.
 """
@@ -120,11 +122,15 @@ def bench_history(work: Path) -> None:
     versions = release_versions(work)
     logical = sum(p.stat().st_size for p in versions.files)
     print(f"history: {versions.source}, {logical / 1e6:.1f} MB logical")
-    store = PackChunkStore(work / "history-packs")
+    stores = {  # hints: the previous version's chunk covering the same offset, then its two neighbours
+        "same offset": PackChunkStore(work / "history-same", max_candidates=1),
+        "best of 3 neighbours": PackChunkStore(work / "history-best3", max_candidates=3),
+    }
+    put_time = dict.fromkeys(stores, 0.0)
     local = LocalChunkStore(work / "history-local")
     seen: set[bytes] = set()
     plain = unbounded = chunks = deltas = 0
-    delta_cpu = plain_cpu = dict_cpu = put_time = 0.0
+    delta_cpu = plain_cpu = dict_cpu = 0.0
     prev: tuple[list[int], list[bytes]] | None = None
     for path in versions.files:
         offsets, datas = offsets_and_chunks(path)
@@ -143,8 +149,9 @@ def bench_history(work: Path) -> None:
             if prev is None:
                 unbounded += len(frame)
                 continue
-            base = prev[1][max(0, bisect.bisect_right(prev[0], off) - 1)]
-            hints[d] = digest(base)
+            i = max(0, bisect.bisect_right(prev[0], off) - 1)
+            base = prev[1][i]
+            hints[d] = [digest(prev[1][j]) for j in (i, i - 1, i + 1) if 0 <= j < len(prev[1])]
             deltas += 1
             start = time.perf_counter()
             zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
@@ -153,28 +160,32 @@ def bench_history(work: Path) -> None:
             candidate = delta.encode_if_smaller(data, base, 0, len(frame))
             delta_cpu += time.perf_counter() - start
             unbounded += len(candidate) if candidate is not None else len(frame)
-        put_time += timed(lambda items=items, hints=hints: store.put_many(items, hints))
+        for name, store in stores.items():
+            put_time[name] += timed(lambda s=store, items=items, hints=hints: s.put_many(items, hints))
         local.put_many(items)
         prev = (offsets, datas)
-    kept = store.stats().stored_bytes
-    depths = [e.depth for _, e in store.index.iterate()]
-    print(f"  unique chunks {chunks}; dedup {logical / sum(len(store.get(d)) for d in seen):.2f}x")
-    print(f"  zstd-3 frames (one file per chunk today) {plain / 1e6:7.2f} MB")
-    print(f"  pack store, deltas at depth <= 4        {kept / 1e6:7.2f} MB  ({kept / plain:.2f}x)  "
-          f"{sum(1 for n in depths if n)} delta records, deepest {max(depths)}")
-    print(f"  deltas with unbounded chains            {unbounded / 1e6:7.2f} MB  ({unbounded / plain:.2f}x)")
+    print(f"  unique chunks {chunks}; exact dedup {logical / sum(len(local.get(d)) for d in seen):.2f}x")
+    print(f"  zstd-3 frames (one file per chunk today)  {plain / 1e6:7.2f} MB")
+    print(f"  same-offset deltas, unbounded chains      {unbounded / 1e6:7.2f} MB  ({unbounded / plain:.2f}x)")
+    for name, store in stores.items():
+        kept = store.stats().stored_bytes
+        depths = [e.depth for _, e in store.index.iterate()]
+        print(f"  pack store, {name:20}, depth <= 4 {kept / 1e6:7.2f} MB  ({kept / plain:.2f}x)  "
+              f"{sum(1 for n in depths if n)} delta records, deepest {max(depths)}; puts {put_time[name]:.2f} s")
     print(f"  per chunk: zstd-3 encode {plain_cpu / chunks * 1e6:.0f} us, delta encode (dictionary loaded into a "
           f"new context) {delta_cpu / max(1, deltas) * 1e6:.0f} us, ZstdCompressionDict build alone "
-          f"{dict_cpu / max(1, deltas) * 1e6:.1f} us; pack store puts {put_time:.2f} s in all")
-    for name, root in (("pack store", store.root), ("file-per-chunk store", local.root)):
+          f"{dict_cpu / max(1, deltas) * 1e6:.1f} us")
+    best = stores["best of 3 neighbours"]
+    for name, root in (("pack store (best of 3)", best.root), ("file-per-chunk store", local.root)):
         apparent, allocated, files, folders = disk_usage(root)
-        print(f"  data dir of the {name:21} {allocated / 1e6:7.2f} MB allocated, {apparent / 1e6:.2f} MB apparent, "
+        print(f"  data dir of the {name:22} {allocated / 1e6:7.2f} MB allocated, {apparent / 1e6:.2f} MB apparent, "
               f"{files} files, {folders} folders")
-    print(f"  borg-like (2 MiB chunks, zstd-3, dedup) {borg_like(versions.files) / 1e6:7.2f} MB (frames only)")
+    print(f"  borg-like (2 MiB chunks, zstd-3, dedup)   {borg_like(versions.files) / 1e6:7.2f} MB (frames only)")
+    reopened = PackChunkStore(best.root)  # cold base cache
     start = time.perf_counter()
     for d in seen:
-        store.get(d)
-    print(f"  read back every chunk (cold base cache at first) {time.perf_counter() - start:.2f} s")
+        reopened.get(d)
+    print(f"  read back every chunk of the best-of-3 store, cold base cache: {time.perf_counter() - start:.2f} s")
     if TRIAL.exists():
         out = subprocess.run([sys.executable, str(TRIAL), *map(str, versions.files)], capture_output=True, text=True)
         print(f"  similarity_trial.py (3-chunk dictionary): {out.stdout.strip() or out.stderr.strip()[-200:]}")

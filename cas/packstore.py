@@ -48,6 +48,7 @@ from cas.store import CheckReport, ChunkStore, StoreStats
 
 _HEX = frozenset("0123456789abcdef")
 _ENTRY = struct.Struct(">8sIIBBB")
+Hints = Mapping[bytes, bytes | Sequence[bytes]]
 
 
 class IndexEntry(NamedTuple):
@@ -216,6 +217,7 @@ class PackChunkStore(ChunkStore):
         policy: delta.DeltaPolicy = delta.DeltaPolicy(),
         read_level: int = 1,
         base_cache_bytes: int = 32 * 1024 * 1024,
+        max_candidates: int = 3,
         max_open_packs: int = 64,
         kind: RecordType = RecordType.CHUNK,
     ) -> None:
@@ -223,6 +225,7 @@ class PackChunkStore(ChunkStore):
         self.max_chunk_size = max_chunk_size
         self.policy = policy
         self.read_level = read_level
+        self.max_candidates = max_candidates
         self.kind = kind
         self._fsync = fsync
         (self.root / "packs").mkdir(parents=True, exist_ok=True)
@@ -252,17 +255,19 @@ class PackChunkStore(ChunkStore):
         """Store ``frame`` under ``digest``; True if newly written, False if already present."""
         return self.put_many([(digest, frame)])[0]
 
-    def put_many(self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, bytes] | None = None) -> list[bool]:
-        """Store a batch with one durability barrier; ``bases`` maps a digest to a likely
-        predecessor's digest (a hint: see :meth:`stage`)."""
+    def put_many(self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None) -> list[bool]:
+        """Store a batch with one durability barrier; ``bases`` maps a digest to likely
+        predecessors' digests (hints: see :meth:`stage`)."""
         return self.publish(self.stage(items, bases))
 
-    def stage(self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, bytes] | None = None) -> PackStaged:
+    def stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None) -> PackStaged:
         """Append records for the frames not yet stored (or stored damaged), without a barrier.
 
-        A chunk with a hint in ``bases`` whose base the store holds undamaged, below the maximum
-        depth, is stored as a delta frame when :func:`cas.delta.encode_if_smaller` says it pays.
-        Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`).
+        ``bases`` maps a digest to one candidate base digest or a sequence of them. Of the
+        candidates the store holds undamaged, below the maximum depth (at most
+        ``max_candidates``, in the given order), the one giving the smallest delta frame is used
+        when :func:`cas.delta.encode_if_smaller` says it pays; otherwise the frame is stored as
+        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`).
         """
         staged = PackStaged(len(items))
         indexed = self.index.contains_many([check_digest(d) for d, _ in items])
@@ -271,29 +276,49 @@ class PackChunkStore(ChunkStore):
             if d in seen or (known and d not in self._damaged):
                 continue
             seen.add(d)
-            records.append(self._record(d, frame, (bases or {}).get(d)))
+            hint = (bases or {}).get(d)
+            candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
+            records.append(self._record(d, frame, candidates[:self.max_candidates]))
             owners.append((i, d))
         for (i, d), record, loc in zip(owners, records, self.writer.append_many(records), strict=True):
             staged.entries.append((i, d, IndexEntry.of(loc, record)))
             staged.locations.add(loc)
         return staged
 
-    def _record(self, digest: bytes, frame: bytes, base: bytes | None) -> Record:
-        """The record for a verified frame: a delta against ``base`` when that pays, else the frame."""
-        kind = self.kind
-        entry = self.index.get(base) if base is not None and kind == RecordType.CHUNK else None
-        if entry is not None and base not in self._damaged and base != digest:
+    def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
+        """The record for a verified frame: the smallest worthwhile delta against one of the
+        candidate bases, else the frame itself."""
+        best: Record | None = None
+        data: bytes | None = None
+        for hint in dict.fromkeys(candidates) if self.kind == RecordType.CHUNK else ():
+            found = self._usable_base(hint, digest)
+            if found is None:
+                continue
+            base, entry = found
             try:
                 base_data = self._data(base, entry)
-                data = codec.decode(frame, self.max_chunk_size)
+                data = codec.decode(frame, self.max_chunk_size) if data is None else data
             except (CorruptChunkError, InvalidInputError):
-                base_data = None
-            if base_data is not None:
-                frame_delta = delta.encode_if_smaller(data, base_data, entry.depth, len(frame), self.policy)
-                if frame_delta is not None and delta.decode(frame_delta, base_data, self.max_chunk_size) == data:
-                    return Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
+                continue
+            frame_delta = delta.encode_if_smaller(data, base_data, entry.depth, len(frame), self.policy)
+            if frame_delta is None or (best is not None and len(frame_delta) >= len(best.payload)):
+                continue
+            if delta.decode(frame_delta, base_data, self.max_chunk_size) == data:
+                best = Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
+        if best is not None:
+            return best
         method = frame[3] if len(frame) > 3 else 0
-        return Record(kind, digest, bytes(frame), method)
+        return Record(self.kind, digest, bytes(frame), method)
+
+    def _usable_base(self, hint: bytes, digest: bytes) -> tuple[bytes, IndexEntry] | None:
+        """The hinted base, or when it is at the maximum depth its own base (similar content one
+        step up its chain, so long histories keep delta-coding instead of restarting plain)."""
+        base, entry = hint, self.index.get(hint)
+        while entry is not None and entry.depth >= self.policy.max_depth and entry.base is not None:
+            base, entry = entry.base, self.index.get(entry.base)
+        if entry is None or base in self._damaged or base == digest:
+            return None
+        return base, entry
 
     def publish(self, *batches: PackStaged) -> list[bool]:
         """Make the staged records durable (one barrier for all batches), then index them.

@@ -113,9 +113,12 @@ def test_delta_chains_stop_at_the_maximum_depth_and_read_back_exactly(tmp_path):
     store = PackChunkStore(tmp_path / "s", fsync=False, policy=policy, base_cache_bytes=0)
     versions = history(1, 12)
     digests = put_chain(store, versions)
-    depths = [store.index.get(d).depth for d in digests]
-    assert depths == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
-    assert all(store.index.get(d).type == RecordType.DELTA for d, n in zip(digests, depths, strict=True) if n)
+    entries = [store.index.get(d) for d in digests]
+    # a hint at the maximum depth is replaced by its own base, one step up the chain
+    assert [e.depth for e in entries] == [0, 1, 2, 3, 4] + [4] * 7
+    assert [e.base for e in entries[1:5]] == digests[:4]
+    assert all(e.base == digests[3] for e in entries[5:])
+    assert all(e.type == RecordType.DELTA for e in entries[1:])
     assert [store.get(d) for d in digests] == versions
     assert [codec.decode(store.get_frame(d), 1 << 20) for d in digests] == versions
     assert store.stats().stored_bytes < sum(len(codec.encode(v)) for v in versions) / 2
@@ -123,6 +126,20 @@ def test_delta_chains_stop_at_the_maximum_depth_and_read_back_exactly(tmp_path):
     reopened = PackChunkStore(tmp_path / "s", fsync=False, policy=policy)  # cold base cache, rebuilt index
     assert [reopened.get(d) for d in reversed(digests)] == list(reversed(versions))
     assert reopened.check(read_data=True).damaged == []
+
+
+def test_the_smallest_delta_among_the_candidates_wins(store):
+    versions = history(6, 2)
+    unrelated, base = item(history(7, 1)[0]), item(versions[0])
+    store.put_many([unrelated, base])
+    target = item(versions[1])
+    store.put_many([target], {target[0]: [unrelated[0], base[0]]})
+    assert store.index.get(target[0]).base == base[0]
+    assert store.get(target[0]) == versions[1]
+    only_first = PackChunkStore(store.root / "one", fsync=False, max_candidates=1)
+    only_first.put_many([unrelated, base])
+    only_first.put_many([target], {target[0]: [unrelated[0], base[0]]})
+    assert only_first.index.get(target[0]).type == RecordType.CHUNK
 
 
 def test_hints_that_cannot_help_store_plain_frames(store):
