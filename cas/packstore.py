@@ -10,8 +10,9 @@ Invariants:
 - A record is never changed. A damaged copy is repaired by appending a new record and pointing
   the index at it; delete is not supported (space comes back when packs are rewritten, later).
 - A delta record's base is a chunk the store held, undamaged, when the delta was written, at a
-  depth below the policy's maximum; reads decode at most ``max_depth`` bases and keep recently
-  decoded bases in a small LRU cache.
+  depth below the policy's maximum, so a read decodes at most ``max_depth`` bases; recently
+  decoded bases are kept in a small LRU cache. A repair of a damaged chunk is stored plain, so
+  repairs never lengthen a chain nor close a cycle.
 - Records appended by a batch that is discarded, or by racing puts of one digest, stay in their
   pack unindexed: valid, verified frames that a rebuild may index.
 """
@@ -49,6 +50,9 @@ from cas.store import CheckReport, ChunkStore, StoreStats
 _HEX = frozenset("0123456789abcdef")
 _ENTRY = struct.Struct(">8sIIBBB")
 Hints = Mapping[bytes, bytes | Sequence[bytes]]
+# Writes keep chains within the policy's max_depth; reads only refuse what no write can make (a
+# cycle, or a corrupt index), so a store opened with a smaller max_depth still reads everything.
+MAX_READ_DEPTH = 255
 
 
 class IndexEntry(NamedTuple):
@@ -276,7 +280,8 @@ class PackChunkStore(ChunkStore):
             if d in seen or (known and d not in self._damaged):
                 continue
             seen.add(d)
-            hint = (bases or {}).get(d)
+            # A repair is stored plain: a delta could make a cycle with a record based on it.
+            hint = (bases or {}).get(d) if not known else None
             candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
             records.append(self._record(d, frame, candidates[:self.max_candidates]))
             owners.append((i, d))
@@ -382,8 +387,8 @@ class PackChunkStore(ChunkStore):
         record = self._read(digest, entry)
         if record.type != RecordType.DELTA:
             return self._decode(digest, record.payload)
-        if depth >= self.policy.max_depth or record.depth > self.policy.max_depth:
-            raise CorruptChunkError(digest, f"delta chain deeper than {self.policy.max_depth}")
+        if depth >= MAX_READ_DEPTH:
+            raise CorruptChunkError(digest, f"delta chain deeper than {MAX_READ_DEPTH} (a cycle?)")
         assert record.base is not None
         base_data = self._bases.get(record.base)
         if base_data is None:

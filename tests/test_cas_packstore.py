@@ -126,6 +126,9 @@ def test_delta_chains_stop_at_the_maximum_depth_and_read_back_exactly(tmp_path):
     reopened = PackChunkStore(tmp_path / "s", fsync=False, policy=policy)  # cold base cache, rebuilt index
     assert [reopened.get(d) for d in reversed(digests)] == list(reversed(versions))
     assert reopened.check(read_data=True).damaged == []
+    reopened.close()
+    shallower = PackChunkStore(tmp_path / "s", fsync=False, policy=delta.DeltaPolicy(max_depth=2), base_cache_bytes=0)
+    assert [shallower.get(d) for d in digests] == versions  # a smaller limit for writes still reads deeper chains
 
 
 def test_the_smallest_delta_among_the_candidates_wins(store):
@@ -169,6 +172,7 @@ def test_delta_record_with_a_wrong_base_is_refused(store):
     # the next verified copy repairs it
     assert store.put_many([item(versions[1])], {target: right[0]}) == [True]
     assert store.get(target) == versions[1] and store.damaged_among([target]) == []
+    assert store.index.get(target).type == RecordType.CHUNK  # repairs are stored plain
 
 
 def flip(store: PackChunkStore, d: bytes, at: int = -5) -> None:
