@@ -401,6 +401,9 @@ class PackWriter:
                 dirty, self._dirty = self._dirty, []
                 for pack in dirty:
                     pack.dirty = False
+                # only packs sealed before this snapshot: one sealed after it is synced (and
+                # closed) by the next flush
+                retired = [pack for pack in dirty if pack.sealed]
             if self._fsync:
                 for pack in dirty:
                     os.fdatasync(pack.fd)
@@ -409,8 +412,8 @@ class PackWriter:
                     fsync_dir(folder)
             for pack in dirty:
                 pack.new_name = pack.new_folder = False
-                if pack.sealed:
-                    os.close(pack.fd)
+            for pack in retired:
+                os.close(pack.fd)
             return pending
 
     def close(self) -> None:

@@ -292,3 +292,37 @@ def test_sigkill_during_appends_loses_no_flushed_record(tmp_path):
         scanned += sum(1 for _ in scan(tmp_path, pack, report))
         assert report.damaged == [] and report.sealed, pack
     assert scanned >= len(acked)
+
+
+def test_threads_appending_and_flushing_through_many_rotations(tmp_path):
+    writer = PackWriter(tmp_path, max_pack_size=2048, fsync=True)
+    appended: dict[Location, int] = {}
+    durable: list[Location] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for n in range(25):
+                i = k * 1000 + n
+                loc = writer.append(record(i, size=100 + n * 30))
+                flushed = writer.flush()
+                with lock:
+                    appended[loc] = i
+                    durable.extend(flushed)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    assert errors == []
+    assert sorted(durable) == sorted(appended) and len(set(durable)) == len(durable) == 100
+    found = scan_all(tmp_path)
+    assert {loc: rec.digest for loc, rec in found.items()} == {
+        loc: record(i, size=100 + (i % 1000) * 30).digest for loc, i in appended.items()
+    }
+    assert len(list_packs(tmp_path)) > 10 and all(is_sealed(tmp_path, p) for p in list_packs(tmp_path))
