@@ -1,14 +1,16 @@
 """Pack store vs one-file-per-chunk store, and similarity-delta on a real version history.
 
-Usage: ``python -m bench.packs [--size-mib 128] [--batch 64] [--skip-history] [--skip-append]``
+Usage: ``python -m bench.packs [--size-mib 128] [--batch 64] [--skip-history] [--skip-append]
+[--package flask --releases 2.2.0,2.2.1,...]``
 
 1. Append: the same zstd-3 frames of the mixed dataset (``bench.datasets.MixedStream``) stored,
    fsync on, in batches of ``--batch`` chunks (one durability barrier per batch, as an upload
    stream's flush window does), by ``LocalChunkStore.put_many`` and by ``PackChunkStore.put_many``
    (and by a bare ``PackWriter``): frame MB/s, files and folders created, allocated bytes; then
-   every frame read back (``get_frame``, page cache warm) in MB/s.
-2. History: the 8 flask sdists of ``bench.datasets`` (downloaded once into bench/data/, gunzipped
-   to .tar), chunked with the default parameters. Every unique chunk is put into a PackChunkStore
+   every frame read back (``get_frame``, page cache warm) in MB/s; then the pack store reopened
+   (index rebuilt from the packs alone) and checked with ``read_data``, in MB/s of frames.
+2. History: the 8 flask sdists of ``bench.datasets`` (or ``--package``/``--releases``; downloaded
+   once into bench/data/, gunzipped to .tar), chunked with the default parameters. Every unique chunk is put into a PackChunkStore
    with, as delta hints, the previous version's chunk covering the same offset and its two
    neighbours (one store uses the first hint only, one keeps the smallest delta of the three);
    reported: zstd-3 frame bytes, what each store keeps (delta chains bounded at depth 4), the
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import zstandard
 
-from bench.datasets import MIB, MixedStream, release_versions
+from bench.datasets import MIB, VERSIONS, VERSIONS_PACKAGE, MixedStream, release_versions
 from cas import codec, delta
 from cas.chunker import ChunkParams, chunk_bytes, chunk_stream
 from cas.digest import digest
@@ -100,6 +102,14 @@ def bench_append(work: Path, size: int, batch: int) -> None:
         apparent, allocated, files, folders = disk_usage(Path(store.root))  # type: ignore[attr-defined]
         print(f"  {name:34} put {total / MIB / seconds:7.1f} MB/s   get_frame {total / MIB / reading:7.1f} MB/s   "
               f"{files} files, {folders} folders, {allocated / MIB:.1f} MiB allocated ({apparent / MIB:.1f} apparent)")
+    packs = stores["PackChunkStore (32 MiB packs)"]
+    packs.close()
+    start = time.perf_counter()
+    reopened = PackChunkStore(packs.root)  # in-memory index: rebuilt by scanning every pack
+    rebuild = time.perf_counter() - start
+    check = timed(lambda: reopened.check(read_data=True))
+    print(f"  {'PackChunkStore open + rebuild_index':34} {total / MIB / rebuild:7.1f} MB/s of packs scanned   "
+          f"check --read-data {total / MIB / check:7.1f} MB/s")
     writer = PackWriter(work / "bare")
     records = [[Record(RecordType.CHUNK, d, f, f[3]) for d, f in group] for group in groups]
 
@@ -118,8 +128,8 @@ def offsets_and_chunks(path: Path) -> tuple[list[int], list[bytes]]:
     return [c.offset for c in chunks], [c.data for c in chunks]
 
 
-def bench_history(work: Path) -> None:
-    versions = release_versions(work)
+def bench_history(work: Path, package: str, releases: tuple[str, ...]) -> None:
+    versions = release_versions(work, package, releases)
     logical = sum(p.stat().st_size for p in versions.files)
     print(f"history: {versions.source}, {logical / 1e6:.1f} MB logical")
     stores = {  # hints: the previous version's chunk covering the same offset, then its two neighbours
@@ -211,13 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64, help="chunks per durability barrier")
     parser.add_argument("--skip-append", action="store_true")
     parser.add_argument("--skip-history", action="store_true")
+    parser.add_argument("--package", default=VERSIONS_PACKAGE, help="PyPI project of the version history")
+    parser.add_argument("--releases", default=",".join(VERSIONS), help="its versions, oldest first, comma-separated")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-packs-"))
     try:
         if not args.skip_append:
             bench_append(work, args.size_mib * MIB, args.batch)
         if not args.skip_history:
-            bench_history(work)
+            bench_history(work, args.package, tuple(args.releases.split(",")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
