@@ -9,16 +9,17 @@ Usage: ``python -m bench.packs [--size-mib 128] [--batch 64] [--skip-history] [-
    (and by a bare ``PackWriter``): frame MB/s, files and folders created, allocated bytes; then
    every frame read back (``get_frame``, page cache warm) in MB/s; then the pack store reopened
    (index rebuilt from the packs alone) and checked with ``read_data``, in MB/s of frames.
-2. History: the 8 flask sdists of ``bench.datasets`` (or ``--package``/``--releases``; downloaded
-   once into bench/data/, gunzipped to .tar), chunked with the default parameters. Every unique
-   chunk is put into a PackChunkStore with, as delta hints, the previous version's chunk covering the same offset and its two
-   neighbours (one store uses the first hint only, one keeps the smallest delta of the three);
-   reported: zstd-3 frame bytes, what each store keeps (delta chains bounded at depth 4), the
-   same-offset deltas with unbounded chains, the data dir on disk (``du``-style allocated bytes)
-   of a pack store and of the file-per-chunk store, and a borg-like reference computed
-   in-process (2 MiB average chunks, zstd-3, exact dedup; borg itself is not installed here).
-   When /work/shared/tools/similarity_trial.py exists it is run on the same files (its
-   dictionary is three neighbouring chunks, not one, and its chains are unbounded).
+2. History: the 8 flask sdists of ``bench.datasets`` (or ``--package``/``--releases``;
+   downloaded once into bench/data/, gunzipped to .tar), chunked with the default parameters.
+   Every unique chunk is put into a PackChunkStore with, as delta hints, the previous version's
+   chunk covering the same offset and its two neighbours (one store uses the first hint only,
+   one keeps the smallest delta of the three); reported: zstd-3 frame bytes, what each store
+   keeps (delta chains bounded at depth 4), the same-offset deltas with unbounded chains, the
+   data dir on disk (``du``-style allocated bytes) of a pack store and of the file-per-chunk
+   store, and a borg-like reference computed in-process (2 MiB average chunks, zstd-3, exact
+   dedup; borg itself is not installed here). When /work/shared/tools/similarity_trial.py exists
+   it is run on the same files (its dictionary is three neighbouring chunks, not one, and its
+   chains are unbounded).
 
 Prints numbers only; no thresholds.
 """
