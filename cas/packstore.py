@@ -152,7 +152,6 @@ class PackStaged:
 
     count: int
     entries: list[tuple[int, bytes, IndexEntry]] = field(default_factory=list)  # item index, digest, entry
-    locations: set[Location] = field(default_factory=set)
 
 
 @dataclass
@@ -281,13 +280,12 @@ class PackChunkStore(ChunkStore):
                 continue
             seen.add(d)
             # A repair is stored plain: a delta could make a cycle with a record based on it.
-            hint = (bases or {}).get(d) if not known else None
+            hint = (bases or {}).get(d) if not known and d not in self._damaged else None
             candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
             records.append(self._record(d, frame, candidates[:self.max_candidates]))
             owners.append((i, d))
         for (i, d), record, loc in zip(owners, records, self.writer.append_many(records), strict=True):
             staged.entries.append((i, d, IndexEntry.of(loc, record)))
-            staged.locations.add(loc)
         return staged
 
     def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
@@ -319,9 +317,11 @@ class PackChunkStore(ChunkStore):
         """The hinted base, or when it is at the maximum depth its own base (similar content one
         step up its chain, so long histories keep delta-coding instead of restarting plain)."""
         base, entry = hint, self.index.get(hint)
-        while entry is not None and entry.depth >= self.policy.max_depth and entry.base is not None:
+        for _ in range(MAX_READ_DEPTH):  # bounded even if a corrupt index made a cycle
+            if entry is None or entry.depth < self.policy.max_depth or entry.base is None:
+                break
             base, entry = entry.base, self.index.get(entry.base)
-        if entry is None or base in self._damaged or base == digest:
+        if entry is None or entry.depth >= self.policy.max_depth or base in self._damaged or base == digest:
             return None
         return base, entry
 

@@ -346,3 +346,13 @@ def test_rebuild_marks_a_damaged_record_but_not_a_tail_still_being_written(tmp_p
     assert reopened.get(other[0]) == b"from the busy writer"
     assert [reopened.has(d) for d, _ in items] == [True, False, True, True]
     busy.close()
+
+
+def test_a_chunk_marked_missing_is_repaired_plain_even_with_a_hint(store):
+    versions = history(8, 2)
+    base, target = item(versions[0]), item(versions[1])
+    store.put(*base)
+    assert store.mark_damaged(target[0])  # named by some index, absent from the packs
+    assert store.put_many([target], {target[0]: base[0]}) == [True]
+    assert store.index.get(target[0]).type == RecordType.CHUNK
+    assert store.get(target[0]) == versions[1] and store.damaged_among([target[0]]) == []
