@@ -447,17 +447,21 @@ class PackReader:
     last reader.
     """
 
-    def __init__(self, root: str | Path, max_open: int = 64) -> None:
+    def __init__(self, root: str | Path, max_open: int = 64, max_record_size: int = HEADER_SIZE + 0xFFFFFFFF) -> None:
         self.root = Path(root)
         self.max_open = max(1, max_open)
+        self.max_record_size = max_record_size
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, _Handle] = OrderedDict()
 
     def read(self, location: Location, digest: bytes) -> Record:
         """The record at ``location``, which must be an intact record named ``digest``.
 
-        :class:`CorruptChunkError` when it is not (or its pack is gone or too short).
+        :class:`CorruptChunkError` when it is not (or its pack is gone or too short, or the
+        location's length is impossible: nothing is allocated for it).
         """
+        if not HEADER_SIZE <= location.length <= self.max_record_size:
+            raise CorruptChunkError(digest, f"a record of {location.length} bytes is impossible here")
         try:
             handle = self._acquire(location.pack)
         except FileNotFoundError:

@@ -30,7 +30,7 @@ from typing import NamedTuple, Protocol
 
 from cas import codec, delta
 from cas.digest import check_digest
-from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidInputError
+from cas.errors import ChunkNotFoundError, ChunkTooLargeError, CorruptChunkError, InvalidInputError
 from cas.pack import (
     DEFAULT_MAX_PACK_SIZE,
     HEADER_SIZE,
@@ -238,7 +238,10 @@ class PackChunkStore(ChunkStore):
             fsync_dir(self.root)
         self.recoveries = [r for r in (recover(self.root, p, fsync) for p in list_packs(self.root)) if r.cut_bytes]
         self.writer = PackWriter(self.root, max_pack_size, fsync)
-        self.reader = PackReader(self.root, max_open_packs)
+        # Generous (a zstd frame of incompressible bytes is a little larger than the raw one), and
+        # enforced by stage(): a read never refuses what a put wrote, nor allocates much more.
+        self.max_frame_size = 2 * max_chunk_size + 65536
+        self.reader = PackReader(self.root, max_open_packs, HEADER_SIZE + self.max_frame_size)
         self._bases = _BaseCache(base_cache_bytes)
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
@@ -272,6 +275,9 @@ class PackChunkStore(ChunkStore):
         when :func:`cas.delta.encode_if_smaller` says it pays; otherwise the frame is stored as
         is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`).
         """
+        too_large = next((len(f) for _, f in items if len(f) > self.max_frame_size), None)
+        if too_large is not None:
+            raise ChunkTooLargeError(f"frame of {too_large} bytes, the store takes at most {self.max_frame_size}")
         staged = PackStaged(len(items))
         indexed = self.index.contains_many([check_digest(d) for d, _ in items])
         records, owners, seen = [], [], set()

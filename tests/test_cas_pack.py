@@ -198,6 +198,10 @@ def test_reading_at_a_wrong_location_or_a_missing_pack_is_corruption(tmp_path):
         reader.read(Location(pack, locations[2].offset, 10_000), record(2).digest)
     with pytest.raises(CorruptChunkError, match="missing"):
         reader.read(Location("00" * 8, 16, 300), record(0).digest)
+    bounded = PackReader(tmp_path, max_record_size=1000)
+    for length in (10, 1001, 1 << 40):  # from a corrupt index: refused before any allocation
+        with pytest.raises(CorruptChunkError, match="impossible"):
+            bounded.read(Location(pack, locations[0].offset, length), record(0).digest)
 
 
 def test_a_pack_being_written_is_never_recovered(tmp_path):

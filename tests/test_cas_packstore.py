@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from cas import codec, delta
 from cas.chunker import ChunkParams, chunk_bytes
 from cas.digest import digest
-from cas.errors import ChunkNotFoundError, CorruptChunkError
+from cas.errors import ChunkNotFoundError, ChunkTooLargeError, CorruptChunkError
 from cas.pack import PackWriter, Record, RecordType, encode_header, is_sealed, list_packs, pack_path
 from cas.packstore import IndexEntry, MemoryIndex, PackChunkStore
 from cas.store import StoreStats
@@ -87,6 +87,10 @@ def test_chunk_store_semantics(store):
     assert store.stats() == StoreStats(2, len(frame) + len(codec.encode(b"a")))
     with pytest.raises(NotImplementedError):
         store.delete(d)
+    before = sorted(store.iterate())
+    with pytest.raises(ChunkTooLargeError):  # the whole batch is refused, nothing is written
+        store.put_many([item(b"fine"), (digest(b"big"), b"\0" * (store.max_frame_size + 1))])
+    assert sorted(store.iterate()) == before and not store.has(digest(b"fine"))
 
 
 def test_concurrent_puts_of_one_digest_store_it_once(store):
