@@ -54,6 +54,13 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
+def frame_header(method: int, length: int) -> bytes:
+    """The 8-byte frame header for ``method`` and an uncompressed ``length``."""
+    if length > _MAX_LENGTH:
+        raise ChunkTooLargeError(f"chunk of {length} bytes does not fit a frame")
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, method, length)
+
+
 def encode(data: bytes | memoryview, level: int = 3) -> bytes:
     """Return the frame of ``data``: zstd at ``level``, or raw when zstd does not make it smaller.
 
@@ -62,16 +69,17 @@ def encode(data: bytes | memoryview, level: int = 3) -> bytes:
     if type(level) is not int or level > zstandard.MAX_COMPRESSION_LEVEL:
         raise ValueError(f"invalid zstd level {level!r}")
     size = memoryview(data).nbytes
-    if size > _MAX_LENGTH:
-        raise ChunkTooLargeError(f"chunk of {size} bytes does not fit a frame")
+    header = frame_header(METHOD_RAW, size)
     if size:
         compressed = _compressor(level).compress(data)
         if len(compressed) < size:
-            return _HEADER.pack(MAGIC, FORMAT_VERSION, METHOD_ZSTD, size) + compressed
-    return b"".join((_HEADER.pack(MAGIC, FORMAT_VERSION, METHOD_RAW, size), data))
+            return frame_header(METHOD_ZSTD, size) + compressed
+    return b"".join((header, data))
 
 
-def _parse_header(frame: bytes | memoryview) -> tuple[int, int]:
+def parse_header(frame: bytes | memoryview, methods: tuple[int, ...] = (METHOD_RAW, METHOD_ZSTD)) -> tuple[int, int]:
+    """Return (method, declared length) of a frame header whose method is one of ``methods``;
+    :class:`MalformedFrameError` otherwise."""
     if memoryview(frame).nbytes < HEADER_SIZE:
         raise MalformedFrameError(f"frame of {memoryview(frame).nbytes} bytes is shorter than its header")
     magic, version, method, length = _HEADER.unpack_from(frame)
@@ -79,14 +87,14 @@ def _parse_header(frame: bytes | memoryview) -> tuple[int, int]:
         raise MalformedFrameError(f"bad frame magic {bytes(magic)!r}")
     if version != FORMAT_VERSION:
         raise MalformedFrameError(f"unsupported frame format version {version}")
-    if method not in (METHOD_RAW, METHOD_ZSTD):
+    if method not in methods:
         raise MalformedFrameError(f"unknown frame method {method}")
     return method, length
 
 
 def frame_length(frame: bytes | memoryview) -> int:
     """Return the uncompressed length declared by the frame header (the header is validated)."""
-    return _parse_header(frame)[1]
+    return parse_header(frame)[1]
 
 
 def decode(frame: bytes | memoryview, max_size: int) -> bytes:
@@ -98,7 +106,7 @@ def decode(frame: bytes | memoryview, max_size: int) -> bytes:
     :class:`MalformedFrameError` on any other inconsistency, including a real length that differs
     from the declared one.
     """
-    method, length = _parse_header(frame)
+    method, length = parse_header(frame)
     if length > max_size:
         raise ChunkTooLargeError(f"frame declares {length} bytes, limit is {max_size}")
     payload = memoryview(frame)[HEADER_SIZE:]
@@ -106,6 +114,17 @@ def decode(frame: bytes | memoryview, max_size: int) -> bytes:
         if payload.nbytes != length:
             raise MalformedFrameError(f"raw frame declares {length} bytes but holds {payload.nbytes}")
         return bytes(payload)
+    return decompress_checked(_decompressor(), payload, length, max_size)
+
+
+def decompress_checked(
+    dctx: zstandard.ZstdDecompressor, payload: bytes | memoryview, length: int, max_size: int
+) -> bytes:
+    """Decompress one zstd frame that must hold exactly ``length`` bytes (at most ``max_size``).
+
+    The zstd-declared content size is checked against both before anything is allocated, so a
+    bomb costs nothing; any other inconsistency is a :class:`MalformedFrameError`.
+    """
     try:
         content_size = zstandard.frame_content_size(payload)
     except zstandard.ZstdError as exc:
@@ -122,7 +141,7 @@ def decode(frame: bytes | memoryview, max_size: int) -> bytes:
     if content_size != length:
         raise MalformedFrameError(f"zstd frame declares {content_size} bytes, header says {length}")
     try:
-        data = _decompressor().decompress(payload, max_output_size=length, allow_extra_data=False)
+        data = dctx.decompress(payload, max_output_size=length, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         if _EXPANDS_PAST_DECLARED in str(exc):
             raise ChunkTooLargeError(f"zstd payload expands past its declared {length} bytes") from None

@@ -1,0 +1,575 @@
+"""A chunk store over pack files (:mod:`cas.pack`) with a pluggable location index.
+
+Layout under ``root``: ``packs/`` (the records) and ``damaged/`` (an empty file per digest known
+damaged or missing). The index maps a digest to its record's location and kind; everything it
+holds can be rebuilt from the packs alone (:meth:`PackChunkStore.rebuild_index`).
+
+Invariants:
+- The index names only records that are durable: records are appended, one barrier makes the
+  batch durable (:meth:`PackChunkStore.publish`), and only then are they indexed.
+- A record is never changed. A damaged copy is repaired by appending a new record and pointing
+  the index at it; delete is not supported (space comes back when packs are rewritten, later).
+- A delta record's base is a chunk the store held, undamaged, when the delta was written, at a
+  depth below the policy's maximum, so a read decodes at most ``max_depth`` bases; recently
+  decoded bases are kept in a small LRU cache. A repair of a damaged chunk is stored plain, so
+  repairs never lengthen a chain nor close a cycle.
+- Records appended by a batch that is discarded, or by racing puts of one digest, stay in their
+  pack unindexed: valid, verified frames that a rebuild may index.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from cas import codec, delta
+from cas.digest import check_digest
+from cas.errors import ChunkNotFoundError, ChunkTooLargeError, CorruptChunkError, InvalidInputError
+from cas.pack import (
+    DEFAULT_MAX_PACK_SIZE,
+    HEADER_SIZE,
+    Location,
+    PackReader,
+    PackWriter,
+    Record,
+    RecordType,
+    ScanReport,
+    fsync_dir,
+    list_packs,
+    recover,
+    scan,
+)
+from cas.store import CheckReport, ChunkStore, StoreStats
+
+_HEX = frozenset("0123456789abcdef")
+_ENTRY = struct.Struct(">8sIIBBB")
+Hints = Mapping[bytes, bytes | Sequence[bytes]]
+# Writes keep chains within the policy's max_depth; reads only refuse what no write can make (a
+# cycle, or a corrupt index), so a store opened with a smaller max_depth still reads everything.
+MAX_READ_DEPTH = 255
+
+
+class IndexEntry(NamedTuple):
+    """Where a chunk's record is and how to decode it."""
+
+    pack: str
+    offset: int
+    length: int
+    type: RecordType
+    method: int
+    depth: int = 0
+    base: bytes | None = None
+
+    @property
+    def location(self) -> Location:
+        """The record's location in its pack."""
+        return Location(self.pack, self.offset, self.length)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of the stored frame (the record without its header)."""
+        return self.length - HEADER_SIZE
+
+    def to_bytes(self) -> bytes:
+        """19 bytes, plus the 32-byte base digest for a delta record."""
+        head = _ENTRY.pack(bytes.fromhex(self.pack), self.offset, self.length, self.type, self.method, self.depth)
+        return head + (self.base or b"")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> IndexEntry:
+        """Inverse of :meth:`to_bytes`."""
+        pack, offset, length, kind, method, depth = _ENTRY.unpack_from(raw)
+        base = bytes(raw[_ENTRY.size:]) or None
+        return cls(pack.hex(), offset, length, RecordType(kind), method, depth, base)
+
+    @classmethod
+    def of(cls, location: Location, record: Record) -> IndexEntry:
+        """The entry of ``record`` written at ``location``."""
+        return cls(*location, record.type, record.method, record.depth, record.base)
+
+
+class LocationIndex(Protocol):
+    """Digest -> :class:`IndexEntry`. Implementations must be safe to call from several threads."""
+
+    def get(self, digest: bytes) -> IndexEntry | None:
+        """The entry of ``digest``, or None."""
+
+    def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
+        """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
+
+    def contains_many(self, digests: Sequence[bytes]) -> list[bool]:
+        """Whether each digest has an entry, in order."""
+
+    def iterate(self) -> Iterator[tuple[bytes, IndexEntry]]:
+        """Every (digest, entry), in no particular order."""
+
+
+class MemoryIndex:
+    """A :class:`LocationIndex` in a dict (rebuilt from the packs when a store opens)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, IndexEntry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> IndexEntry | None:
+        """The entry of ``digest``, or None."""
+        return self._entries.get(digest)
+
+    def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
+        """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
+        written = []
+        with self._lock:
+            for d, entry in entries:
+                fresh = replace or d not in self._entries
+                if fresh:
+                    self._entries[d] = entry
+                written.append(fresh)
+        return written
+
+    def contains_many(self, digests: Sequence[bytes]) -> list[bool]:
+        """Whether each digest has an entry, in order."""
+        return [d in self._entries for d in digests]
+
+    def iterate(self) -> Iterator[tuple[bytes, IndexEntry]]:
+        """A snapshot of every (digest, entry)."""
+        with self._lock:
+            items = list(self._entries.items())
+        yield from items
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class PackStaged:
+    """Records appended by :meth:`PackChunkStore.stage`, not yet durable nor indexed."""
+
+    count: int
+    entries: list[tuple[int, bytes, IndexEntry]] = field(default_factory=list)  # item index, digest, entry
+
+
+@dataclass
+class RebuildReport:
+    """What :meth:`PackChunkStore.rebuild_index` found."""
+
+    packs: int = 0
+    records: int = 0
+    indexed: int = 0
+    damaged: list[bytes] = field(default_factory=list)  # records found damaged, with no intact copy
+    unreadable_spans: int = 0  # damaged spans whose header did not say which digest they held
+
+
+class _BaseCache:
+    """Recently decoded delta bases, bounded by their total size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            data = self._items.get(digest)
+            if data is not None:
+                self._items.move_to_end(digest)
+            return data
+
+    def put(self, digest: bytes, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            if digest in self._items:
+                return
+            self._items[digest] = data
+            self._size += len(data)
+            while self._size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+    def discard(self, digest: bytes) -> None:
+        with self._lock:
+            old = self._items.pop(digest, None)
+            if old is not None:
+                self._size -= len(old)
+
+
+class PackChunkStore(ChunkStore):
+    """Chunk frames as records in pack files, located through a :class:`LocationIndex`.
+
+    ``index=None`` uses a :class:`MemoryIndex` rebuilt from the packs on open; a persistent index
+    is trusted as given (call :meth:`rebuild_index` to recreate it). Opening cuts torn tails off
+    unsealed packs that no live process is writing. ``kind`` selects what the store holds
+    (chunk frames, with deltas, or manifests).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        index: LocationIndex | None = None,
+        *,
+        max_chunk_size: int = 256 * 1024,
+        fsync: bool = True,
+        max_pack_size: int = DEFAULT_MAX_PACK_SIZE,
+        policy: delta.DeltaPolicy = delta.DeltaPolicy(),
+        read_level: int = 1,
+        base_cache_bytes: int = 32 * 1024 * 1024,
+        max_candidates: int = 3,
+        max_open_packs: int = 64,
+        kind: RecordType = RecordType.CHUNK,
+    ) -> None:
+        self.root = Path(root)
+        self.max_chunk_size = max_chunk_size
+        self.policy = policy
+        self.read_level = read_level
+        self.max_candidates = max_candidates
+        self.kind = kind
+        self._fsync = fsync
+        (self.root / "packs").mkdir(parents=True, exist_ok=True)
+        self.quarantine = self.root / "damaged"
+        self.quarantine.mkdir(exist_ok=True)
+        if fsync:
+            fsync_dir(self.root)
+        self.recoveries = [r for r in (recover(self.root, p, fsync) for p in list_packs(self.root)) if r.cut_bytes]
+        self.writer = PackWriter(self.root, max_pack_size, fsync)
+        # Generous (a zstd frame of incompressible bytes is a little larger than the raw one), and
+        # enforced by stage(): a read never refuses what a put wrote, nor allocates much more.
+        self.max_frame_size = 2 * max_chunk_size + 65536
+        self.reader = PackReader(self.root, max_open_packs, HEADER_SIZE + self.max_frame_size)
+        self._bases = _BaseCache(base_cache_bytes)
+        self._lock = threading.Lock()
+        self._stats: StoreStats | None = None
+        self._damaged = {
+            bytes.fromhex(e.name) for e in os.scandir(self.quarantine) if len(e.name) == 64 and _HEX.issuperset(e.name)
+        }
+        self.index: LocationIndex = index if index is not None else MemoryIndex()
+        if index is None:
+            self.rebuild_index()
+
+    def _kinds(self) -> tuple[RecordType, ...]:
+        return (RecordType.CHUNK, RecordType.DELTA) if self.kind == RecordType.CHUNK else (self.kind,)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def put(self, digest: bytes, frame: bytes) -> bool:
+        """Store ``frame`` under ``digest``; True if newly written, False if already present."""
+        return self.put_many([(digest, frame)])[0]
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None) -> list[bool]:
+        """Store a batch with one durability barrier; ``bases`` maps a digest to likely
+        predecessors' digests (hints: see :meth:`stage`)."""
+        return self.publish(self.stage(items, bases))
+
+    def stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None) -> PackStaged:
+        """Append records for the frames not yet stored (or stored damaged), without a barrier.
+
+        ``bases`` maps a digest to one candidate base digest or a sequence of them. Of the
+        candidates the store holds undamaged, below the maximum depth (at most
+        ``max_candidates``, in the given order), the one giving the smallest delta frame is used
+        when :func:`cas.delta.encode_if_smaller` says it pays; otherwise the frame is stored as
+        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`).
+        """
+        too_large = next((len(f) for _, f in items if len(f) > self.max_frame_size), None)
+        if too_large is not None:
+            raise ChunkTooLargeError(f"frame of {too_large} bytes, the store takes at most {self.max_frame_size}")
+        staged = PackStaged(len(items))
+        indexed = self.index.contains_many([check_digest(d) for d, _ in items])
+        records, owners, seen = [], [], set()
+        for i, ((d, frame), known) in enumerate(zip(items, indexed, strict=True)):
+            if d in seen or (known and d not in self._damaged):
+                continue
+            seen.add(d)
+            # A repair is stored plain: a delta could make a cycle with a record based on it.
+            hint = (bases or {}).get(d) if not known and d not in self._damaged else None
+            candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
+            records.append(self._record(d, frame, candidates[:self.max_candidates]))
+            owners.append((i, d))
+        for (i, d), record, loc in zip(owners, records, self.writer.append_many(records), strict=True):
+            staged.entries.append((i, d, IndexEntry.of(loc, record)))
+        return staged
+
+    def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
+        """The record for a verified frame: the smallest worthwhile delta against one of the
+        candidate bases, else the frame itself."""
+        best: Record | None = None
+        data: bytes | None = None
+        for hint in dict.fromkeys(candidates) if self.kind == RecordType.CHUNK else ():
+            found = self._usable_base(hint, digest)
+            if found is None:
+                continue
+            base, entry = found
+            try:
+                base_data = self._data(base, entry)
+                data = codec.decode(frame, self.max_chunk_size) if data is None else data
+            except (CorruptChunkError, InvalidInputError):
+                continue
+            frame_delta = delta.encode_if_smaller(data, base_data, entry.depth, len(frame), self.policy)
+            if frame_delta is None or (best is not None and len(frame_delta) >= len(best.payload)):
+                continue
+            if delta.decode(frame_delta, base_data, self.max_chunk_size) == data:
+                best = Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
+        if best is not None:
+            return best
+        method = frame[3] if len(frame) > 3 else 0
+        return Record(self.kind, digest, bytes(frame), method)
+
+    def _usable_base(self, hint: bytes, digest: bytes) -> tuple[bytes, IndexEntry] | None:
+        """The hinted base, or when it is at the maximum depth its own base (similar content one
+        step up its chain, so long histories keep delta-coding instead of restarting plain)."""
+        base, entry = hint, self.index.get(hint)
+        for _ in range(MAX_READ_DEPTH):  # bounded even if a corrupt index made a cycle
+            if entry is None or entry.depth < self.policy.max_depth or entry.base is None:
+                break
+            base, entry = entry.base, self.index.get(entry.base)
+        if entry is None or entry.depth >= self.policy.max_depth or base in self._damaged or base == digest:
+            return None
+        return base, entry
+
+    def publish(self, *batches: PackStaged) -> list[bool]:
+        """Make the staged records durable (one barrier for all batches), then index them.
+
+        Returns, per staged item in order, True if it was newly stored (or repaired a damaged copy).
+        """
+        self.writer.flush()
+        results: list[bool] = []
+        for batch in batches:
+            flags = [False] * batch.count
+            repairs = [(i, d, e) for i, d, e in batch.entries if d in self._damaged]
+            fresh = [(i, d, e) for i, d, e in batch.entries if d not in self._damaged]
+            written = self.index.put_many([(d, e) for _, d, e in fresh])
+            if repairs:
+                self.index.put_many([(d, e) for _, d, e in repairs], replace=True)
+                self._clear_damaged([d for _, d, _ in repairs])
+            for (i, _, e), ok in zip(fresh, written, strict=True):
+                flags[i] = ok
+                if ok:
+                    self._count(1, e.frame_bytes)
+            for i, _, e in repairs:
+                flags[i] = True
+                self._count(1, e.frame_bytes)
+            results += flags
+        return results
+
+    def discard(self, staged: PackStaged) -> None:
+        """Forget a staged batch: its records stay in their pack, unindexed (see the module doc)."""
+        staged.entries.clear()
+
+    def close(self) -> None:
+        """Seal the open pack and close every descriptor."""
+        self.writer.close()
+        self.reader.close()
+
+    def _count(self, chunks: int, size: int) -> None:
+        with self._lock:
+            if self._stats is not None:
+                self._stats.chunk_count += chunks
+                self._stats.stored_bytes += size
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _entry(self, digest: bytes) -> IndexEntry:
+        d = check_digest(digest)
+        if d in self._damaged:
+            raise CorruptChunkError(d, "the stored copy is damaged; it is repaired when the chunk is uploaded again")
+        entry = self.index.get(d)
+        if entry is None:
+            raise ChunkNotFoundError(d)
+        return entry
+
+    def _read(self, digest: bytes, entry: IndexEntry) -> Record:
+        record = self.reader.read(entry.location, digest)
+        if record.type != entry.type or record.base != entry.base or record.depth != entry.depth:
+            raise CorruptChunkError(digest, "pack record does not match its index entry")
+        return record
+
+    def _data(self, digest: bytes, entry: IndexEntry, depth: int = 0) -> bytes:
+        """Decoded, verified bytes (bases decoded recursively, at most ``policy.max_depth`` deep)."""
+        record = self._read(digest, entry)
+        if record.type != RecordType.DELTA:
+            return self._decode(digest, record.payload)
+        if depth >= MAX_READ_DEPTH:
+            raise CorruptChunkError(digest, f"delta chain deeper than {MAX_READ_DEPTH} (a cycle?)")
+        assert record.base is not None
+        base_data = self._bases.get(record.base)
+        if base_data is None:
+            try:
+                base_data = self._data(record.base, self._entry(record.base), depth + 1)
+            except (CorruptChunkError, ChunkNotFoundError) as exc:
+                self.mark_damaged(record.base)
+                raise CorruptChunkError(digest, f"its delta base is unreadable: {exc}") from None
+            self._bases.put(record.base, base_data)
+        try:
+            return delta.decode_verified(digest, record.payload, base_data, self.max_chunk_size)
+        except InvalidInputError as exc:
+            raise CorruptChunkError(digest, str(exc)) from None
+
+    def get(self, digest: bytes) -> bytes:
+        """Decoded, verified bytes; a copy that fails is marked damaged before the error."""
+        entry = self._entry(digest)
+        try:
+            return self._data(digest, entry)
+        except CorruptChunkError:
+            self.mark_damaged(digest)
+            raise
+
+    def get_frame(self, digest: bytes, verify: bool = True) -> bytes:
+        """The chunk as a :mod:`cas.codec` frame: the stored frame, or for a delta record the
+        decoded bytes re-encoded at ``read_level`` (always verified: decoding checks the digest).
+
+        Every record's checksums are checked; ``verify`` also decodes and hashes a plain frame.
+        """
+        entry = self._entry(digest)
+        try:
+            if entry.type == RecordType.DELTA:
+                return codec.encode(self._data(digest, entry), self.read_level)
+            record = self._read(digest, entry)
+            if verify:
+                self._decode(digest, record.payload)
+            return record.payload
+        except CorruptChunkError:
+            self.mark_damaged(digest)
+            raise
+
+    def get_record(self, digest: bytes) -> Record:
+        """The stored record as is (checksums checked, a delta not decoded)."""
+        return self._read(digest, self._entry(digest))
+
+    def has(self, digest: bytes) -> bool:
+        """True if ``digest`` is indexed and not known to be damaged."""
+        return self.has_many([digest])[0]
+
+    def has_many(self, digests: Iterable[bytes]) -> list[bool]:
+        """:meth:`has` for each digest, with one index call."""
+        digests = list(digests)
+        damaged = self._damaged
+        return [ok and d not in damaged for d, ok in zip(digests, self.index.contains_many(digests), strict=True)]
+
+    def delete(self, digest: bytes) -> bool:
+        """Not supported: records never change, and a chunk may be the base of delta records."""
+        raise NotImplementedError("pack stores do not delete single chunks; packs are rewritten instead")
+
+    def iterate(self) -> Iterator[bytes]:
+        """Every indexed digest."""
+        for d, _ in self.index.iterate():
+            yield d
+
+    def stats(self) -> StoreStats:
+        """Chunk count and stored frame bytes (from the index once, then kept as counters)."""
+        with self._lock:
+            if self._stats is None:
+                count = size = 0
+                for d, entry in self.index.iterate():
+                    if d in self._damaged:
+                        continue
+                    count += 1
+                    size += entry.frame_bytes
+                self._stats = StoreStats(count, size)
+            return StoreStats(self._stats.chunk_count, self._stats.stored_bytes)
+
+    # ---- damage ----------------------------------------------------------------------------
+
+    def mark_damaged(self, digest: bytes) -> bool:
+        """Record that ``digest``'s copy is damaged or missing, unless it now verifies."""
+        d = check_digest(digest)
+        if d in self._damaged:
+            return True
+        entry = self.index.get(d)
+        if entry is not None:
+            try:
+                self._data(d, entry)
+                return False
+            except CorruptChunkError:
+                pass
+        self._bases.discard(d)
+        (self.quarantine / d.hex()).touch()
+        if self._fsync:
+            fsync_dir(self.quarantine)
+        with self._lock:
+            self._damaged.add(d)
+            if entry is not None and self._stats is not None:
+                self._stats.chunk_count -= 1
+                self._stats.stored_bytes -= entry.frame_bytes
+        return True
+
+    def _clear_damaged(self, digests: list[bytes]) -> None:
+        for d in digests:
+            (self.quarantine / d.hex()).unlink(missing_ok=True)
+        if self._fsync:
+            fsync_dir(self.quarantine)
+        with self._lock:
+            self._damaged.difference_update(digests)
+
+    def damaged_among(self, digests: Iterable[bytes]) -> list[bytes]:
+        """The digests, first-seen order without duplicates, known damaged or missing."""
+        damaged = self._damaged
+        return list(dict.fromkeys(d for d in digests if d in damaged)) if damaged else []
+
+    def iterate_damaged(self) -> list[bytes]:
+        """Every digest marked damaged or missing (sorted)."""
+        with self._lock:
+            return sorted(self._damaged)
+
+    def check(self, read_data: bool = False) -> CheckReport:
+        """Read every indexed record (checksums); with ``read_data`` also decode and hash it.
+
+        Records that fail are marked damaged and listed in the report.
+        """
+        report = CheckReport()
+        for d, entry in self.index.iterate():
+            if d in self._damaged:
+                continue
+            report.checked += 1
+            report.checked_bytes += entry.frame_bytes
+            try:
+                self._data(d, entry) if read_data else self._read(d, entry)
+            except CorruptChunkError:
+                if self.mark_damaged(d):
+                    report.damaged.append(d)
+        return report
+
+    # ---- rebuilding ------------------------------------------------------------------------
+
+    def rebuild_index(self) -> RebuildReport:
+        """Recreate the index from the packs alone (existing entries are replaced).
+
+        Of several intact records of one digest, the one with the shortest delta chain wins (a
+        plain frame first). A digest seen only in damaged records is marked damaged (the tail of a
+        pack another process is still appending to is in flight, not damaged).
+        """
+        report = RebuildReport()
+        best: dict[bytes, IndexEntry] = {}
+        damaged: set[bytes] = set()
+        kinds = self._kinds()
+        self.writer.close()  # every pack stable while it is scanned
+        for pack in list_packs(self.root):
+            report.packs += 1
+            scanned = ScanReport()
+            for location, record in scan(self.root, pack, scanned):
+                report.records += 1
+                if record.type not in kinds:
+                    continue
+                old = best.get(record.digest)
+                if old is None or record.depth <= old.depth:
+                    best[record.digest] = IndexEntry.of(location, record)
+            for offset, record in scanned.damaged:
+                if offset >= scanned.end and not scanned.sealed:
+                    continue  # the tail of a pack another process is appending to: in flight, not damage
+                if record is None:
+                    report.unreadable_spans += 1
+                elif record.type in kinds:
+                    damaged.add(record.digest)
+        self.index.put_many(list(best.items()), replace=True)
+        report.indexed = len(best)
+        report.damaged = sorted(damaged - best.keys())
+        with self._lock:
+            self._stats = None
+        for d in report.damaged:
+            self.mark_damaged(d)
+        return report
+
