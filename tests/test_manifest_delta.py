@@ -201,7 +201,8 @@ def test_server_expands_a_valid_delta(server, prefix, tmp_path):
         # Rotate: the last chunks first. Content, size and digest follow from the base.
         tail = sum(c.length for c in base.chunks[n - 3 :])
         rotated = data[-tail:] + data[:-tail]
-        request = delta_commit(prefix + "f", bytes.fromhex(first.version.manifest_digest), [copy(n - 3, 3), copy(0, n - 3)],
+        request = delta_commit(prefix + "f", bytes.fromhex(first.version.manifest_digest),
+                               [copy(n - 3, 3), copy(0, n - 3)],
                                len(data), digest(rotated))
         response = client.stub.CommitFile(request)
         assert response.version.version == 2 and response.version.chunk_count == n
