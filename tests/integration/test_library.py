@@ -391,3 +391,26 @@ def test_the_readme_backup_script_runs(server, env, prefix, tmp_path):
     with Client(server.address, insecure=True) as vault:
         assert vault.read(prefix + "small/new.txt") == b"a new file"  # the rest went on
 
+
+
+def test_versions_render_with_the_cli_json_shape():
+    from cas import signing
+    from cli.output import version_dict
+    from proto import stratus_pb2 as pb
+
+    key = signing.generate_key()
+    message = pb.VersionInfo(
+        path="a/b", version=3, size=10, created_ms=1_714_567_890_123, identity="me", mode=0o640,
+        mtime_ns=1_714_567_890_123_456_789, manifest_digest=b"\1" * 32, file_digest=b"\2" * 32, chunk_count=5,
+        new_chunks=2, new_bytes=99, signature=b"sig", signer_public_key=key.public_key,
+    )
+    doc = version_dict(Version.from_message(message))
+    assert doc == {
+        "path": "a/b", "version": 3, "deleted": False, "size": 10, "created": "2024-05-01T12:51:30.123Z",
+        "created_ms": 1_714_567_890_123, "identity": "me", "mode": "0640", "mtime": "2024-05-01T12:51:30.123Z",
+        "mtime_ns": 1_714_567_890_123_456_789, "manifest_digest": "01" * 32, "file_digest": "02" * 32,
+        "chunk_count": 5, "new_chunks": 2, "shared_chunks": 3, "new_bytes": 99, "signed": True,
+        "signer": signing.fingerprint(key.public_key),
+    }
+    marker = version_dict(Version.from_message(pb.VersionInfo(path="x", version=2, deleted=True, created_ms=5)))
+    assert marker["mode"] is None and marker["mtime"] is None and marker["signer"] is None and not marker["signed"]
