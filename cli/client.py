@@ -1,5 +1,8 @@
 """Synchronous StratusVault client: delta upload/download plus thin wrappers over every RPC.
 
+This is the low-level connection (protobuf in and out) that the engines run on; scripts use the
+public library, :class:`cli.library.Client`, which wraps it.
+
 Every method raises the typed errors of :mod:`cas.errors` (never ``grpc.RpcError``), so callers
 such as the CLI map failures to exit codes without knowing about gRPC. The transfer logic lives
 in :mod:`cli.upload` and :mod:`cli.download`; this module owns the connection.

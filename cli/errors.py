@@ -4,9 +4,12 @@ Exit codes are part of the CLI contract (DESIGN §7), so scripts can rely on the
 
     0 ok · 1 error · 2 usage · 3 not found · 4 conflict (if-version mismatch) · 5 integrity failure
 
-Every command runs inside :class:`StratusGroup`, which catches any error, prints one line on
-stderr that says what went wrong and what to do, and exits with the mapped code. A traceback is
-shown only with ``--debug`` (or ``STRATUS_DEBUG=1``).
+Every command runs inside ``cli.main.StratusGroup``, which catches any error, prints one line on
+stderr that says what went wrong and what to do (:func:`report`), and exits with the mapped code. A
+traceback is shown only with ``--debug`` (or ``STRATUS_DEBUG=1``).
+
+This module imports no typer (nor rich): the settings and time parsing that the client library
+shares with the CLI raise :class:`UsageError` from here.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ import os
 import sys
 import traceback
 from typing import Any
-
-import typer
-from typer.core import TyperGroup
 
 from cas import errors as cas_errors
 
@@ -95,7 +95,7 @@ def error_document(exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "error": {"exit_code": code, "kind": kind, "message": describe(exc)}}
 
 
-def debug_enabled(ctx: typer.Context | None) -> bool:
+def debug_enabled(ctx: object | None) -> bool:
     """Whether ``--debug`` (or STRATUS_DEBUG=1) asks for tracebacks."""
     obj = getattr(ctx, "obj", None) if ctx is not None else None
     if getattr(obj, "debug", False):
@@ -103,12 +103,12 @@ def debug_enabled(ctx: typer.Context | None) -> bool:
     return os.environ.get("STRATUS_DEBUG", "").lower() in ("1", "true", "yes")
 
 
-def _wants_json(ctx: typer.Context) -> bool:
-    out = getattr(ctx.obj, "out", None)
+def _wants_json(ctx: object) -> bool:
+    out = getattr(getattr(ctx, "obj", None), "out", None)
     return bool(getattr(out, "json", False))
 
 
-def report(exc: BaseException, ctx: typer.Context | None = None) -> int:
+def report(exc: BaseException, ctx: object | None = None) -> int:
     """Print the error (one line on stderr, a JSON document on stdout under --json); return its code."""
     if debug_enabled(ctx):
         traceback.print_exception(exc, file=sys.stderr)
@@ -117,16 +117,3 @@ def report(exc: BaseException, ctx: typer.Context | None = None) -> int:
     print(f"stratus: error: {describe(exc)}", file=sys.stderr, flush=True)
     return exit_code(exc)
 
-
-class StratusGroup(TyperGroup):
-    """The root command group: runs a command and turns any failure into its exit code."""
-
-    def invoke(self, ctx: typer.Context) -> Any:  # noqa: ANN401 - whatever the command returns
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the single place that reports failures
-            if type(exc).__module__.startswith(("click", "typer")):
-                raise  # usage errors: typer prints them and exits 2
-            raise typer.Exit(report(exc, ctx)) from None

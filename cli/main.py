@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cli.commands import admin, browse, demo, transfer
-from cli.errors import StratusGroup
+from cli.errors import report
 from cli.output import Output
 from cli.runtime import Runtime
 
@@ -27,6 +28,22 @@ STRATUS_CLIENT_NAME picks client-NAME.pem; --namespace or STRATUS_NAMESPACE
 works in a namespace you hold a grant on; or config.toml in your config dir.
 [bold]Exit codes[/bold]: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict, 5 integrity.
 """
+
+
+
+class StratusGroup(TyperGroup):
+    """The root command group: runs a command and turns any failure into its exit code (cli/errors.py)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # noqa: ANN401 - whatever the command returns
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the single place that reports failures
+            if type(exc).__module__.startswith(("click", "typer")):
+                raise  # usage errors: typer prints them and exits 2
+            raise typer.Exit(report(exc, ctx)) from None
+
 
 app = typer.Typer(
     cls=StratusGroup,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rich.markup import escape
     from rich.table import Table
 
-    from proto import stratus_pb2 as pb
+    from cli.results import Event, Version
 else:  # rich costs tens of milliseconds to import: only output for people needs it
     Console = lazy("rich.console", "Console")
     escape = lazy("rich.markup", "escape")
@@ -37,20 +37,21 @@ def human_bytes(n: float) -> str:
     return f"{value:.1f} PiB"  # pragma: no cover - unreachable
 
 
-def signer_name(key: bytes) -> str | None:
-    """A signer's key fingerprint for display (None when unsigned)."""
+def signer_name(key: bytes | str) -> str | None:
+    """A signer's key fingerprint for display (None when unsigned); ``key`` raw or in hex."""
     if not key:
         return None
     from cas import signing  # lazily: cryptography is slow to import and rarely needed
 
     try:
-        return signing.fingerprint(bytes(key))
+        raw = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
+        return signing.fingerprint(raw)
     except Exception:  # noqa: BLE001 - a bad key from the server is shown, not fatal
-        return "invalid:" + bytes(key).hex()[:16]
+        return "invalid:" + (key if isinstance(key, str) else bytes(key).hex())[:16]
 
 
-def version_dict(v: pb.VersionInfo) -> dict[str, Any]:
-    """A VersionInfo as a JSON-ready dict (digests in hex, times in ISO 8601 UTC and Unix units)."""
+def version_dict(v: Version) -> dict[str, Any]:
+    """A version as a JSON-ready dict (digests in hex, times in ISO 8601 UTC and Unix units)."""
     return {
         "path": v.path,
         "version": v.version,
@@ -62,23 +63,23 @@ def version_dict(v: pb.VersionInfo) -> dict[str, Any]:
         "mode": f"{v.mode:04o}" if v.mode else None,
         "mtime": iso_ms(v.mtime_ns // 1_000_000),
         "mtime_ns": v.mtime_ns,
-        "manifest_digest": v.manifest_digest.hex(),
-        "file_digest": v.file_digest.hex(),
+        "manifest_digest": v.manifest_digest,
+        "file_digest": v.file_digest,
         "chunk_count": v.chunk_count,
         "new_chunks": v.new_chunks,
         "shared_chunks": max(v.chunk_count - v.new_chunks, 0),
         "new_bytes": v.new_bytes,
-        "signed": bool(v.signature),
+        "signed": v.signed,
         "signer": signer_name(v.signer_public_key),
     }
 
 
-def event_dict(e: pb.Event) -> dict[str, Any]:
+def event_dict(e: Event) -> dict[str, Any]:
     """A change-feed event as a JSON-ready dict."""
     return {
         "cursor": e.cursor, "kind": e.kind, "path": e.path, "version": e.version, "size": e.size,
         "time": iso_ms(e.time_ms), "time_ms": e.time_ms, "identity": e.identity,
-        "manifest_digest": e.manifest_digest.hex(),
+        "manifest_digest": e.manifest_digest,
     }
 
 
@@ -159,6 +160,6 @@ class Output:
         self.stdout.print(table)
 
 
-def version_row(v: pb.VersionInfo) -> list[str]:
+def version_row(v: Version) -> list[str]:
     """The columns ``ls`` shows for a file."""
     return [v.path, str(v.version), human_bytes(v.size), format_ms(v.mtime_ns // 1_000_000), v.identity or "-"]

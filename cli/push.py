@@ -32,6 +32,7 @@ from cas.errors import CasError, NotFoundError, VersionConflictError
 from cas.paths import normalize_path
 from cli.grouping import DEFAULT_JOBS, SMALL_FILE_MAX, groups, is_fatal
 from cli.jobs import run_bounded
+from cli.results import Version
 from cli.smallfiles import upload_group
 from cli.statecache import CacheScope, Entry, FileState, observe
 from cli.tree import Excludes, LocalFile, WalkResult, remote_join, walk
@@ -230,7 +231,7 @@ class Uploader:
         assert head is not None
         if if_version is not None and if_version != head.version:
             raise VersionConflictError(path, if_version, head.version)
-        return FileOutcome(path, file.path, "skipped", head)
+        return FileOutcome(path, file.path, "skipped", Version.from_message(head))
 
     # ---- trees --------------------------------------------------------------------------------------
 
@@ -379,7 +380,7 @@ class Uploader:
         if not after.same_file(file.state):
             return None  # it changed while it was read: the next run must read it again
         v = outcome.version
-        return Entry(outcome.remote, file.state, v.version, bytes(v.manifest_digest))
+        return Entry(outcome.remote, file.state, v.version, bytes.fromhex(v.manifest_digest))
 
     def _remember(self, entries: list[Entry]) -> None:
         # Recorded even under --no-cache: that run read every file, so its entries are fresh.
@@ -402,7 +403,7 @@ class Uploader:
             except CasError as exc:
                 self._fail(report, FileOutcome(path, "", "failed", error=exc))
                 continue
-            report.files.append(FileOutcome(path, "", "deleted", tomb))
+            report.files.append(FileOutcome(path, "", "deleted", Version.from_message(tomb)))
             report.stats.files_deleted += 1
             forgotten.append(path)
         self.state.forget(forgotten)

@@ -8,9 +8,10 @@ that use the library and scripts that parse the CLI see the same field names.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proto import stratus_pb2 as pb
+if TYPE_CHECKING:  # only annotations: the values themselves need no protobuf
+    from proto import stratus_pb2 as pb
 
 
 def _hex(raw: bytes) -> str:
@@ -124,6 +125,14 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A batch of the change feed: the events, and the cursor to pass as ``since`` next time."""
+
+    events: list[Event]
+    cursor: str
 
 
 @dataclass(frozen=True)

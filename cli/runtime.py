@@ -1,4 +1,4 @@
-"""What every command shares: the global options, the output, a lazily opened connection and cache."""
+"""What every command shares: the global options, the output, and a lazily opened library :class:`Client`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import typer
 
 from cli.lazy import lazy
 from cli.output import Output
-from cli.settings import ConnectionSettings, cache_dir, resolve
+from cli.settings import ConnectionSettings, resolve
 
 if TYPE_CHECKING:
     from cli.client import StratusClient
+    from cli.library import Client
     from cli.statecache import StateCache
 else:  # gRPC and sqlite load when a command first connects or opens the cache, not for --help
-    StratusClient = lazy("cli.client", "StratusClient")
-    StateCache = lazy("cli.statecache", "StateCache")
+    Client = lazy("cli.library", "Client")
 
 
 @dataclass
@@ -31,8 +31,7 @@ class Runtime:
     namespace_option: str | None = None  # --namespace: work in a namespace the caller holds a grant on
     debug: bool = False
     _settings: ConnectionSettings | None = field(default=None, repr=False)
-    _client: StratusClient | None = field(default=None, repr=False)
-    _cache: StateCache | None = field(default=None, repr=False)
+    _library: Client | None = field(default=None, repr=False)
 
     @staticmethod
     def of(ctx: typer.Context) -> Runtime:
@@ -59,36 +58,33 @@ class Runtime:
         self._settings = settings
 
     @property
+    def library(self) -> Client:
+        """The library client every command works through (opened on first use; no traffic until a call)."""
+        if self._library is None:
+            self._library = Client.from_settings(self.settings)
+        return self._library
+
+    @property
     def client(self) -> StratusClient:
-        """The connection (opened on first use; no traffic until the first call)."""
-        if self._client is None:
-            s = self.settings
-            self._client = StratusClient.connect(
-                s.server, tls_dir=s.tls_dir, insecure=s.insecure, client_name=s.client_name,
-                manifest_cache=cache_dir() / "manifests", namespace=s.namespace,
-            )
-        return self._client
+        """The library client's low-level connection (for the admin commands the library does not cover)."""
+        return self.library.connection
 
     @property
     def namespace(self) -> str:
         """The namespace the server puts this client in (from ServerInfo, fetched once)."""
-        return self.client.server_info().namespace
+        return self.library.namespace
 
     @property
     def cache(self) -> StateCache:
         """The local state cache (opened on first use)."""
-        if self._cache is None:
-            self._cache = StateCache(cache_dir())
-        return self._cache
+        return self.library.state_cache
 
     def close(self) -> None:
-        """Close the connection and the cache."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._cache is not None:
-            if self._cache.problem:
-                self.out.note(f"[dim]note: state cache unavailable ({self._cache.problem}); "
-                              "unchanged files were read again[/dim]")
-            self._cache.close()
-            self._cache = None
+        """Close the client (connection and cache); note once when the state cache could not be used."""
+        if self._library is None:
+            return
+        problem = self._library.cache_problem
+        self._library.close()
+        self._library = None
+        if problem:
+            self.out.note(f"[dim]note: state cache unavailable ({problem}); unchanged files were read again[/dim]")

@@ -22,6 +22,7 @@ from cli import batch
 from cli.grouping import SMALL_FILE_MAX
 from cli.manifestdelta import ManifestCache
 from cli.remote import Remote
+from cli.results import Version
 from cli.upload import (
     Advance,
     FileOutcome,
@@ -143,4 +144,4 @@ def _commit(remote: Remote, prepared: list[_Prepared], sign_key: object, cache: 
         elif isinstance(answer, BaseException):
             o.status, o.error = "failed", answer
         else:
-            o.version, o.status = answer.version, "unchanged" if answer.unchanged else "uploaded"
+            o.version, o.status = Version.from_message(answer.version), "unchanged" if answer.unchanged else "uploaded"

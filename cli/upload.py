@@ -46,6 +46,7 @@ from cas.pipeline import HashedChunk, Pipeline
 from cli.grouping import CHUNK_OVERHEAD
 from cli.manifestdelta import BaseLookup, ManifestCache, commit_file, delta_request
 from cli.remote import ProgressFn, Remote, TransferParams
+from cli.results import Version
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
 
@@ -82,7 +83,7 @@ class FileOutcome:
     remote: str
     local: str
     status: str  # uploaded | unchanged | skipped | failed | deleted
-    version: pb.VersionInfo | None = None
+    version: Version | None = None  # converted from the server's answer where the engine receives it
     bytes_read: int = 0
     bytes_sent: int = 0  # frame bytes sent on the wire
     chunks_total: int = 0
@@ -453,7 +454,7 @@ def upload(
     response, delta = _commit(remote, source, manifest, (request, delta), outcome)
     if use_cache and cache is not None:
         cache.put(manifest)
-    outcome.version = response.version
+    outcome.version = Version.from_message(response.version)
     outcome.status = "unchanged" if response.unchanged else "uploaded"
     outcome.manifest_delta = delta is not None
     outcome.seconds = time.perf_counter() - started

@@ -132,7 +132,7 @@ def test_listing_pages_every_file_once_while_others_are_added(server, client):
     base = _base()
     paths = [f"{base}/f{n:05d}" for n in range(2500)]
     empty = client.put_bytes(b"", paths[0]).version
-    manifest = pb.Manifest(size=0, file_digest=empty.file_digest)
+    manifest = pb.Manifest(size=0, file_digest=bytes.fromhex(empty.file_digest))
     for p in paths[1:]:
         client.stub.CommitFile(pb.CommitFileRequest(path=p, manifest=manifest))
     stop = threading.Event()
@@ -250,7 +250,7 @@ def test_acknowledged_commit_survives_sigkill_of_server_and_embedded_valkey(tmp_
         assert _embedded_valkey_pid(data_dir) != valkey_pid
         with StratusClient(running.channel()) as c:
             info = c.stat("keep/me")
-            assert (info.version, info.manifest_digest, info.file_digest) == (
+            assert (info.version, info.manifest_digest.hex(), info.file_digest.hex()) == (
                 acked.version, acked.manifest_digest, acked.file_digest)
             # the manifest, and every chunk it names, are on disk and verify against their digests
             manifest = c.stub.GetManifest(pb.GetManifestRequest(path="keep/me")).manifest

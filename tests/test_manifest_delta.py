@@ -154,7 +154,7 @@ def test_unknown_base_falls_back_to_the_full_manifest(server, prefix, tmp_path):
         full = pb.CommitFileRequest(path=prefix + "b", manifest=pb.Manifest(
             chunks=[pb.ChunkRef(digest=c.digest, length=c.length) for c in b_manifest.chunks][::-1],
             size=b_manifest.size, file_digest=b_manifest.file_digest))
-        bad = delta_commit(prefix + "b", bytes(a.version.manifest_digest),
+        bad = delta_commit(prefix + "b", bytes.fromhex(a.version.manifest_digest),
                            delta_pieces(manifest.chunks, b_manifest.chunks), b_manifest.size,
                            b_manifest.file_digest)
         response, used = commit_file(client._remote, full, bad)
@@ -201,13 +201,14 @@ def test_server_expands_a_valid_delta(server, prefix, tmp_path):
         # Rotate: the last chunks first. Content, size and digest follow from the base.
         tail = sum(c.length for c in base.chunks[n - 3 :])
         rotated = data[-tail:] + data[:-tail]
-        request = delta_commit(prefix + "f", bytes(first.version.manifest_digest), [copy(n - 3, 3), copy(0, n - 3)],
+        request = delta_commit(prefix + "f", bytes.fromhex(first.version.manifest_digest),
+                               [copy(n - 3, 3), copy(0, n - 3)],
                                len(data), digest(rotated))
         response = client.stub.CommitFile(request)
         assert response.version.version == 2 and response.version.chunk_count == n
         assert client.get_bytes(prefix + "f") == rotated
         # An older version of the same path is a valid base too.
-        again = delta_commit(prefix + "f", bytes(first.version.manifest_digest), [copy(0, n)], len(data),
+        again = delta_commit(prefix + "f", bytes.fromhex(first.version.manifest_digest), [copy(0, n)], len(data),
                              base.file_digest)
         assert client.stub.CommitFile(again).version.version == 3
         assert client.get_bytes(prefix + "f") == data
@@ -227,14 +228,14 @@ def test_bad_delta_is_invalid_argument_and_changes_nothing(server, prefix, piece
         _, base = file_chunks(client, prefix + "f")
         n = len(base.chunks)
         real = {"last+1": copy(n - 1, 2), "all": copy(0, n)}
-        request = delta_commit(prefix + "f", bytes(first.version.manifest_digest),
+        request = delta_commit(prefix + "f", bytes.fromhex(first.version.manifest_digest),
                                [real.get(p, p) if isinstance(p, str) else p for p in pieces],
                                len(data) + size_delta, base.file_digest)
         with pytest.raises(grpc.RpcError) as err:
             client.stub.CommitFile(request)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
         head = client.stat(prefix + "f")
-        assert head.version == 1 and head.manifest_digest == first.version.manifest_digest
+        assert head.version == 1 and head.manifest_digest.hex() == first.version.manifest_digest
         assert client.get_bytes(prefix + "f") == data
 
 
@@ -243,7 +244,7 @@ def test_delta_with_chunks_in_the_manifest_is_invalid(server, prefix):
     with client:
         first = client.put_bytes(os.urandom(MIB), prefix + "f")
         _, base = file_chunks(client, prefix + "f")
-        request = delta_commit(prefix + "f", bytes(first.version.manifest_digest), [copy(0, len(base.chunks))],
+        request = delta_commit(prefix + "f", bytes.fromhex(first.version.manifest_digest), [copy(0, len(base.chunks))],
                                base.size, base.file_digest)
         request.manifest.chunks.add(digest=base.chunks[0].digest, length=base.chunks[0].length)
         with pytest.raises(grpc.RpcError) as err:
@@ -258,7 +259,7 @@ def test_base_of_another_path_is_refused(server, prefix):
         _, secret_manifest = file_chunks(client, prefix + "secret")
         mine = client.put_bytes(os.urandom(2 * MIB), prefix + "mine")
         n = len(secret_manifest.chunks)
-        steal = delta_commit(prefix + "mine", bytes(secret.version.manifest_digest), [copy(0, n)],
+        steal = delta_commit(prefix + "mine", bytes.fromhex(secret.version.manifest_digest), [copy(0, n)],
                              secret_manifest.size, secret_manifest.file_digest)
         with pytest.raises(grpc.RpcError) as err:
             client.stub.CommitFile(steal)
@@ -273,14 +274,14 @@ def test_base_of_another_path_is_refused(server, prefix):
             client.stub.CommitFile(steal)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         # The same in a batch: refused per file, the other file commits.
-        steal.base_manifest_digest = bytes(secret.version.manifest_digest)
-        ok = delta_commit(prefix + "secret", bytes(secret.version.manifest_digest), [copy(0, n)],
+        steal.base_manifest_digest = bytes.fromhex(secret.version.manifest_digest)
+        ok = delta_commit(prefix + "secret", bytes.fromhex(secret.version.manifest_digest), [copy(0, n)],
                           secret_manifest.size, secret_manifest.file_digest)
         ok.mode = 0o600
         results = client.stub.CommitFiles(pb.CommitFilesRequest(files=[steal, ok])).results
         assert results[0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
         assert results[1].ok.version.version == 2
-        assert client.stat(prefix + "mine").manifest_digest == mine.version.manifest_digest
+        assert client.stat(prefix + "mine").manifest_digest.hex() == mine.version.manifest_digest
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------

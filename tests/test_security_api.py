@@ -195,7 +195,8 @@ def test_signed_versions_and_tampering(tls_server):
     other = generate_key()
     with connect(tls_server, "alice") as alice:
         version = alice.put_bytes(b"signed content", "sig/doc", sign_key=key).version
-        assert len(version.signature) == 64 and version.signer_public_key == pair.public_key
+        assert version.signed and version.signer_public_key == pair.public_key.hex()
+        assert len(alice.stat("sig/doc").signature) == 64
         assert alice.get_bytes("sig/doc") == b"signed content"
         out = tls_server.data_dir / "out"
         alice.get_file("sig/doc", out, verify_key=pair.public_key)

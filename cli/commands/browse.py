@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cas.paths import normalize_path, normalize_prefix
+from cas.paths import normalize_path
 from cli.lazy import lazy
 from cli.output import event_dict, human_bytes, signer_name, version_dict, version_row
 from cli.runtime import Runtime
@@ -33,15 +33,14 @@ def ls(
 ) -> None:
     """List files (one page; --all for every page)."""
     rt = Runtime.of(ctx)
-    client = rt.client
-    as_of_ms = parse_time_ms(as_of) if as_of else 0
-    normalize_prefix(prefix)  # a clear error before any traffic
+    as_of_ms = parse_time_ms(as_of) if as_of else None  # a clear error before connecting
     if all_pages:
-        page = limit or client.server_info().max_page_size or 1000
-        files = list(client.iter_files(prefix, as_of_ms=as_of_ms, include_deleted=deleted, page_size=page))
+        files = list(rt.library.ls(prefix, as_of=as_of_ms, include_deleted=deleted, page_size=limit or 0))
         token = ""
     else:
-        files, token = client.list_files(prefix, limit or 0, page_token, as_of_ms, deleted)
+        page = rt.library.ls_page(prefix, limit=limit or 0, page_token=page_token, as_of=as_of_ms,
+                                  include_deleted=deleted)
+        files, token = page.files, page.next_page_token
     if rt.out.json:
         rt.out.document({"prefix": prefix, "files": [version_dict(f) for f in files],
                          "next_page_token": token or None})
@@ -64,7 +63,7 @@ def log(
     """Version history of a file, newest first."""
     rt = Runtime.of(ctx)
     path = normalize_path(remote)
-    versions = rt.client.list_versions(path, limit)
+    versions = rt.library.log(path, limit=limit)
     if rt.out.json:
         rt.out.document({"path": path, "versions": [version_dict(v) for v in versions]})
         return
@@ -74,7 +73,7 @@ def log(
             rows.append([str(v.version), format_ms(v.created_ms), "-", v.identity, "-", "-", "deleted"])
             continue
         shared = max(v.chunk_count - v.new_chunks, 0)
-        flags = "signed" if v.signature else ""
+        flags = "signed" if v.signed else ""
         rows.append([str(v.version), format_ms(v.created_ms), human_bytes(v.size), v.identity or "-",
                      f"{v.new_chunks} new / {shared} shared", human_bytes(v.new_bytes), flags])
     rt.out.table(["ver", "stored", "size", "by", "chunks", "new bytes", ""], rows, title=path,
@@ -89,7 +88,8 @@ def stat(
 ) -> None:
     """Metadata of a file version (the head by default)."""
     rt = Runtime.of(ctx)
-    info = rt.client.stat(normalize_path(remote), version=version, as_of_ms=parse_time_ms(as_of) if as_of else None)
+    when = parse_time_ms(as_of) if as_of else None  # a clear error before connecting
+    info = rt.library.stat(remote, version=version, as_of=when)
     if rt.out.json:
         rt.out.document(version_dict(info))
         return
@@ -98,7 +98,7 @@ def stat(
         ("stored", format_ms(info.created_ms)), ("by", info.identity),
         ("mode", f"{info.mode:04o}" if info.mode else None), ("modified", format_ms(info.mtime_ns // 1_000_000)),
         ("chunks", f"{info.chunk_count} ({info.new_chunks} new in this version, {human_bytes(info.new_bytes)})"),
-        ("file digest", f"blake3:{info.file_digest.hex()}"), ("manifest", info.manifest_digest.hex()),
+        ("file digest", f"blake3:{info.file_digest}"), ("manifest", info.manifest_digest),
         ("signed by", signer_name(info.signer_public_key) or "not signed"),
     ])
 
@@ -111,7 +111,7 @@ def rm(
 ) -> None:
     """Delete a file: writes a delete marker; earlier versions stay readable."""
     rt = Runtime.of(ctx)
-    tomb = rt.client.delete(normalize_path(remote), if_version=if_version)
+    tomb = rt.library.rm(remote, if_version=if_version)
     if rt.out.json:
         rt.out.document(version_dict(tomb))
         return
@@ -132,9 +132,8 @@ def diff(
     """What changed between two versions: byte ranges, new and shared chunks."""
     rt = Runtime.of(ctx)
     path = normalize_path(remote)
-    resp = rt.client.diff(path, from_version or 0, to_version or 0)
-    has_from = resp.HasField("from")
-    base = getattr(resp, "from") if has_from else None
+    resp = rt.library.diff(path, from_version or 0, to_version or 0)
+    base = resp.base
     unified = text_diff(rt.client, path, base, resp.to, max_bytes) if text else None
     if rt.out.json:
         rt.out.document({
@@ -171,12 +170,12 @@ def watch(
 ) -> None:
     """Print changes as they happen, each with the cursor to resume from."""
     rt = Runtime.of(ctx)
-    normalize_prefix(prefix)
+    events = rt.library.watch(prefix, since=since)
     if not rt.out.json:
         rt.out.note(f"[dim]watching {prefix or 'everything'} (Ctrl-C to stop; resume with --since CURSOR)[/dim]")
     seen = 0
     try:
-        for event in rt.client.watch(prefix, since):
+        for event in events:
             if rt.out.json:
                 rt.out.json_line(event_dict(event))
             else:
@@ -188,12 +187,14 @@ def watch(
                 return
     except KeyboardInterrupt:
         return
+    finally:
+        events.close()  # ends the server stream
 
 
 def info(ctx: typer.Context) -> None:
     """Server parameters and store statistics (logical vs stored bytes, dedup and compression)."""
     rt = Runtime.of(ctx)
-    i = rt.client.info()
+    i = rt.library.info()
     s = i.stats
     # Server-wide disk figures are for the admin role only, and only once the server has counted its
     # store (the first ServerInfo after a start begins that count); otherwise they come as zeros.
@@ -205,8 +206,8 @@ def info(ctx: typer.Context) -> None:
         rt.out.document({
             "server": rt.settings.server, "server_version": i.server_version, "identity": i.identity,
             "namespace": i.namespace,
-            "chunking": {"min_size": i.chunking.min_size, "avg_size": i.chunking.avg_size,
-                         "max_size": i.chunking.max_size},
+            "chunking": {"min_size": i.chunk_min_size, "avg_size": i.chunk_avg_size,
+                         "max_size": i.chunk_max_size},
             "compression": i.compression, "compression_level": i.compression_level,
             "max_message_bytes": i.max_message_bytes, "max_batch_bytes": i.max_batch_bytes,
             "max_page_size": i.max_page_size, "max_manifest_chunks": i.max_manifest_chunks,
@@ -218,12 +219,11 @@ def info(ctx: typer.Context) -> None:
             },
         })
         return
-    c = i.chunking
     rt.out.pairs([
         ("server", f"{rt.settings.server} (version {i.server_version})"),
         ("you are", f"{i.identity} in namespace {i.namespace}"),
-        ("chunking", f"FastCDC min {human_bytes(c.min_size)}, avg {human_bytes(c.avg_size)}, "
-                     f"max {human_bytes(c.max_size)}"),
+        ("chunking", f"FastCDC min {human_bytes(i.chunk_min_size)}, avg {human_bytes(i.chunk_avg_size)}, "
+                     f"max {human_bytes(i.chunk_max_size)}"),
         ("compression", f"{i.compression} level {i.compression_level}"),
         ("limits", f"message {human_bytes(i.max_message_bytes)}, batch {human_bytes(i.max_batch_bytes)}, "
                    f"page {i.max_page_size}"),

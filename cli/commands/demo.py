@@ -239,7 +239,7 @@ def _tour(rt: Runtime, work: Path, size: int, say: Any) -> dict[str, Any]:  # no
     say(f"[bold]4.[/bold] changed 4 KiB in the middle and uploaded again as version {second.version.version}: "
         f"sent [bold]{human_bytes(second.bytes_sent)}[/bold] ({second.chunks_sent} of {second.chunks_total} chunks, "
         f"{share:.2f}% of the file)")
-    versions = client.list_versions(REMOTE, limit=5)
+    versions = rt.library.log(REMOTE, limit=5)
     if not rt.out.json:
         say("[bold]5.[/bold] history (stratus log demo/sample.bin):")
         rt.out.table(["ver", "size", "chunks", "new bytes"], [

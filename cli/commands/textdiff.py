@@ -10,7 +10,7 @@ from cli.output import Output, escape, human_bytes
 
 if TYPE_CHECKING:
     from cli.client import StratusClient
-    from proto import stratus_pb2 as pb
+    from cli.results import Version
 
 BINARY = "binary content differs (no text diff)"
 
@@ -25,7 +25,7 @@ def _decode(data: bytes) -> str | None:
 
 
 def text_diff(
-    client: StratusClient, path: str, base: pb.VersionInfo | None, to: pb.VersionInfo, max_bytes: int
+    client: StratusClient, path: str, base: Version | None, to: Version, max_bytes: int
 ) -> str:
     """The unified diff of ``base`` (None: empty) and ``to``; a one-line note for binary content."""
     for v in (base, to):

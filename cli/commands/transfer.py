@@ -13,29 +13,17 @@ import typer
 
 from cas.errors import CommitUnansweredError
 from cli import errors
-from cli.errors import UsageError
 from cli.grouping import DEFAULT_JOBS
 from cli.lazy import lazy
 from cli.output import Output, human_bytes
 from cli.runtime import Runtime
-from cli.timeparse import format_ms, parse_time_ms
+from cli.timeparse import format_ms
 
 if TYPE_CHECKING:
+    from cli.library import FileOutcome, GetOutcome, GetReport, ProgressEvent, UploadReport
     from cli.progress import TransferProgress
-    from cli.push import Uploader, UploadOptions, UploadReport
-    from cli.restore import Downloader, GetOptions, GetOutcome, GetReport, ProgressEvent
-    from cli.statecache import CacheScope
-    from cli.tree import Excludes, remote_prefix
-    from cli.upload import FileOutcome
-else:  # the transfer machinery loads when put or get runs
-    Uploader = lazy("cli.push", "Uploader")
-    UploadOptions = lazy("cli.push", "UploadOptions")
-    Downloader = lazy("cli.restore", "Downloader")
-    GetOptions = lazy("cli.restore", "GetOptions")
+else:  # the transfer machinery loads when put or get runs (through the library)
     TransferProgress = lazy("cli.progress", "TransferProgress")
-    Excludes = lazy("cli.tree", "Excludes")
-    CacheScope = lazy("cli.statecache", "CacheScope")
-    remote_prefix = lazy("cli.tree", "remote_prefix")
 
 MAX_NOTES_SHOWN = 20
 
@@ -93,29 +81,12 @@ def put(
 ) -> None:
     """Upload a file or a folder, sending only the chunks the server does not have."""
     rt = Runtime.of(ctx)
-    source = Path(local)
-    is_tree = local != "-" and source.is_dir()  # a symlink named here is followed
-    if is_tree and if_version is not None:
-        raise UsageError("--if-version applies to a single file, not to a folder")
-    if not is_tree and delete:
-        raise UsageError("--delete applies to folders")
-    sign_key = None
-    if sign is not None:
-        from cas import signing
-
-        sign_key = signing.load_private_key(sign)
-    options = UploadOptions(
-        jobs=jobs, sign_key=sign_key, use_cache=not no_cache, excludes=Excludes(exclude or []),
-        follow_symlinks=follow_symlinks, delete=delete, progress=_Bar(rt.out, "put" if is_tree else f"put {remote}"),
+    is_tree = local != "-" and Path(local).is_dir()  # a symlink named here is followed
+    report = rt.library.put(
+        sys.stdin.buffer if local == "-" else local, remote, if_version=if_version, sign_key=sign,
+        excludes=exclude or (), delete=delete, follow_symlinks=follow_symlinks, jobs=jobs, use_cache=not no_cache,
+        progress=_Bar(rt.out, "put" if is_tree else f"put {remote}"),
     )
-    uploader = Uploader(rt.client, CacheScope(rt.cache, rt.settings.server, rt.namespace), options)
-    if local == "-":
-        report = uploader.put_stream(sys.stdin.buffer, remote, if_version=if_version)
-    elif is_tree:
-        report = uploader.put_tree(source, remote_prefix(remote))
-    else:
-        target = remote + source.name if remote.endswith("/") else remote
-        report = uploader.put_file(source, target, if_version=if_version)
     _render_put(rt.out, report)
     code = errors.exit_code(report.first_error) if report.first_error is not None else 0
     if code:
@@ -175,24 +146,9 @@ def get(
 ) -> None:
     """Download a file or restore a folder, fetching only the chunks the local copy lacks."""
     rt = Runtime.of(ctx)
-    if version is not None and as_of is not None:
-        raise UsageError("give either --version or --as-of, not both")
-    as_of_ms = parse_time_ms(as_of) if as_of else None
-    key = None
-    if verify_key is not None:
-        from cas import signing
-
-        key = signing.load_public_key(verify_key)
     with _ProgressBar(rt.out) as bar:
-        options = GetOptions(rt.settings.server, rt.namespace, not no_cache, key, jobs, bar)
-        downloader = Downloader(rt.client, rt.cache, options)
-        if local == "-":
-            if remote.endswith("/"):
-                raise UsageError("only a single file can go to standard output")
-            report = downloader.get_stream(remote, sys.stdout.buffer, version=version, as_of_ms=as_of_ms,
-                                           label="standard output")
-        else:
-            report = _get_local(downloader, remote, Path(local), version, as_of_ms)
+        report = rt.library.get(remote, sys.stdout.buffer if local == "-" else local, version=version, as_of=as_of,
+                                verify_key=verify_key, jobs=jobs, use_cache=not no_cache, progress=bar)
     if local == "-":
         rt.out.json = False  # stdout holds the file; the summary goes to stderr
         _render_get(rt.out, report, to_stderr=True)
@@ -200,17 +156,6 @@ def get(
     _render_get(rt.out, report)
     if code := get_exit_code(report):
         raise typer.Exit(code)
-
-
-def _get_local(
-    downloader: Downloader, remote: str, local: Path, version: int | None, as_of_ms: int | None
-) -> GetReport:
-    target = downloader.locate(remote, version=version, as_of_ms=as_of_ms)
-    if isinstance(target, str):
-        if version is not None:
-            raise UsageError(f"{remote} is a folder: --version selects a version of one file; use --as-of")
-        return downloader.get_tree(target, local, as_of_ms=as_of_ms)
-    return downloader.get_file(target, local)
 
 
 class _ProgressBar:
