@@ -61,7 +61,7 @@ class ServerConfig:
     max_batch_files: int = 1000  # entries per CommitFiles / GetManifests call
     # Admission (service/admission.py): the totals bound the whole server, the per-identity limits
     # bound one caller's share of them. A call over a limit waits at most admission_wait_s for a
-    # slot, then gets RESOURCE_EXHAUSTED with a retry-after trailer.
+    # slot, then gets RESOURCE_EXHAUSTED with retry_after_ms in its ErrorDetail.
     max_concurrent_uploads: int = 64  # PutChunks + Upload streams, all identities together
     max_concurrent_downloads: int = 64  # GetChunks + Download streams, all identities together
     max_uploads_per_identity: int = 16
