@@ -268,10 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
+    except CasError as exc:
+        print(f"stratus serve: {exc}", file=sys.stderr)
+        return 2
+    try:
         asyncio.run(run(config))
     except CasError as exc:
         print(f"stratus serve: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        where = config.redis_url or "the embedded Valkey"
+        print(f"stratus serve: cannot reach the metadata store at {where} ({exc}); "
+              "check --redis-url and that the server is running", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -305,3 +305,16 @@ def test_stat_during_a_short_outage_succeeds(private_redis, tmp_path):
         assert "a.txt" in out
     finally:
         running.stop()
+
+
+def test_a_server_that_cannot_reach_its_metadata_store_says_so(tmp_path: Path):
+    """No traceback: one line naming the URL, and exit code 1."""
+    url = f"redis://127.0.0.1:{_free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "service.server", "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+         "--insecure", "--redis-url", url],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert f"cannot reach the metadata store at {url}" in done.stderr
+    assert "Traceback" not in done.stderr
