@@ -148,7 +148,7 @@ class StratusService(pb_grpc.StratusServicer):
         caller = self._identify(context, "ServerInfo")
         ns_stats = NamespaceStats(0, 0, 0, 0, 0)
         if caller.view is None:
-            ns_stats = await self.repo.metadata.stats(caller.namespace)
+            ns_stats = await self.repo.namespace_stats(caller.namespace)
         disk = await self.repo.disk_stats(DISK_STATS_WAIT) if caller.admin else None
         p = self.config.chunk_params
         return pb.ServerInfoResponse(
@@ -457,7 +457,7 @@ class StratusService(pb_grpc.StratusServicer):
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.ListVersionsResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "ListVersions", path)
-        records = await self.repo.metadata.list_versions(caller.namespace, path, limit=request.limit)
+        records = await self.repo.versions(caller.namespace, path, limit=request.limit)
         if not records:
             raise NotFoundError(f"{path}: no such file")
         return pb.ListVersionsResponse(versions=[version_info(r) for r in records])
@@ -466,7 +466,7 @@ class StratusService(pb_grpc.StratusServicer):
     async def Delete(self, request: pb.DeleteRequest, context: Ctx) -> pb.VersionInfo:
         path = normalize_path(request.path)
         caller = self._enter(context, "Delete", path, write=True)
-        record = await self.repo.metadata.delete(
+        record = await self.repo.delete(
             caller.namespace, path, identity=caller.identity,
             if_version=request.if_version if request.HasField("if_version") else None,
         )
@@ -491,7 +491,7 @@ class StratusService(pb_grpc.StratusServicer):
         prefix = normalize_prefix(request.prefix)
         caller, prefixes = self._enter_listing(context, "Changes", prefix)
         limit = min(request.limit or self.config.default_page_size, self.config.max_page_size)
-        events, cursor = await self.repo.metadata.changes(caller.namespace, request.since, limit, prefixes)
+        events, cursor = await self.repo.changes(caller.namespace, request.since, limit, prefixes)
         return pb.ChangesResponse(events=[event_message(e) for e in events], cursor=cursor)
 
     # ---- maintenance --------------------------------------------------------------------------
@@ -513,6 +513,6 @@ class StratusService(pb_grpc.StratusServicer):
     async def Watch(self, request: pb.WatchRequest, context: Ctx) -> AsyncIterator[pb.Event]:
         prefix = normalize_prefix(request.prefix)
         caller, prefixes = self._enter_listing(context, "Watch", prefix)
-        async for event in self.repo.metadata.watch(caller.namespace, request.since, prefixes):
+        async for event in self.repo.watch(caller.namespace, request.since, prefixes):
             yield event_message(event)
 

@@ -109,11 +109,11 @@ class Committer:
 
     async def _check_base(self, ns: str, path: str, base_digest: bytes) -> None:
         # The head is the usual base; the whole history is read only when it is not.
-        head = await self.repo.metadata.head(ns, path)
+        head = await self.repo.head(ns, path)
         if head is not None and head.manifest_digest == base_digest:
             return
         if head is not None and any(
-            r.manifest_digest == base_digest for r in await self.repo.metadata.list_versions(ns, path)
+            r.manifest_digest == base_digest for r in await self.repo.versions(ns, path)
         ):
             return
         raise NotFoundError(f"{path}: the base manifest is not the manifest of any version of this path")
@@ -132,7 +132,7 @@ class Committer:
         """Commit one file; raises the typed error of whatever refused it."""
         c = await self.expand(ns, c)
         self.check(c)
-        head = await self.repo.metadata.head(ns, c.path)
+        head = await self.repo.head(ns, c.path)
         manifest_digest = await self.repo.save_manifest(c.manifest)
         return await self._write(ns, identity, c, head, manifest_digest)
 
@@ -166,7 +166,7 @@ class Committer:
         if not ready:
             return results
         heads, digests = await asyncio.gather(
-            asyncio.gather(*(self.repo.metadata.head(ns, c.path) for _, c in ready)),
+            asyncio.gather(*(self.repo.head(ns, c.path) for _, c in ready)),
             self.repo.save_manifests([c.manifest for _, c in ready]),
         )
         outcomes = await asyncio.gather(
@@ -189,14 +189,14 @@ class Committer:
             and c.if_version in (None, head.version)
         ):
             return CommitOutcome(head, unchanged=True)
-        damaged = self.repo.chunks.damaged_among(ref.digest for ref in c.manifest.chunks)
+        damaged = self.repo.damaged_among(ref.digest for ref in c.manifest.chunks)
         if damaged:
             # A new version must not reference a copy known to be bad: the client re-sends these
             # chunks (FindMissingChunks lists them), which repairs the store, and commits again.
             raise MissingChunksError(damaged)
         previous = await self.repo.manifest_of(head)
         delta = diff_manifests(previous, c.manifest)
-        record = await self.repo.metadata.commit(
+        record = await self.repo.commit_version(
             ns, c.path, manifest_digest=manifest_digest, size=c.manifest.size, file_digest=c.manifest.file_digest,
             chunk_digests=[ref.digest for ref in c.manifest.chunks],
             chunk_lengths=[ref.length for ref in c.manifest.chunks], chunk_count=len(c.manifest.chunks),

@@ -13,11 +13,11 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cas import codec
 from cas.chunker import ChunkParams
@@ -31,7 +31,7 @@ from cas.errors import (
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
-from service.metadata import MetadataStore, VersionRecord
+from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
 
 log = logging.getLogger("stratus.server")
 # Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
@@ -220,6 +220,58 @@ class Repository:
         return [d for d in digests if d not in known and not self.chunks.has(d) and self.chunks.mark_damaged(d)]
 
     # ---- manifests ------------------------------------------------------------------------
+
+    # ---- metadata: what the handlers ask of it (they reach storage and metadata only through here) ----
+
+    async def namespace_stats(self, ns: str) -> NamespaceStats:
+        """Counters of a namespace (chunks, bytes, files, versions)."""
+        return await self.metadata.stats(ns)
+
+    async def head(self, ns: str, path: str) -> VersionRecord | None:
+        """The head version record of ``path`` (a delete marker included), or None."""
+        return await self.metadata.head(ns, path)
+
+    async def versions(self, ns: str, path: str, limit: int = 0) -> list[VersionRecord]:
+        """Versions of ``path``, newest first (``limit`` 0: all)."""
+        return await self.metadata.list_versions(ns, path, limit=limit)
+
+    async def list_files(
+        self, ns: str, prefix: str, *, after: str, limit: int, as_of_ms: int, include_deleted: bool
+    ) -> tuple[list[VersionRecord], str]:
+        """One page of the files under ``prefix`` after ``after``; (records, last path or "")."""
+        return await self.metadata.list_files(
+            ns, prefix, after=after, limit=limit, as_of_ms=as_of_ms, include_deleted=include_deleted
+        )
+
+    async def delete(self, ns: str, path: str, *, identity: str, if_version: int | None) -> VersionRecord:
+        """Write a delete marker (one atomic script: head check, marker, event)."""
+        return await self.metadata.delete(ns, path, identity=identity, if_version=if_version)
+
+    async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
+        """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
+        return await self.metadata.commit(ns, path, **record)
+
+    async def changes(
+        self, ns: str, since: str, limit: int, prefixes: str | tuple[str, ...]
+    ) -> tuple[list[Event], str]:
+        """Change-feed events after cursor ``since`` under ``prefixes``; (events, next cursor)."""
+        return await self.metadata.changes(ns, since, limit, prefixes)
+
+    def watch(self, ns: str, since: str, prefixes: str | tuple[str, ...]) -> AsyncIterator[Event]:
+        """Change-feed events as they happen (from ``since``)."""
+        return self.metadata.watch(ns, since, prefixes)
+
+    def damaged_among(self, digests: Iterable[bytes]) -> list[bytes]:
+        """The digests whose stored copy is known damaged or missing (in order)."""
+        return self.chunks.damaged_among(digests)
+
+    async def show_chunks(self, ns: str, refs: Sequence[tuple[bytes, int]], view: str) -> None:
+        """Add chunks (digest, length) to a confined caller's chunk view (service/scoped.py)."""
+        await self.metadata.add_chunks(ns, list(refs), view)
+
+    async def missing_in_view(self, ns: str, digests: Sequence[bytes], view: str) -> list[bytes]:
+        """The digests a confined caller's chunk view lacks (request order)."""
+        return await self.metadata.missing_chunks(ns, list(digests), view)
 
     async def save_manifest(self, manifest: Manifest) -> bytes:
         """Store a manifest under its digest (idempotent) and return the digest."""

@@ -28,9 +28,7 @@ from service.repository import Repository
 async def show_manifest(repo: Repository, caller: Caller, manifest: Manifest) -> None:
     """Record that a confined caller was given ``manifest`` (of a path it may read)."""
     if caller.view is not None and manifest.chunks:
-        await repo.metadata.add_chunks(
-            caller.namespace, [(ref.digest, ref.length) for ref in manifest.chunks], caller.view
-        )
+        await repo.show_chunks(caller.namespace, [(ref.digest, ref.length) for ref in manifest.chunks], caller.view)
 
 
 def _literal_digests(c: CommitRequest) -> list[bytes]:
@@ -47,7 +45,7 @@ async def check_possession(repo: Repository, caller: Caller, c: CommitRequest) -
         return
     digests = _literal_digests(c)
     if digests:
-        missing = await repo.metadata.missing_chunks(caller.namespace, digests, caller.view)
+        missing = await repo.missing_in_view(caller.namespace, digests, caller.view)
         if missing:
             raise MissingChunksError(missing)
 
@@ -79,7 +77,7 @@ async def list_within(
     for n, prefix in enumerate(prefixes):
         if after > prefix and not after.startswith(prefix):
             continue  # every path under this prefix is at or before the token
-        records, last = await repo.metadata.list_files(
+        records, last = await repo.list_files(
             ns, prefix, after=after, limit=limit - len(out), as_of_ms=as_of_ms, include_deleted=include_deleted,
         )
         out += records
