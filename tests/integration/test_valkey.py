@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from service.metadata import MetadataStore
 from service.valkey import DataDirBusyError, EmbeddedValkey, ValkeyError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A stand-in for `stratus serve`: start Valkey, commit, report, then hang until killed.
 CHILD = textwrap.dedent(

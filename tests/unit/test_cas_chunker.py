@@ -17,7 +17,7 @@ from cas import codec
 from cas.chunker import Chunk, ChunkParams, chunk_bytes, chunk_file, chunk_stream
 from cas.digest import digest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ChunkParams(min_size=64, avg_size=256, max_size=1024)
 
 

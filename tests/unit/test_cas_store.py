@@ -19,7 +19,7 @@ from cas.digest import digest
 from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidDigestError
 from cas.store import LocalChunkStore, StoreStats, put_data
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ChunkParams(min_size=64, avg_size=256, max_size=1024)
 
 

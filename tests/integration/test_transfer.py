@@ -33,7 +33,7 @@ from cas.store import LocalChunkStore
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 _SCRUBBED = ("STRATUS_SERVER", "STRATUS_TLS_DIR", "STRATUS_INSECURE", "STRATUS_CLIENT_NAME", "STRATUS_NAMESPACE",
              "STRATUS_CONFIG", "STRATUS_DEBUG")
