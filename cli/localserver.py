@@ -50,14 +50,16 @@ class LocalServer:
     ``tls_dir`` None means ``--insecure`` (unless ``args`` name a ``--tls-dir``); ``redis_url``
     None or '' means the embedded Valkey in the data dir; ``log`` receives the child's stderr
     (None: inherited from this process); ``through_cli`` starts ``stratus serve`` instead.
+    ``data_dir`` None passes ``args`` alone: every setting comes from them (or the config file
+    and ``STRATUS_*`` variables they lead to).
     """
 
     def __init__(
-        self, data_dir: Path, *, listen: str = "127.0.0.1:0", tls_dir: Path | None = None,
+        self, data_dir: Path | None, *, listen: str = "127.0.0.1:0", tls_dir: Path | None = None,
         redis_url: str | None = None, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
         log: Path | None = None, start_timeout: float = START_TIMEOUT, through_cli: bool = False,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.listen = listen
         self.tls_dir = tls_dir
         self.redis_url = redis_url
@@ -73,6 +75,8 @@ class LocalServer:
     def command(self) -> list[str]:
         """The child's command line (``stratus serve`` instead of the module with ``through_cli``)."""
         entry = ["cli.main", "serve"] if self.through_cli else ["service.server"]
+        if self.data_dir is None:
+            return [sys.executable, "-m", *entry, *self.args]
         cmd = [sys.executable, "-m", *entry, "--data-dir", str(self.data_dir), "--listen", self.listen]
         if self.tls_dir is not None:
             cmd += ["--tls-dir", str(self.tls_dir)]
@@ -84,7 +88,6 @@ class LocalServer:
 
     def start(self) -> LocalServer:
         """Start the child and wait (``start_timeout``) for its ``serving on HOST:PORT`` line."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         stderr: IO[bytes] | None = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

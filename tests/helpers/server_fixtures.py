@@ -8,19 +8,21 @@ benchmarks use too.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
 
-from cli.localserver import READY, LocalServer
+from cli.client import StratusClient
+from cli.localserver import READY, LocalServer, server_env
 from proto import stratus_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["READY", "ROOT", "RunningServer", "drop_prefix", "new_prefix"]
+__all__ = ["READY", "ROOT", "RunningServer", "drop_prefix", "new_prefix", "run_to_exit"]
 
 
 def new_prefix() -> str:
@@ -49,6 +51,12 @@ class RunningServer(LocalServer):
         return pb_grpc.StratusStub(self.channel())
 
 
+def run_to_exit(server: LocalServer, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``server``'s command to its end with the output captured: for starts that must be refused."""
+    return subprocess.run(server.command(), env=server_env(server.env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def drop_prefix(redis_url: str, prefix: str) -> None:
     """Delete every key under ``prefix`` from an external Redis."""
     client = redis.Redis.from_url(redis_url)
@@ -58,6 +66,19 @@ def drop_prefix(redis_url: str, prefix: str) -> None:
             client.delete(*keys[start:start + 500])
     finally:
         client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh remote folder, so tests sharing a server never see each other's files."""
+    return f"t-{uuid.uuid4().hex[:10]}/"
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[StratusClient]:
+    """A client of the module's server, connected the way the CLI connects (plaintext)."""
+    with StratusClient.connect(server.address, insecure=True) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import random
 import signal
 import struct
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import pytest
 import redis
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_fixtures import RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
@@ -58,7 +57,7 @@ ZEROS = bytes(64 << 20)
 def chaos_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("chaos")
     create_dev_pki(root / "pki", clients=["good", "mallory"])
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     running = RunningServer(root / "data", redis_url, prefix,
                             extra_args=["--tls-dir", str(root / "pki"), "--audit-log", str(root / "audit.log")])
     running.start()
