@@ -29,6 +29,7 @@ import grpc
 import pytest
 import redis
 import zstandard
+from api_helpers import put_chunks
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import RunningServer, drop_prefix, new_prefix
 
@@ -99,8 +100,7 @@ def _random_frame(rng: random.Random) -> bytes:
 
 
 def _put(stub, chunks, metadata=()):  # noqa: ANN001, ANN202
-    batch = pb.ChunkBatch(chunks=[pb.ChunkData(digest=d, frame=f) for d, f in chunks])
-    return stub.PutChunks(iter([batch]), timeout=TIMEOUT, metadata=metadata)
+    return put_chunks(stub, chunks, timeout=TIMEOUT, metadata=metadata)
 
 
 def _manifest(refs: list[tuple[bytes, int]], size: int | None = None, file_digest: bytes | None = None) -> pb.Manifest:
