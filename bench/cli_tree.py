@@ -3,8 +3,9 @@
 Usage: ``python -m bench.cli_tree [--files 10000] [--jobs 8] [--keep]``
 
 Builds a tree of ``--files`` small random files (100 folders, 100 B - 4 KiB each) in a temporary
-folder, starts a real server (``python -m service.server``, plaintext on loopback, embedded
-Valkey), then times, as real processes, exactly what a user or a nightly script runs:
+folder, starts a real server (``python -m service.server`` through :class:`cli.localserver.LocalServer`,
+plaintext on loopback, embedded Valkey), then times, as real processes, exactly what a user or a
+nightly script runs:
 
 * ``stratus put TREE bench/`` twice: the first run uploads everything, the second finds the tree
   unchanged. The second run is the one that matters for a nightly backup; the target is < 2 s
@@ -23,14 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cli.localserver import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 2.0
@@ -48,22 +49,6 @@ def build_tree(root: Path, files: int) -> int:
     return total
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATUS_")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.server", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
-         "--insecure"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True,
-    )
-    assert proc.stdout is not None
-    match = re.search(r"serving on \S+:(\d+)", proc.stdout.readline())
-    if not match:
-        proc.kill()
-        raise SystemExit("the server did not start")
-    return proc, f"127.0.0.1:{match.group(1)}"
-
-
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -74,7 +59,8 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def bench_stratus(tree: Path, work: Path, jobs: int) -> list[tuple[str, float, float, str]]:
-    proc, address = start_server(work / "server")
+    server = LocalServer(work / "server", log=work / "server.log").start()
+    address = server.address
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STRATUS_CACHE_DIR": str(work / "cache"),
            "STRATUS_CLIENT_CONFIG": str(work / "none.toml")}
     base = [sys.executable, "-m", "cli.main", "--server", address, "--insecure", "--json", "put", "-j", str(jobs),
@@ -91,8 +77,7 @@ def bench_stratus(tree: Path, work: Path, jobs: int) -> list[tuple[str, float, f
         return [("stratus put", first, second, note),
                 ("stratus get (restore)", restore_s, float("nan"), "whole tree into an empty folder")]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
 
 
 def bench_restic(tree: Path, work: Path) -> list[tuple[str, float, float, str]]:

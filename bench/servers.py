@@ -1,5 +1,8 @@
 """Benchmark servers and clients: real ``service.server`` processes on loopback, counted channels.
 
+The processes are started and stopped by :class:`cli.localserver.LocalServer`, the launcher that
+``stratus demo`` and the tests use too.
+
 Each benchmark group starts its own servers (fresh data dir, embedded Valkey), so no group sees
 chunks that another group uploaded. mTLS is the default, as in production; ``insecure=True``
 starts a plaintext server for the TLS-cost comparison.
@@ -12,25 +15,19 @@ protocol puts on the wire, before HTTP/2 framing (~9 bytes per 16 KiB frame) and
 from __future__ import annotations
 
 import os
-import re
 import resource
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import psutil
 
 from cli.client import StratusClient, channel_options, tls_credentials
+from cli.localserver import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"serving on (\S+):(\d+)")
-START_TIMEOUT = 60.0
 # Server logs of the run go here (set by the runner), so a failure can be explained after the
 # group's folders are gone; by default next to the data dir.
 LOG_DIR: list[Path] = []
@@ -66,50 +63,20 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
-@dataclass
-class BenchServer:
-    """A ``python -m service.server`` process with its own data dir."""
+class BenchServer(LocalServer):
+    """A ``python -m service.server`` process with its own data dir (mTLS unless ``tls_dir`` is None).
 
-    data_dir: Path
-    tls_dir: Path | None = None  # None: --insecure
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    address: str = ""
-    _log: object = None
+    Its stderr goes to a log file in :data:`LOG_DIR` (by default next to the data dir).
+    """
+
+    def __init__(self, data_dir: Path, tls_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        log_dir = LOG_DIR[0] if LOG_DIR else data_dir.parent
+        name = f"{data_dir.parent.name}-{data_dir.name}-{os.getpid()}-{time.monotonic_ns()}.log"
+        super().__init__(data_dir, tls_dir=tls_dir, env=env, log=log_dir / name)
 
     @property
     def insecure(self) -> bool:
         return self.tls_dir is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> BenchServer:
-        """Start the server and wait for its ``serving on HOST:PORT`` line."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "service.server", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"]
-        args += ["--insecure"] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
-        log_dir = LOG_DIR[0] if LOG_DIR else self.data_dir.parent
-        log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{self.data_dir.parent.name}-{self.data_dir.name}-{os.getpid()}-{time.monotonic_ns()}.log"
-        self._log = open(log_dir / name, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT, text=True
-        )
-        assert self.proc.stdout is not None
-        line_box: list[str] = []
-        reader = threading.Thread(target=lambda: line_box.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(START_TIMEOUT)
-        match = READY.search(line_box[0]) if line_box else None
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line_box!r}; see {self._log.name}")
-        self.address = f"127.0.0.1:{match.group(2)}"
-        return self
 
     def client(self) -> tuple[StratusClient, WireCounter]:
         """A client on a new channel that counts the bytes it sends and receives."""
@@ -134,26 +101,6 @@ class BenchServer:
         parts = {name: dir_bytes(self.data_dir / name) for name in ("chunks", "manifests", "valkey")}
         parts["total"] = sum(parts.values())
         return parts
-
-    def stop(self) -> None:
-        """SIGTERM, wait for the graceful shutdown (it stops Valkey too)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout:
-            self.proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-
-    def __enter__(self) -> BenchServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _busy_seconds() -> float:

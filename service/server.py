@@ -194,10 +194,13 @@ class Server:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        if credentials is None:
-            self.port = self._grpc.add_insecure_port(cfg.listen)
-        else:
-            self.port = self._grpc.add_secure_port(cfg.listen, credentials)
+        try:
+            if credentials is None:
+                self.port = self._grpc.add_insecure_port(cfg.listen)
+            else:
+                self.port = self._grpc.add_secure_port(cfg.listen, credentials)
+        except RuntimeError:  # grpcio >= 1.60 raises where older versions returned port 0
+            self.port = 0
         if not self.port:
             raise ConfigError(f"cannot listen on {cfg.listen}")
         await self._grpc.start()

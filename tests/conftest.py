@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from service.metadata import MetadataStore
 from service.valkey import EmbeddedValkey
 
-# the gRPC server fixtures (`server`, `fresh_server`) live beside this file and build on redis_url
+# the server fixtures (`server`, `fresh_server`, `client`, `prefix`) live in helpers/server_fixtures.py
+# (helpers/ is on pytest's pythonpath) and build on redis_url
 pytest_plugins = ["server_fixtures"]
 
 SYSTEM_REDIS_URL = os.environ.get("STRATUS_TEST_REDIS_URL", "redis://127.0.0.1:6379")

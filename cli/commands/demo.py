@@ -6,18 +6,14 @@ sample, change 4 KiB in its middle, upload it again (showing how little travels)
 history, download both versions and check them, show the store statistics, then keep the server
 running for other terminals until Ctrl-C (``--no-wait`` stops it and exits at once).
 
-The server runs as a child process rather than a thread: it keeps its own event loop, signal
-handling and GIL, and a crash on either side cannot corrupt the other.
+The server runs as a child process (:class:`cli.localserver.LocalServer`) rather than a thread: it
+keeps its own event loop, signal handling and GIL, and a crash on either side cannot corrupt the other.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import selectors
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,6 +23,7 @@ import typer
 
 from cas.errors import CasError
 from cli.lazy import lazy
+from cli.localserver import LocalServer
 from cli.output import human_bytes, version_dict
 from cli.runtime import Runtime
 from cli.settings import APP_NAME, ConnectionSettings
@@ -41,9 +38,6 @@ else:  # hashing and the transfer machinery load when the demo runs
 
 MIB = 1024 * 1024
 REMOTE = "demo/sample.bin"
-_READY = re.compile(r"serving on (\S+):(\d+)")
-_START_TIMEOUT = 60.0
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 DEMO_EPILOG = """[bold]Examples[/bold]
 
@@ -52,87 +46,17 @@ DEMO_EPILOG = """[bold]Examples[/bold]
 """
 
 
-class DemoServer:
-    """``python -m service.server`` with mTLS on the embedded Valkey, as a child process."""
-
-    def __init__(self, data_dir: Path, tls_dir: Path, listen: str, access_file: Path) -> None:
-        self.data_dir = data_dir
-        self.tls_dir = tls_dir
-        self.access_file = access_file
-        self.listen = listen
-        self.log_path = data_dir.parent / "server.log"
-        self.proc: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def start(self) -> str:
-        """Start the server and return its address; falls back to a free port if ``listen`` is taken."""
-        try:
-            return self._start(self.listen)
-        except _PortBusy:
-            host = self.listen.rsplit(":", 1)[0]
-            return self._start(f"{host}:0")
-
-    def _start(self, listen: str) -> str:
-        # The child must not inherit the client's STRATUS_* settings (STRATUS_INSECURE would clash with mTLS).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STRATUS_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.server", "--data-dir", str(self.data_dir),
-                 "--tls-dir", str(self.tls_dir), "--listen", listen, "--access-file", str(self.access_file)],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, text=True,
-            )
-        line = self._first_line()
-        match = _READY.search(line)
-        if match:
-            host = match.group(1)
-            self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{match.group(2)}"
-            return self.address
-        self.proc.wait(timeout=30)
-        tail = self._log_tail()
-        if "cannot listen" in tail and not listen.endswith(":0"):
-            raise _PortBusy
-        raise CasError(f"the demo server did not start: {tail or line.strip() or 'no output'} "
-                       f"(full log: {self.log_path})")
-
-    def _first_line(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout=_START_TIMEOUT):
-                self.stop()
-                raise CasError(f"the demo server did not start within {_START_TIMEOUT:.0f} s (log: {self.log_path})")
-        return self.proc.stdout.readline()
-
-    def _log_tail(self) -> str:
-        try:
-            lines = [ln for ln in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
-        except OSError:
-            return ""
-        return lines[-1] if lines else ""
-
-    def running(self) -> bool:
-        """Whether the server process is still alive."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM (graceful: drains calls, stops Valkey), SIGKILL after 30 s."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-class _PortBusy(Exception):
-    pass
+def _start_server(base: Path, tls_dir: Path, listen: str, access: Path) -> LocalServer:
+    """The demo's server (mTLS, embedded Valkey, log next to the data); a free port if ``listen`` is taken."""
+    server = LocalServer(base / "server", listen=listen, tls_dir=tls_dir, args=["--access-file", str(access)],
+                         log=base / "server.log")
+    try:
+        return server.start()
+    except CasError:
+        if "cannot listen" not in server.log_tail() or listen.endswith(":0"):
+            raise
+    host = listen.rsplit(":", 1)[0]
+    return _start_server(base, tls_dir, f"{host}:0", access)
 
 
 def _stop_on_signals() -> None:
@@ -193,8 +117,8 @@ def demo(
     if not access.is_file():
         # The demo's own client may see server-wide statistics (disk usage); others get their own namespace.
         access.write_text("[identities.client]\nadmin = true\n", encoding="utf-8")
-    server = DemoServer(base / "server", tls_dir, listen, access)
-    address = server.start()
+    server = _start_server(base, tls_dir, listen, access)
+    address = server.address
     try:
         say(f"[bold]2.[/bold] server running on {address} (mutual TLS, embedded Valkey in {server.data_dir})")
         rt.use(ConnectionSettings(address, tls_dir, False, None))

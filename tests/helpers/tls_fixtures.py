@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from server_fixtures import RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cli.client import StratusClient
 from service.certs import create_dev_pki
@@ -24,7 +23,7 @@ def tls_server(
     if access is not None:
         (root / "access.toml").write_text(access)
         args += ["--access-file", str(root / "access.toml")]
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     running = RunningServer(root / "data", redis_url, prefix, extra_args=args, extra_env=extra_env or {}).start()
     running.pki = root / "pki"  # type: ignore[attr-defined]
     try:

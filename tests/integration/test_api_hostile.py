@@ -11,6 +11,7 @@ import grpc
 import pytest
 import redis
 import zstandard
+from api_helpers import put_chunks as _put
 
 from cas import codec
 from cas.digest import digest
@@ -58,10 +59,6 @@ def _code(call) -> grpc.StatusCode:
 @pytest.fixture
 def stub(server):
     return server.stub()
-
-
-def _put(stub, chunks):
-    return stub.PutChunks(iter([pb.ChunkBatch(chunks=[pb.ChunkData(digest=d, frame=f) for d, f in chunks])]))
 
 
 def test_wrong_digest_is_refused_and_nothing_is_stored(server, stub):

@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 from cli_helpers import Cli, isolated_env
-from server_fixtures import RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix
+from tls_fixtures import connect, tls_server
 
 from cas import codec
 from cas.errors import IntegrityError
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
-from service.certs import create_dev_pki
 
 ACCESS = """
 [identities.alice]
@@ -32,24 +32,8 @@ admin = true
 
 @pytest.fixture(scope="module")
 def heal_server(redis_url, tmp_path_factory):
-    root = tmp_path_factory.mktemp("heal")
-    create_dev_pki(root / "pki", clients=["alice", "bob", "ops"])
-    (root / "access.toml").write_text(ACCESS)
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
-    running = RunningServer(
-        root / "data", redis_url, prefix,
-        extra_args=["--tls-dir", str(root / "pki"), "--access-file", str(root / "access.toml")],
-    ).start()
-    running.pki = root / "pki"
-    try:
+    with tls_server(tmp_path_factory.mktemp("heal"), redis_url, ["alice", "bob", "ops"], access=ACCESS) as running:
         yield running
-    finally:
-        running.stop()
-        drop_prefix(redis_url, prefix)
-
-
-def connect(server, name: str) -> StratusClient:
-    return StratusClient.connect(server.address, tls_dir=server.pki, client_name=name)
 
 
 def chunk_path(server, d: bytes) -> Path:
@@ -201,7 +185,7 @@ def test_admin_check_finds_damage_and_uploads_repair_it(heal_server, tmp_path):
 
 
 def test_marks_survive_a_restart(redis_url, tmp_path):
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     server = RunningServer(tmp_path / "data", redis_url, prefix).start()
     try:
         with StratusClient.connect(server.address, insecure=True) as client:

@@ -22,7 +22,6 @@ import random
 import signal
 import struct
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,8 +29,9 @@ import grpc
 import pytest
 import redis
 import zstandard
+from api_helpers import put_chunks
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_fixtures import RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
@@ -58,7 +58,7 @@ ZEROS = bytes(64 << 20)
 def chaos_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("chaos")
     create_dev_pki(root / "pki", clients=["good", "mallory"])
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     running = RunningServer(root / "data", redis_url, prefix,
                             extra_args=["--tls-dir", str(root / "pki"), "--audit-log", str(root / "audit.log")])
     running.start()
@@ -100,8 +100,7 @@ def _random_frame(rng: random.Random) -> bytes:
 
 
 def _put(stub, chunks, metadata=()):  # noqa: ANN001, ANN202
-    batch = pb.ChunkBatch(chunks=[pb.ChunkData(digest=d, frame=f) for d, f in chunks])
-    return stub.PutChunks(iter([batch]), timeout=TIMEOUT, metadata=metadata)
+    return put_chunks(stub, chunks, timeout=TIMEOUT, metadata=metadata)
 
 
 def _manifest(refs: list[tuple[bytes, int]], size: int | None = None, file_digest: bytes | None = None) -> pb.Manifest:

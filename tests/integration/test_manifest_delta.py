@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import os
-import uuid
 from pathlib import Path
 
 import grpc
@@ -46,11 +45,6 @@ class RequestBytes(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInter
     def metadata_bytes(self) -> int:
         """Everything except the chunk frames of PutChunks."""
         return sum(n for method, n in self.by_method.items() if method != "PutChunks")
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"md-{uuid.uuid4().hex[:10]}/"
 
 
 def counted_client(server, cache: Path | None) -> tuple[StratusClient, RequestBytes]:

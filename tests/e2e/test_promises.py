@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from cli_helpers import MIB, isolated_env, run_process, write_random
-from server_fixtures import READY, ROOT, RunningServer, drop_prefix
+from cli_helpers import MIB, isolated_env, overrides, run_process, write_random
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas.digest import digest
 from cas.store import LocalChunkStore
 from cli.client import StratusClient
+from cli.localserver import LocalServer
 from cli.rpc_errors import error_detail
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
@@ -33,7 +32,7 @@ pytest_plugins = ["cli_fixtures"]  # the `cli` and `prefix` fixtures
 @pytest.fixture
 def verifying_server(redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
     """A server started with ``verify_reads`` on (through its environment variable)."""
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     running = RunningServer(tmp_path / "data", redis_url, prefix, extra_env={"STRATUS_VERIFY_READS": "1"}).start()
     try:
         yield running
@@ -94,29 +93,17 @@ def test_quiet_prints_results_only(cli, prefix, tmp_path):
 # ---- serve --config ------------------------------------------------------------------------------
 
 
-def _serve(args: list[str], env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen, str]:
+def _serve(args: list[str], env: dict[str, str], tmp: Path) -> tuple[LocalServer, str]:
     """Start ``stratus serve ARGS`` as a real process (stderr in ``tmp/serve.err``); returns it
     and its loopback address once it serves."""
-    full = {**os.environ, **{k: v for k, v in isolated_env(tmp).items() if v is not None}, **env,
-            "PYTHONPATH": str(ROOT)}
-    with open(tmp / "serve.err", "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", *args], stdout=subprocess.PIPE,
-                                stderr=err, text=True, cwd=ROOT, env=full)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = READY.search(line)
-    if not match:
-        proc.kill()
-        raise AssertionError(f"server did not start: {line!r} (exit {proc.wait()})")
-    return proc, f"127.0.0.1:{match.group(2)}"
+    server = LocalServer(None, args=args, env={**overrides(isolated_env(tmp)), **env}, log=tmp / "serve.err",
+                         through_cli=True)
+    return server.start(), server.address
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(server: LocalServer) -> None:
     """SIGTERM, and the server must exit 0."""
-    proc.terminate()
-    assert proc.wait(timeout=60) == 0
-    assert proc.stdout is not None
-    proc.stdout.close()
+    assert server.stop(timeout=60) == 0
 
 
 def _server_info(args: list[str], env: dict[str, str], tmp: Path) -> pb.ServerInfoResponse:

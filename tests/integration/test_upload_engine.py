@@ -8,7 +8,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from cli_helpers import MIB, write_random
 from cas import signing
 from cas.errors import VersionConflictError
 from cas.manifest import ManifestBuilder
-from cli.client import StratusClient
 from cli.grouping import SMALL_FILE_MAX
 from cli.push import Uploader, UploadOptions
 from cli.smallfiles import upload_group
@@ -27,17 +25,6 @@ from cli.upload import FileOutcome, commit_request
 from proto import stratus_pb2 as pb
 
 RACY_MARGIN_S = 0.25  # the state cache trusts a stat only when the file is older than this
-
-
-@pytest.fixture
-def client(server):
-    with StratusClient.connect(server.address, insecure=True, manifest_cache=None) as c:
-        yield c
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"eng-{uuid.uuid4().hex[:10]}/"
 
 
 @pytest.fixture

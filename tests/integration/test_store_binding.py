@@ -4,32 +4,27 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
-from server_fixtures import ROOT, RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix, run_to_exit
 
 from cli.client import StratusClient
+from cli.localserver import LocalServer
 from service.binding import STORE_ID_FILE
 
 
 @pytest.fixture
 def prefix(redis_url):
-    name = f"svtest-{uuid.uuid4().hex[:12]}"
+    name = new_prefix()
     yield name
     drop_prefix(redis_url, name)
 
 
 def refused(data_dir: Path, redis_url: str, prefix: str) -> str:
     """Start a server that must refuse; returns its one-line message on stderr."""
-    args = [sys.executable, "-m", "service.server", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
-            "--insecure", "--redis-url", redis_url]
-    env = {**os.environ, "STRATUS_REDIS_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = run_to_exit(RunningServer(data_dir, redis_url, prefix))
     assert proc.returncode != 0, proc.stdout
     assert "serving on" not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.startswith("stratus serve:")]
@@ -123,10 +118,7 @@ def test_embedded_valkey_lost_metadata_is_refused(tmp_path):
     put(server, data, "f.bin")
     server.stop()
     shutil.move(data_dir / "valkey", tmp_path / "valkey-saved")
-    args = [sys.executable, "-m", "service.server", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
-            "--insecure"]
-    proc = subprocess.run(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = run_to_exit(LocalServer(data_dir))
     assert proc.returncode != 0 and "rebuilt" in proc.stderr and store_id(data_dir) in proc.stderr
     shutil.rmtree(data_dir / "valkey")
     shutil.move(tmp_path / "valkey-saved", data_dir / "valkey")

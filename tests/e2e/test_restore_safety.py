@@ -10,13 +10,12 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import MIB, ROOT, run_process, write_random
+from cli_helpers import MIB, run_process, start_process, write_random
 
 from cas.chunker import chunk_file
 from cas.digest import digest
@@ -267,12 +266,8 @@ def test_svpart_of_killed_get_is_reused_and_removed(cli, prefix, tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
     part = dst / ".big.bin.svpart"
-    env = {k: v for k, v in os.environ.items() if k not in cli.env or cli.env[k] is not None}
-    env.update({k: v for k, v in cli.env.items() if v is not None})
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--server", cli.address, "--insecure", "get",
-                             prefix + "big.bin", str(dst / "big.bin")], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_process(["--server", cli.address, "--insecure", "get", prefix + "big.bin", str(dst / "big.bin")],
+                         cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:

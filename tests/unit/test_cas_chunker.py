@@ -7,9 +7,9 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from cli_helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,6 @@ from cas import codec
 from cas.chunker import Chunk, ChunkParams, chunk_bytes, chunk_file, chunk_stream
 from cas.digest import digest
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ChunkParams(min_size=64, avg_size=256, max_size=1024)
 
 

@@ -4,18 +4,17 @@ mutual TLS, a live ``watch``, and ``stratus demo`` end to end."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import ROOT, Cli, isolated_env, run_process
+from cli_helpers import Cli, isolated_env, overrides, run_process, start_process
 
 from cli.client import StratusClient
+from cli.localserver import LocalServer
 
 pytest_plugins = ["cli_fixtures"]  # the `cli` and `prefix` fixtures
 
@@ -35,18 +34,11 @@ def test_serve_with_mutual_tls(tmp_path):
     env = isolated_env(tmp_path)
     tls = tmp_path / "tls"
     assert run_process(["certs", "init", str(tls), "--client", "alice"], env).returncode == 0
-    full = {**{k: v for k, v in env.items() if v is not None}, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--data-dir", str(tmp_path / "data"), "--tls-dir", str(tls),
-         "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-        env={**os.environ, **full},
-    )
+    server = LocalServer(tmp_path / "data", tls_dir=tls, env=overrides(env), log=tmp_path / "serve.err",
+                         through_cli=True).start()
     try:
-        assert server.stdout is not None
-        match = re.search(r"serving on \S+:(\d+) \[mTLS\]", server.stdout.readline())
-        assert match, "server did not start"
-        address = f"127.0.0.1:{match.group(1)}"
+        assert re.search(r"serving on \S+:\d+ \[mTLS\]", server.ready_line), server.ready_line
+        address = server.address
         src = tmp_path / "f.txt"
         src.write_text("over mutual TLS")
         put = run_process(["--server", address, "--tls-dir", str(tls), "--json", "put", str(src), "f.txt"], env)
@@ -57,18 +49,13 @@ def test_serve_with_mutual_tls(tmp_path):
         refused = run_process(["--server", address, "--insecure", "ls"], env)  # no client certificate
         assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        assert server.stop() == 0
 
 
 def test_watch_prints_live_events(server, prefix, tmp_path):
     env = isolated_env(tmp_path)
-    full = {**{k: v for k, v in env.items() if v is not None}, "PYTHONPATH": str(ROOT)}
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--server", server.address, "--insecure", "--json", "watch", prefix,
-         "--count", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **full},
-    )
+    watcher = start_process(["--server", server.address, "--insecure", "--json", "watch", prefix, "--count", "2"],
+                            env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         with StratusClient.connect(server.address, insecure=True) as client:
             deadline = time.monotonic() + 20
@@ -90,11 +77,8 @@ def test_watch_prints_live_events(server, prefix, tmp_path):
 
 def test_watch_exits_0_on_ctrl_c(server, tmp_path):
     env = isolated_env(tmp_path)
-    full = {**{k: v for k, v in env.items() if v is not None}, "PYTHONPATH": str(ROOT)}
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--server", server.address, "--insecure", "watch"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **full},
-    )
+    watcher = start_process(["--server", server.address, "--insecure", "watch"], env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert watcher.stderr is not None
     assert "watching" in watcher.stderr.readline()  # connected and waiting
     time.sleep(0.3)

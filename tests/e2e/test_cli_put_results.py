@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from cli_helpers import MIB, ROOT, isolated_env, write_random
+from cli_helpers import MIB, isolated_env, start_process, write_random
 
 from cas.digest import digest
 from cli.client import StratusClient
@@ -36,16 +35,8 @@ def build_tree(root: Path) -> dict[str, bytes]:
 
 
 def _start_put(address: str, tmp: Path, src: Path, prefix: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items()}
-    for name, value in isolated_env(tmp).items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    env["PYTHONPATH"] = str(ROOT)
     args = ["--server", address, "--insecure", "--json", "put", "--jobs", "1", str(src), prefix]
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_process(args, isolated_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_for_second_group(address: str, prefix: str, proc: subprocess.Popen[str]) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,11 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from server_fixtures import ROOT, RunningServer
+from server_fixtures import RunningServer, run_to_exit
 
 from cas import codec
 from cas.errors import NotFoundError, VersionConflictError
 from cli.client import StratusClient
+from cli.localserver import LocalServer
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
 
@@ -269,11 +268,7 @@ def test_acknowledged_commit_survives_sigkill_of_server_and_embedded_valkey(tmp_
 def test_second_server_on_the_same_data_dir_is_refused(tmp_path):
     first = RunningServer(tmp_path / "data", "", "sv").start()
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "service.server", "--data-dir", str(tmp_path / "data"),
-             "--listen", "127.0.0.1:0", "--insecure"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )
+        out = run_to_exit(LocalServer(tmp_path / "data"))
         assert out.returncode != 0
         assert "in use by another" in out.stderr and str(tmp_path / "data") in out.stderr
         assert "Traceback" not in out.stderr
@@ -325,13 +320,7 @@ def test_sigterm_lets_an_upload_in_flight_finish_then_exits_0(tmp_path):
 
 
 def test_plaintext_off_loopback_is_refused(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "service.server", "--data-dir", str(tmp_path), "--listen", "0.0.0.0:0", "--insecure"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    out = run_to_exit(LocalServer(tmp_path, listen="0.0.0.0:0"))
     assert out.returncode == 2 and "--insecure-any-host" in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "service.server", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    out = run_to_exit(LocalServer(None, args=["--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]))
     assert out.returncode == 2 and "--tls-dir" in out.stderr

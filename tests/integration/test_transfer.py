@@ -14,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from cli_helpers import MIB, ROOT, write_random
 
 from cas.chunker import chunk_file
 from cas.digest import digest, new_hasher
@@ -32,27 +32,6 @@ from cas.errors import (
 from cas.store import LocalChunkStore
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
-
-ROOT = Path(__file__).resolve().parent.parent
-MIB = 1 << 20
-
-
-@pytest.fixture
-def client(server):
-    with StratusClient.connect(server.address, insecure=True) as c:
-        yield c
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}/"
-
-
-def write_random(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        for start in range(0, size, MIB):
-            f.write(os.urandom(min(MIB, size - start)))
-    return path
 
 
 def file_hash(path: Path) -> bytes:

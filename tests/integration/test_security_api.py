@@ -6,23 +6,21 @@ import datetime as dt
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
-from cli_helpers import ROOT, isolated_env, run_process
-from server_fixtures import RunningServer, drop_prefix
+from cli_helpers import isolated_env, overrides, run_process
+from server_fixtures import RunningServer, drop_prefix, new_prefix, run_to_exit
+from tls_fixtures import connect
 from tls_fixtures import tls_server as start_tls_server
 
 from cas.digest import digest
 from cas.errors import NotFoundError, PermissionDeniedError, ServerUnavailableError, SignatureError
 from cas.signing import generate_key, private_key_from_pem
 from cli.client import StratusClient
+from cli.localserver import LocalServer
 from cli.rpc_errors import error_detail
 from proto import stratus_pb2 as pb
 from service.certs import add_client, create_dev_pki
@@ -45,30 +43,16 @@ admin = true
 @pytest.fixture(scope="module")
 def tls_server(redis_url, tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
-    create_dev_pki(root / "pki", clients=["alice", "reader", "bob", "ops", "stranger"])
-    add_client(root / "pki", "expired", not_valid_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
-               not_valid_after=dt.datetime(2020, 2, 1, tzinfo=dt.UTC))
-    create_dev_pki(root / "other", clients=["alice"])
-    (root / "access.toml").write_text(ACCESS)
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
     audit = root / "audit.log"
-    running = RunningServer(
-        root / "data", redis_url, prefix,
-        extra_args=["--tls-dir", str(root / "pki"), "--access-file", str(root / "access.toml"),
-                    "--audit-log", str(audit)],
-    ).start()
-    running.pki = root / "pki"
-    running.other_pki = root / "other"
-    running.audit = audit
-    try:
+    clients = ["alice", "reader", "bob", "ops", "stranger"]
+    with start_tls_server(root, redis_url, clients, access=ACCESS, extra_args=["--audit-log", str(audit)]) as running:
+        # a certificate of this CA that has expired, and a second CA the server does not trust
+        add_client(root / "pki", "expired", not_valid_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+                   not_valid_after=dt.datetime(2020, 2, 1, tzinfo=dt.UTC))
+        create_dev_pki(root / "other", clients=["alice"])
+        running.other_pki = root / "other"
+        running.audit = audit
         yield running
-    finally:
-        running.stop()
-        drop_prefix(redis_url, prefix)
-
-
-def connect(server, name: str, pki=None) -> StratusClient:
-    return StratusClient.connect(server.address, tls_dir=pki or server.pki, client_name=name)
 
 
 def test_mtls_round_trip_and_identity(tls_server):
@@ -251,7 +235,7 @@ def test_audit_log_has_one_line_per_call(tls_server):
 
 
 def test_rate_limit_per_identity_gives_a_retry_hint(redis_url, tmp_path):
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     running = RunningServer(
         tmp_path / "data", redis_url, prefix,
         extra_env={"STRATUS_RATE_LIMIT_PER_SECOND": "2", "STRATUS_RATE_LIMIT_BURST": "5"},
@@ -298,36 +282,28 @@ def test_rate_limit_is_per_identity_over_mtls(redis_url, tmp_path):
         assert codes(alice, 1) == ["RESOURCE_EXHAUSTED"]
 
 
-def serve(tmp_path: Path, redis_url: str, prefix: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **{k: v for k, v in isolated_env(tmp_path).items() if v is not None},
-           "STRATUS_REDIS_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--data-dir", str(tmp_path / "data"), "--redis-url", redis_url,
-         "--insecure", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True,
-    )
+def serve(tmp_path: Path, redis_url: str, prefix: str, *args: str) -> LocalServer:
+    """``stratus serve`` in plaintext on every interface with ``args`` (not started yet)."""
+    return LocalServer(tmp_path / "data", listen="0.0.0.0:0", redis_url=redis_url, args=args, through_cli=True,
+                       env={**overrides(isolated_env(tmp_path)), "STRATUS_REDIS_PREFIX": prefix})
 
 
 def test_plaintext_on_a_non_loopback_address_needs_insecure_any_host(redis_url, tmp_path):
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     try:
-        refused = serve(tmp_path, redis_url, prefix, "--listen", "0.0.0.0:0")
-        out, err = refused.communicate(timeout=60)
+        refused = run_to_exit(serve(tmp_path, redis_url, prefix))
+        out, err = refused.stdout, refused.stderr
         assert refused.returncode != 0
         assert "refusing plaintext on 0.0.0.0:0" in err and "--insecure-any-host" in err
         assert "serving on" not in out
-        started = serve(tmp_path, redis_url, prefix, "--listen", "0.0.0.0:0", "--insecure-any-host")
+        started = serve(tmp_path, redis_url, prefix, "--insecure-any-host").start()
         try:
-            assert started.stdout is not None
-            line = started.stdout.readline()
-            match = re.search(r"serving on \S+:(\d+)", line)
-            assert match, (line, started.poll())
+            assert re.search(r"serving on \S+:(\d+)", started.ready_line), started.ready_line
             # bound to every interface; only ever reached here through loopback
-            with StratusClient.connect(f"127.0.0.1:{match.group(1)}", insecure=True) as client:
+            with StratusClient.connect(started.address, insecure=True) as client:
                 assert client.info().namespace == "default"
         finally:
-            started.send_signal(signal.SIGTERM)
-            started.communicate(timeout=30)
+            started.stop()
     finally:
         drop_prefix(redis_url, prefix)
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 _SCRUBBED = ("STRATUS_SERVER", "STRATUS_TLS_DIR", "STRATUS_INSECURE", "STRATUS_CLIENT_NAME", "STRATUS_NAMESPACE",
              "STRATUS_CONFIG", "STRATUS_DEBUG")
@@ -73,11 +73,27 @@ def write_random(path: Path, size: int) -> Path:
     return path
 
 
+def overrides(env: dict[str, str | None]) -> dict[str, str]:
+    """The variables ``env`` sets (without the ones it removes)."""
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def process_env(env: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment with ``env`` applied (None removes a variable), the packages on PYTHONPATH."""
+    full = {k: v for k, v in os.environ.items() if k not in env or env[k] is not None}
+    full.update(overrides(env))
+    full["PYTHONPATH"] = str(ROOT)
+    return full
+
+
 def run_process(args: list[str], env: dict[str, str | None], timeout: float = 60, **kwargs: Any
                 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cli.main ARGS`` as a real process."""
-    full = {k: v for k, v in os.environ.items() if k not in env or env[k] is not None}
-    full.update({k: v for k, v in env.items() if v is not None})
-    full["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=full, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=process_env(env), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def start_process(args: list[str], env: dict[str, str | None], **kwargs: Any) -> subprocess.Popen[str]:
+    """Start ``python -m cli.main ARGS`` as a real process (pipes as ``kwargs`` say) and return at once."""
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=process_env(env), cwd=ROOT, text=True,
+                            **kwargs)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cli_helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,6 @@ from cas.digest import digest
 from cas.errors import ChunkNotFoundError, CorruptChunkError, InvalidDigestError
 from cas.store import LocalChunkStore, StoreStats, put_data
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ChunkParams(min_size=64, avg_size=256, max_size=1024)
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from cli_helpers import ROOT
 
 from service.metadata import MetadataStore
 from service.valkey import DataDirBusyError, EmbeddedValkey, ValkeyError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # A stand-in for `stratus serve`: start Valkey, commit, report, then hang until killed.
 CHILD = textwrap.dedent(

@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import os
 import sys
-import uuid
 
 import pytest
 from cli_helpers import MIB, write_random
 
 from cas.errors import IntegrityError, NotFoundError
-from cli.client import StratusClient
 from cli.download import GetOutcome
 from cli.localdir import UnsafeLocalPathError
 from cli.restore import Downloader, GetOptions, GetReport, ProgressEvent
@@ -20,21 +18,10 @@ from cli.statecache import StateCache
 
 
 @pytest.fixture
-def client(server):
-    with StratusClient.connect(server.address, insecure=True) as c:
-        yield c
-
-
-@pytest.fixture
 def cache(tmp_path):
     c = StateCache(tmp_path / "cache")
     yield c
     c.close()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"eng-{uuid.uuid4().hex[:10]}/"
 
 
 def engine(client, cache, events=None, **kw) -> Downloader:

@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 import pytest
-from server_fixtures import RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 from test_security_api import connect, tls_server  # noqa: F401 - the module's TLS server fixture
 
 from cas import codec
@@ -153,7 +153,7 @@ def test_get_manifests_fails_only_the_missing_path(client):
 
 
 def test_small_limits_split_batches_and_cap_responses(redis_url, tmp_path):
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     env = {"STRATUS_MAX_BATCH_FILES": "10", "STRATUS_MAX_MANIFEST_CHUNKS": "50"}
     running = RunningServer(tmp_path / "data", redis_url, prefix, extra_env=env).start()
     try:

@@ -11,7 +11,7 @@ import uuid
 import grpc
 import pytest
 import redis
-from server_fixtures import RunningServer, drop_prefix
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
@@ -134,7 +134,7 @@ def test_batch_item_errors_carry_their_detail(server, client):
 
 
 def test_a_rate_limited_call_says_when_to_retry(redis_url, tmp_path):
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     env = {"STRATUS_RATE_LIMIT_PER_SECOND": "0.5", "STRATUS_RATE_LIMIT_BURST": "2"}
     running = RunningServer(tmp_path / "server", redis_url, prefix, extra_env=env).start()
     try:

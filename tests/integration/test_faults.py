@@ -12,16 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
-from cli_helpers import ROOT, isolated_env, run_process, write_random
-from server_fixtures import RunningServer, drop_prefix
+from cli_helpers import isolated_env, run_process, start_process, write_random
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
@@ -78,7 +76,7 @@ def _code(stub, path: str) -> grpc.StatusCode:
 
 
 def test_a_full_disk_is_storage_full_and_keeps_nothing(redis_url, small_disk, tmp_path):
-    prefix = f"svtest-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     data_dir = small_disk / "data"
     running = RunningServer(data_dir, redis_url, prefix).start()
     try:
@@ -288,15 +286,9 @@ def test_stat_during_a_short_outage_succeeds(private_redis, tmp_path):
     try:
         with StratusClient.connect(running.address, insecure=True) as client:
             client.put_bytes(b"kept", "a.txt")
-        env = {k: v for k, v in os.environ.items()}
-        for key, value in isolated_env(tmp_path).items():
-            env.pop(key, None) if value is None else env.__setitem__(key, value)
-        env["PYTHONPATH"] = str(ROOT)
         private_redis.kill()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "--server", running.address, "--insecure", "stat", "a.txt"],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        proc = start_process(["--server", running.address, "--insecure", "stat", "a.txt"], isolated_env(tmp_path),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(3)  # the CLI starts, meets the outage and retries
         assert proc.poll() is None, "the stat ended during the outage instead of retrying"
         private_redis.start()
