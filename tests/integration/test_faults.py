@@ -12,13 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
-from cli_helpers import isolated_env, run_process, start_process, write_random
+from cli_helpers import ROOT, isolated_env, run_process, start_process, write_random
 from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
