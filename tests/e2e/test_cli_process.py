@@ -96,9 +96,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert doc["first_upload"]["bytes_sent"] > 12 * 1024 * 1024  # half the sample is incompressible
     second = doc["second_upload"]
     assert second["version"] == doc["first_upload"]["version"] + 1
-    # The README: one chunk (two when the 4 KiB edit straddles a cut point), well under 1% of the
-    # file, travels. Measured: 1 of 318 chunks, 188,615 bytes of a 24 MiB sample.
-    assert 1 <= second["chunks_sent"] <= 2 and second["chunks_sent"] * 100 < second["chunks_total"], second
+    # The README: one chunk, well under 1% of the file, travels. Content-defined cuts can make it
+    # up to three: the edit may straddle a cut point, or make or remove one, which re-cuts the next
+    # chunk before the chunker falls back in step. Measured: 1 of 318 chunks, 188,615 bytes of 24 MiB.
+    assert 1 <= second["chunks_sent"] <= 3 and second["chunks_sent"] * 100 < second["chunks_total"], second
     assert 0 < second["bytes_sent"] <= second["chunks_sent"] * (256 * 1024 + 1024), second
     assert [d["verified"] for d in doc["downloads"]] == [True, True]
     assert doc["store"]["logical_bytes"] >= 2 * doc["sample_bytes"]
