@@ -61,8 +61,9 @@ def damage(server, d: bytes, how: str) -> None:
 
 
 def content() -> bytes:
-    """~400 KB, several chunks: random bytes (raw frames) and text (zstd frames)."""
-    return os.urandom(200_000) + (uuid.uuid4().hex * 6000).encode()
+    """~890 KB, at least four chunks (the largest is 256 KiB): random bytes (raw frames) and text
+    (zstd frames)."""
+    return os.urandom(700_000) + (uuid.uuid4().hex * 6000).encode()
 
 
 def assert_good_copy(server, d: bytes) -> None:
