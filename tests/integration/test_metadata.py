@@ -493,10 +493,13 @@ async def test_watch_cancels_promptly(metadata: MetadataStore):
 async def test_many_watchers_share_one_connection(metadata: MetadataStore):
     # one blocking XREAD per watcher would need 300 connections; the client's pool allows 100
     started = [asyncio.Event() for _ in range(300)]
+    # From a fixed cursor, not "" (= from whenever the watch is established, which on a loaded
+    # machine can come after the first put below).
+    _, cursor = await metadata.changes(NS, "", 1000)
 
     async def watcher(i: int) -> list[str]:
         got = []
-        async with aclosing(metadata.watch(NS, "", block_ms=100)) as feed:
+        async with aclosing(metadata.watch(NS, cursor, block_ms=100)) as feed:
             first = asyncio.ensure_future(feed.__anext__())
             await asyncio.sleep(0.5)
             started[i].set()
