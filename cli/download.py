@@ -4,7 +4,7 @@
    :func:`receive`), then the old local copy and a killed download's ``.NAME.svpart`` are indexed
    (:func:`plan_local`); the pure planner (cli/plan.py) says where each chunk comes from.
 2. fetch: the missing chunks stream from GetChunks, window after window, on a background thread
-   into a bounded queue (:class:`_Fetcher`). A big file is one plan fetched in windows, so memory
+   into a bounded queue (cli/fetch.py). A big file is one plan fetched in windows, so memory
    is bounded by the window and the queue, not the file; a group is several plans fetched
    together, in one call as a group is far smaller than a window.
 3. verify: every chunk's BLAKE3 (decoded from the server or read from a local file), then each
@@ -20,30 +20,21 @@ in :func:`receive`: the only place the engine reads a protobuf VersionInfo.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-import grpc
-
-from cas import codec
 from cas.chunker import ChunkParams
 from cas.digest import digest as blake3_digest
 from cas.digest import new_hasher
 from cas.errors import (
     CasError,
-    ChunkTooLargeError,
     CorruptChunkError,
-    DigestMismatchError,
     IntegrityError,
     InvalidInputError,
-    MalformedFrameError,
     ManifestError,
     NotFoundError,
     SignatureError,
@@ -52,21 +43,19 @@ from cas.manifest import ChunkRef, Manifest
 from cas.paths import normalize_path
 from cas.pipeline import Pipeline
 from cli.batch import get_manifests
+from cli.fetch import CallFailed, Fetcher, fetch_one
 from cli.grouping import is_fatal
 from cli.localdir import Folder, LocalTarget
 from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, touch_fd, write_all
-from cli.plan import FetchWindow, Source, Step, fetch_windows, plan_files
+from cli.plan import Source, Step, fetch_windows, plan_files
 from cli.remote import Advance, ProgressFn, Remote, cumulative
 from cli.results import Version
-from cli.rpc_errors import map_rpc_error
 from cli.statecache import FileState
 from proto import stratus_pb2 as pb
 
 FETCH_WINDOW_BYTES = 64 * 1024 * 1024  # per GetChunks call; fewer calls, better overlap
 FETCH_WINDOW_CHUNKS = 1024
 LOCAL_IN_MEMORY = 1024 * 1024  # reusable local bytes up to this are read while planning: a group keeps no file open
-_QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
-_END = object()
 
 
 @dataclass
@@ -278,146 +267,7 @@ def _mode(version: Version) -> int | None:
     return (version.mode & 0o777) or None
 
 
-# ---- stage 2: fetch ------------------------------------------------------------------------------------
-
-
-def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
-    """Decode a frame from the server and verify its digest; CorruptChunkError on any mismatch."""
-    try:
-        return codec.decode_verified(digest, frame, max_size)
-    except DigestMismatchError as exc:
-        raise CorruptChunkError(digest, f"received bytes hash to {exc.actual.hex()}") from None
-    except (MalformedFrameError, ChunkTooLargeError) as exc:
-        raise CorruptChunkError(digest, str(exc)) from None
-
-
-def _decoded(digest: bytes, frame: bytes, max_size: int) -> bytes | CorruptChunkError:
-    """The chunk's bytes, or the error that belongs to the file(s) using it, not to the whole call."""
-    try:
-        return decode_chunk(digest, frame, max_size)
-    except CorruptChunkError as exc:
-        return exc
-
-
-class _CallFailed(Exception):
-    """A GetChunks call failed as a whole (server error, chunks missing): ``error`` says why."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class _Fetcher:
-    """Streams the fetch windows of a plan on a background thread into a bounded queue.
-
-    The writer takes chunks by (window, digest); chunks that arrive before they are needed wait
-    in a small buffer, so the server may answer a window in any order.
-    """
-
-    def __init__(self, remote: Remote, windows: Iterator[FetchWindow]) -> None:
-        self._remote = remote
-        self._windows = windows
-        self._max_size = remote.params.chunking.max_size
-        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
-        self._stop = threading.Event()
-        self._call: grpc.Call | None = None
-        self._buffer: dict[tuple[int, bytes], list] = {}
-        self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="stratus-fetch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        workers = min(4, os.cpu_count() or 1)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="stratus-decode") as pool:
-                for window in self._windows:
-                    self._fetch_window(window, pool)
-            self._put(_END)
-        except grpc.RpcError as err:
-            if not self._stop.is_set():
-                self._put(map_rpc_error(err, self._remote.target))
-        except BaseException as exc:  # noqa: BLE001 - handed to the writer thread, which raises it
-            self._put(exc)
-
-    def _fetch_window(self, window: FetchWindow, pool: ThreadPoolExecutor) -> None:
-        pending = dict(window.uses)
-        call = self._remote.stub.GetChunks(pb.GetChunksRequest(digests=window.digests))
-        self._call = call
-        if self._stop.is_set():
-            call.cancel()
-            return
-        for batch in call:
-            seen: set[bytes] = set()
-            for c in batch.chunks:
-                if c.digest not in pending or c.digest in seen:
-                    raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
-                seen.add(c.digest)
-            # Decoding (zstd + BLAKE3) releases the GIL: spread a batch over the pool.
-            datas = pool.map(lambda c: _decoded(c.digest, c.frame, self._max_size), batch.chunks)
-            for c, data in zip(batch.chunks, datas, strict=True):
-                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest), len(c.frame)))
-        if pending:
-            first = next(iter(pending))
-            raise IntegrityError(
-                f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
-            )
-
-    def _put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def take(self, window: int, digest: bytes) -> tuple[bytes, int]:
-        """The bytes of ``digest`` from fetch window ``window`` (blocks until they arrive), and the frame
-        bytes received for them (0 when an earlier step already took them).
-
-        CorruptChunkError when that chunk was corrupt; _CallFailed, now and for every chunk not yet
-        arrived, when the call as a whole failed.
-        """
-        key = (window, digest)
-        while key not in self._buffer:
-            if self._failed is not None:
-                raise _CallFailed(self._failed)
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._failed = item
-            elif item is _END:
-                self._failed = IntegrityError(f"chunk {digest.hex()} never arrived from the server")
-            else:
-                w, d, data, uses, frame = item  # type: ignore[misc]
-                self._buffer[(w, d)] = [data, uses, frame]
-        entry = self._buffer[key]
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del self._buffer[key]
-        frame, entry[2] = entry[2], 0
-        if isinstance(entry[0], BaseException):
-            raise entry[0]
-        return entry[0], frame
-
-    def close(self) -> None:
-        """Stop the background thread (cancelling an in-flight GetChunks)."""
-        self._stop.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
-        self._thread.join(timeout=10)
-
-
-def _fetch_one(remote: Remote, digest: bytes) -> bytes:
-    """Fetch a single chunk synchronously (used when a local copy turned out to have changed)."""
-    max_size = remote.params.chunking.max_size
-    try:
-        for batch in remote.stub.GetChunks(pb.GetChunksRequest(digests=[digest])):
-            for c in batch.chunks:
-                if c.digest == digest:
-                    return decode_chunk(digest, c.frame, max_size)
-    except grpc.RpcError as err:
-        raise map_rpc_error(err, remote.target) from err
-    raise IntegrityError(f"the server did not send chunk {digest.hex()}")
+# ---- stages 3 and 4: verify and write --------------------------------------------------------------------
 
 
 class _Cursor:
@@ -439,11 +289,8 @@ class _Cursor:
             pass
 
 
-# ---- stages 3 and 4: verify and write --------------------------------------------------------------------
-
-
 def _assemble(
-    remote: Remote, plan: FilePlan, steps: Iterator[Step], fetcher: _Fetcher, sink: BinaryIO | int,
+    remote: Remote, plan: FilePlan, steps: Iterator[Step], fetcher: Fetcher, sink: BinaryIO | int,
     advance: Advance | None,
 ) -> None:
     """Write the file's bytes in order to ``sink`` (an fd or a binary writer), each chunk verified, then
@@ -465,7 +312,7 @@ def _assemble(
         else:
             data = _read_source(plan.sources[step.source_file], step.source_offset, step.length)
             if data is None or blake3_digest(data) != step.digest:
-                data = _fetch_one(remote, step.digest)
+                data = fetch_one(remote, step.digest)
                 o.chunks_fetched += 1
             else:
                 o.chunks_reused += 1
@@ -486,7 +333,7 @@ def _assemble(
 
 
 def _write_file(
-    remote: Remote, plan: FilePlan, steps: Iterator[Step], fetcher: _Fetcher, writer: BinaryIO | None,
+    remote: Remote, plan: FilePlan, steps: Iterator[Step], fetcher: Fetcher, writer: BinaryIO | None,
     advance: Advance | None,
 ) -> None:
     """Assemble one file into its temp file and rename it in place (or into the writer)."""
@@ -518,14 +365,14 @@ def fetch_and_write(
         return
     steps = partial(plan_files, [(p.manifest.chunks, p.local) for p in todo], repeat_from_output=writer is None,
                     window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS)
-    fetcher = _Fetcher(remote, fetch_windows(steps()))
+    fetcher = Fetcher(remote, fetch_windows(steps()))
     cursor = _Cursor(steps())
     alone: list[FilePlan] = []
     try:
         for number, plan in enumerate(todo):
             try:
                 _write_file(remote, plan, cursor.file(number), fetcher, writer, advance)
-            except _CallFailed as failed:
+            except CallFailed as failed:
                 if is_fatal(failed.error):
                     raise failed.error from None
                 if len(todo) > 1:
