@@ -181,7 +181,7 @@ class Downloader:
         report.stats.bytes_total = info.size
         item = RestoreItem(info, dest)
         if self._is_current(item, self._cached({info.path: info}, info.path).get(info.path)):
-            report.add(GetOutcome(info.path, str(dest), "skipped", info.version, info.size))
+            report.add(GetOutcome(info.path, str(dest), "skipped", info, info.size))
         else:
             self._emit("start", info.size, 1, f"get {info.path}")
             try:

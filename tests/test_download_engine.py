@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import grpc
@@ -92,6 +93,13 @@ def test_tree_file_and_stream_share_one_outcome_type(client, cache, prefix, tmp_
     one = eng.get_file(info, tmp_path / "copy.bin")
     assert one.kind == "file" and one.outcomes[0].status == "downloaded"
     assert (tmp_path / "copy.bin").read_bytes() == (src / "big.bin").read_bytes()
+    located = eng.locate(prefix + "big.bin", version=None, as_of_ms=None)
+    time.sleep(0.2)  # past the racy window of the copy's ctime (cli/statecache.py), so the next check is trusted
+    checked = eng.get_file(located, tmp_path / "copy.bin")  # hashed: its state is recorded as trusted
+    skipped = eng.get_file(located, tmp_path / "copy.bin")  # the state cache vouches for it now
+    assert [o.status for o in (*checked.outcomes, *skipped.outcomes)] == ["up_to_date", "skipped"]
+    for o in (*tree.outcomes, *one.outcomes, *checked.outcomes, *skipped.outcomes):  # never protobuf
+        assert isinstance(o.version, Version) and o.version.path == o.remote and o.version.size == o.size
 
     sink = io.BytesIO()
     streamed = eng.get_stream(prefix + "big.bin", sink, version=None, as_of_ms=None)
