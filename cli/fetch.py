@@ -25,6 +25,7 @@ from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
 
 QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
+POOL_DECODE_BYTES = 1024 * 1024  # batches from this size on are decoded on a small thread pool
 _END = object()
 
 
@@ -99,8 +100,10 @@ class Fetcher:
                 if c.digest not in pending or c.digest in seen:
                     raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
                 seen.add(c.digest)
-            # Decoding (zstd + BLAKE3) releases the GIL: spread a batch over the pool.
-            datas = pool.map(lambda c: _decoded(c.digest, c.frame, self._max_size), batch.chunks)
+            # Decoding (zstd + BLAKE3) releases the GIL: a big batch is spread over the pool; the
+            # frames of small files are decoded right here, cheaper than a hand-off to other threads.
+            big = sum(len(c.frame) for c in batch.chunks) >= POOL_DECODE_BYTES
+            datas = (pool.map if big else map)(self._decode, batch.chunks)
             for c, data in zip(batch.chunks, datas, strict=True):
                 self._put((window.index, bytes(c.digest), data, pending.pop(c.digest), len(c.frame)))
         if pending:
@@ -108,6 +111,9 @@ class Fetcher:
             raise IntegrityError(
                 f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
             )
+
+    def _decode(self, chunk: pb.ChunkData) -> bytes | CorruptChunkError:
+        return _decoded(chunk.digest, chunk.frame, self._max_size)
 
     def _put(self, item: object) -> None:
         while not self._stop.is_set():
