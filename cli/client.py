@@ -22,7 +22,7 @@ import grpc
 from cas.errors import CasError, InvalidInputError
 from cli.lazy import lazy
 from cli.manifestdelta import ManifestCache
-from cli.remote import ProgressFn, Remote, TransferParams, retry_service_config, with_namespace
+from cli.remote import ProgressFn, Remote, TransferParams, cumulative, retry_service_config, with_namespace
 from cli.rpc_errors import translate_errors
 from proto import stratus_pb2 as pb
 
@@ -194,7 +194,7 @@ class StratusClient:
         size = os.path.getsize(local_path) if progress is not None else None
         return _upload.upload_path(
             self._remote, local_path, remote_path, if_version=if_version, sign_key=sign_key,
-            advance=_upload.cumulative(progress, size), cache=self._manifests,
+            advance=cumulative(progress, size), cache=self._manifests,
         )
 
     def put_stream(
@@ -217,7 +217,7 @@ class StratusClient:
         source = _upload.stream_source(stream, size)
         return _upload.upload(
             self._remote, source, remote_path, if_version=if_version, mode=mode, mtime_ns=mtime_ns,
-            sign_key=sign_key, advance=_upload.cumulative(progress, source.size), cache=self._manifests,
+            sign_key=sign_key, advance=cumulative(progress, source.size), cache=self._manifests,
         )
 
     def put_bytes(

@@ -1,56 +1,61 @@
-"""Delta download: fetch only the chunks the local copy lacks, verify everything, replace atomically.
+"""The download engine: a big file, a stream and a group of small files go through the same stages.
 
-Flow: GetManifest -> (optional) signature check before anything is written -> index the old local
-file (and a killed download's ``.NAME.svpart``) by chunk digest -> walk the manifest in order,
-copying reused chunks from those files (each verified by digest first) and taking fetched ones
-from a background thread that streams GetChunks -> check size and whole-file BLAKE3 -> fsync,
-rename, fsync the folder. Memory stays bounded by a fetch window. Every local step is relative to
-a folder fd opened without following symlinks (cli/localdir.py).
+1. plan: the version's manifest is checked (and its signature, before anything is written:
+   :func:`receive`), then the old local copy and a killed download's ``.NAME.svpart`` are indexed
+   (:func:`plan_local`); the pure planner (cli/plan.py) says where each chunk comes from.
+2. fetch: the missing chunks stream from GetChunks, window after window, on a background thread
+   into a bounded queue (cli/fetch.py). A big file is one plan fetched in windows, so memory
+   is bounded by the window and the queue, not the file; a group is several plans fetched
+   together, in one call as a group is far smaller than a window.
+3. verify: every chunk's BLAKE3 (decoded from the server or read from a local file), then each
+   file's size and whole-file BLAKE3 before anything replaces its destination.
+4. write: a temp file beside the destination, fsynced, given its mode and mtime and renamed over
+   it (cli/localfile.py), every step relative to a folder fd opened without following symlinks
+   (cli/localdir.py). A stream gets each verified chunk as it comes.
+
+Each file gives one :class:`GetOutcome`. Its version is a :class:`cli.results.Version`, converted
+in :func:`receive`: the only place the engine reads a protobuf VersionInfo.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-import grpc
-
-from cas import codec
+from cas.chunker import ChunkParams
 from cas.digest import digest as blake3_digest
 from cas.digest import new_hasher
 from cas.errors import (
-    ChunkTooLargeError,
+    CasError,
     CorruptChunkError,
-    DigestMismatchError,
     IntegrityError,
     InvalidInputError,
-    MalformedFrameError,
     ManifestError,
     NotFoundError,
     SignatureError,
 )
 from cas.manifest import ChunkRef, Manifest
 from cas.paths import normalize_path
+from cas.pipeline import Pipeline
+from cli.batch import get_manifests
+from cli.fetch import CallFailed, Fetcher, fetch_one
+from cli.grouping import is_fatal
 from cli.localdir import Folder, LocalTarget
 from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, touch_fd, write_all
-from cli.plan import FetchWindow, Source, Step, fetch_windows, plan_steps
-from cli.remote import ProgressFn, Remote
-from cli.rpc_errors import map_rpc_error
+from cli.plan import Source, Step, fetch_windows, plan_files
+from cli.remote import Advance, ProgressFn, Remote, cumulative
+from cli.results import Version
 from cli.statecache import FileState
 from proto import stratus_pb2 as pb
 
 FETCH_WINDOW_BYTES = 64 * 1024 * 1024  # per GetChunks call; fewer calls, better overlap
 FETCH_WINDOW_CHUNKS = 1024
-_QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
-_END = object()
+LOCAL_IN_MEMORY = 1024 * 1024  # reusable local bytes up to this are read while planning: a group keeps no file open
 
 
 @dataclass
@@ -60,12 +65,14 @@ class GetOutcome:
     ``status`` is ``downloaded`` (written), ``up_to_date`` (the local copy already was this version,
     checked by hashing it; only its mode and mtime were set), ``skipped`` (the state cache vouched for
     it; not even read) or ``failed`` (``error`` says why; nothing was written to the destination).
+    ``chunks_reused + chunks_fetched == chunks_total`` for a file written: a chunk is fetched once per
+    group or file and reused wherever else it occurs.
     """
 
     remote: str
     local: str
     status: str
-    version: int | None = None
+    version: Version | None = None
     size: int = 0
     chunks_total: int = 0
     chunks_reused: int = 0
@@ -80,34 +87,24 @@ class GetOutcome:
         return self.status == "up_to_date"
 
 
-def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
-    """Decode a frame from the server and verify its digest; CorruptChunkError on any mismatch."""
-    try:
-        return codec.decode_verified(digest, frame, max_size)
-    except DigestMismatchError as exc:
-        raise CorruptChunkError(digest, f"received bytes hash to {exc.actual.hex()}") from None
-    except (MalformedFrameError, ChunkTooLargeError) as exc:
-        raise CorruptChunkError(digest, str(exc)) from None
+# ---- stage 1: plan -----------------------------------------------------------------------------------
 
 
-def fetch_manifest(
-    remote: Remote, path: str, version: int | None, as_of_ms: int | None
-) -> tuple[pb.VersionInfo, Manifest]:
-    """GetManifest, then check that the manifest is consistent and really is the version's."""
-    at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
-    resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
-    if resp.version.deleted:
-        raise NotFoundError(f"{path}: version {resp.version.version} is a deletion")
-    return checked_manifest(path, resp, remote.params.chunking.max_size)
-
-
-def checked_manifest(path: str, resp: pb.GetManifestResponse, max_size: int) -> tuple[pb.VersionInfo, Manifest]:
+def receive(
+    path: str, resp: pb.GetManifestResponse, max_size: int, verify_key: object = None, *, listed: int = 0
+) -> tuple[Version, Manifest]:
     """The version and manifest of a GetManifest answer, checked before anything is fetched or written.
 
-    IntegrityError unless every chunk fits ``max_size``, the manifest hashes to the version's
-    manifest digest, and the version's size and file digest agree with it.
+    NotFoundError for a deletion; IntegrityError unless the answer is version ``listed`` (when
+    given: what a listing named), every chunk fits ``max_size``, the manifest hashes to the version's
+    manifest digest and the version's size and file digest agree with it; SignatureError unless
+    signed by ``verify_key`` (when given).
     """
     info = resp.version
+    if listed and (info.version != listed or info.deleted or not info.manifest_digest):
+        raise IntegrityError(f"{path}: the server answered with another version than the one listed")
+    if info.deleted:
+        raise NotFoundError(f"{path}: version {info.version} is a deletion")
     try:
         refs = []
         for ref in resp.manifest.chunks:
@@ -121,7 +118,18 @@ def checked_manifest(path: str, resp: pb.GetManifestResponse, max_size: int) -> 
         raise IntegrityError(f"{path}: the manifest does not match version {info.version}'s manifest digest")
     if (info.file_digest and info.file_digest != manifest.file_digest) or info.size != manifest.size:
         raise IntegrityError(f"{path}: version {info.version} disagrees with its manifest")
-    return info, manifest
+    if verify_key is not None:
+        verify_signature(path, info, manifest, verify_key)
+    return Version.from_message(info), manifest
+
+
+def fetch_manifest(
+    remote: Remote, path: str, version: int | None, as_of_ms: int | None, verify_key: object = None
+) -> tuple[Version, Manifest]:
+    """GetManifest of a version (head, ``version`` or the newest at ``as_of_ms``), checked by :func:`receive`."""
+    at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
+    resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
+    return receive(path, resp, remote.params.chunking.max_size, verify_key)
 
 
 def verify_signature(path: str, info: pb.VersionInfo, manifest: Manifest, verify_key: object) -> None:
@@ -141,180 +149,248 @@ def verify_signature(path: str, info: pb.VersionInfo, manifest: Manifest, verify
     )
 
 
-class _Fetcher:
-    """Streams the fetch windows of a plan on a background thread into a bounded queue.
+@dataclass
+class FilePlan:
+    """One file of a download: its version and manifest, where it goes, the local chunks it can reuse.
 
-    The writer takes chunks by (window, digest); chunks that arrive before they are needed wait
-    in a small buffer, so the server may answer a window in any order.
+    ``target`` None means the job's writer (a stream). ``local`` maps digests to (offset, length,
+    source) in ``sources`` (0: the old copy, 1: a killed download's temp file), each an open fd or
+    the reusable bytes read while planning; every chunk taken from them is verified by digest first.
+    ``pending`` until the file is written or has failed.
     """
 
-    def __init__(self, remote: Remote, windows: Iterator[FetchWindow]) -> None:
-        self._remote = remote
-        self._windows = windows
-        self._max_size = remote.params.chunking.max_size
-        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
-        self._stop = threading.Event()
-        self._call: grpc.Call | None = None
-        self._buffer: dict[tuple[int, bytes], list] = {}
-        self.chunks = 0
-        self.frame_bytes = 0
-        self._thread = threading.Thread(target=self._run, name="stratus-fetch", daemon=True)
-        self._thread.start()
+    version: Version
+    manifest: Manifest
+    outcome: GetOutcome
+    target: LocalTarget | None = None
+    local: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
+    sources: list[int | bytes | None] = field(default_factory=lambda: [None, None])
+    pending: bool = True
 
-    def _run(self) -> None:
-        workers = min(4, os.cpu_count() or 1)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="stratus-decode") as pool:
-                for window in self._windows:
-                    self._fetch_window(window, pool)
-            self._put(_END)
-        except grpc.RpcError as err:
-            if not self._stop.is_set():
-                self._put(map_rpc_error(err, self._remote.target))
-        except BaseException as exc:  # noqa: BLE001 - handed to the writer thread, which raises it
-            self._put(exc)
-
-    def _fetch_window(self, window: FetchWindow, pool: ThreadPoolExecutor) -> None:
-        pending = dict(window.uses)
-        call = self._remote.stub.GetChunks(pb.GetChunksRequest(digests=window.digests))
-        self._call = call
-        if self._stop.is_set():
-            call.cancel()
-            return
-        for batch in call:
-            seen: set[bytes] = set()
-            for c in batch.chunks:
-                if c.digest not in pending or c.digest in seen:
-                    raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
-                seen.add(c.digest)
-            # Decoding (zstd + BLAKE3) releases the GIL: spread a batch over the pool.
-            datas = pool.map(lambda c: decode_chunk(c.digest, c.frame, self._max_size), batch.chunks)
-            for c, data in zip(batch.chunks, datas, strict=True):
-                self.chunks += 1
-                self.frame_bytes += len(c.frame)
-                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest)))
-        if pending:
-            first = next(iter(pending))
-            raise IntegrityError(
-                f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
-            )
-
-    def _put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def take(self, window: int, digest: bytes) -> bytes:
-        """Return the bytes of ``digest`` from fetch window ``window`` (blocks until they arrive)."""
-        key = (window, digest)
-        while key not in self._buffer:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is _END:
-                raise IntegrityError(f"chunk {digest.hex()} never arrived from the server")
-            w, d, data, uses = item
-            self._buffer[(w, d)] = [data, uses]
-        entry = self._buffer[key]
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del self._buffer[key]
-        return entry[0]
+    def fail(self, error: BaseException) -> None:
+        """Settle the file as failed (nothing of it was written)."""
+        o = self.outcome
+        o.status, o.error, self.pending = "failed", error, False
+        o.chunks_total = o.chunks_reused = o.chunks_fetched = o.bytes_fetched = 0
 
     def close(self) -> None:
-        """Stop the background thread (cancelling an in-flight GetChunks)."""
-        self._stop.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
-        self._thread.join(timeout=10)
+        """Close the local files (idempotent)."""
+        for source in self.sources:
+            if isinstance(source, int):
+                os.close(source)
+        self.sources = [None, None]
 
 
-def _fetch_one(remote: Remote, digest: bytes) -> bytes:
-    """Fetch a single chunk synchronously (used when a local copy turned out to have changed)."""
-    max_size = remote.params.chunking.max_size
+def plan_local(
+    params: ChunkParams, version: Version, manifest: Manifest, target: LocalTarget | None,
+    pipeline: Pipeline | None = None,
+) -> FilePlan:
+    """Stage 1 for one file: what the old copy at ``target`` and its ``.NAME.svpart`` already hold.
+
+    Both are opened with O_NOFOLLOW relative to the folder's fd, only when they are regular files;
+    the temp file's name is removed at once (its fd is read). When the old copy already is this
+    version, only its mode and mtime are set (on its fd) and the plan is settled ``up_to_date``. A
+    missing folder means nothing to reuse (it is created when the file is written).
+    """
+    plan = FilePlan(version, manifest, _new_outcome(version, manifest, target), target)
+    if target is None:
+        return plan
     try:
-        for batch in remote.stub.GetChunks(pb.GetChunksRequest(digests=[digest])):
-            for c in batch.chunks:
-                if c.digest == digest:
-                    return decode_chunk(digest, c.frame, max_size)
-    except grpc.RpcError as err:
-        raise map_rpc_error(err, remote.target) from err
-    raise IntegrityError(f"the server did not send chunk {digest.hex()}")
+        folder = target.open_folder(create=False)
+    except FileNotFoundError:
+        return plan
+    try:
+        with folder:
+            plan.sources[0] = folder.open_regular(target.name)
+            plan.sources[1] = take_partial(folder, target.name)
+        _index(plan, params, pipeline)
+    except BaseException:
+        plan.close()
+        raise
+    return plan
 
 
-@dataclass
-class _Counts:
-    reused: int = 0
-    fetched: int = 0
-    extra_fetch_bytes: int = 0
+def _new_outcome(version: Version, manifest: Manifest, target: LocalTarget | None) -> GetOutcome:
+    local = str(target.path) if target is not None else "-"
+    return GetOutcome(version.path, local, "downloaded", version, version.size, len(manifest.chunks))
+
+
+def _index(plan: FilePlan, params: ChunkParams, pipeline: Pipeline | None) -> None:
+    old, part = plan.sources
+    wanted = set(plan.manifest.unique_digests())
+    if isinstance(old, int):
+        hasher = new_hasher()
+        plan.local.update(index_local_file(old, params, wanted, hasher, pipeline))
+        if os.fstat(old).st_size == plan.manifest.size and hasher.digest() == plan.manifest.file_digest:
+            _settle_up_to_date(plan, old)
+            return
+    if isinstance(part, int):
+        found = index_local_file(part, params, wanted - plan.local.keys(), pipeline=pipeline)
+        plan.local.update({d: (offset, length, 1) for d, (offset, length) in found.items()})
+    if sum(at[1] for at in plan.local.values()) <= LOCAL_IN_MEMORY:
+        _read_local_chunks(plan)
+
+
+def _settle_up_to_date(plan: FilePlan, fd: int) -> None:
+    """The old copy (open as ``fd``) already is this version: set its mode and mtime on the fd, write nothing."""
+    assert plan.target is not None
+    observed = time.time_ns()
+    st = touch_fd(fd, _mode(plan.version), plan.version.mtime_ns)
+    o = plan.outcome
+    o.state = FileState.from_stat(os.path.abspath(plan.target.path), st, observed)
+    o.status, o.chunks_reused, plan.pending = "up_to_date", o.chunks_total, False
+    plan.close()
+
+
+def _read_local_chunks(plan: FilePlan) -> None:
+    """Copy the few reusable local chunks into memory and close the local files (still verified when used)."""
+    buffer = bytearray()
+    local: dict[bytes, tuple[int, ...]] = {}
+    for d, (offset, length, *source) in plan.local.items():
+        data = _read_source(plan.sources[source[0] if source else 0], offset, length)
+        if data is not None:
+            local[d] = (len(buffer), length)
+            buffer += data
+    plan.close()
+    plan.sources, plan.local = [bytes(buffer), None], local
+
+
+def _read_source(source: int | bytes | None, offset: int, length: int) -> bytes | None:
+    """``length`` bytes at ``offset`` of a local source; None when it is shorter (it changed)."""
+    if isinstance(source, int):
+        return read_exact(source, length, offset)
+    data = source[offset : offset + length] if source is not None else b""
+    return data if len(data) == length else None
+
+
+def _mode(version: Version) -> int | None:
+    return (version.mode & 0o777) or None
+
+
+# ---- stages 3 and 4: verify and write --------------------------------------------------------------------
+
+
+class _Cursor:
+    """Hands out a plan's steps file by file; what a failed file leaves is skipped."""
+
+    def __init__(self, steps: Iterator[Step]) -> None:
+        self._steps = steps
+        self._next = next(steps, None)
+
+    def file(self, number: int) -> Iterator[Step]:
+        """The remaining steps of file ``number``."""
+        while self._next is not None and self._next.file == number:
+            step, self._next = self._next, next(self._steps, None)
+            yield step
+
+    def skip(self, number: int) -> None:
+        """Pass over what is left of file ``number``."""
+        for _ in self.file(number):
+            pass
 
 
 def _assemble(
-    remote: Remote,
-    manifest: Manifest,
-    steps: Iterator[Step],
-    windows: Iterator[FetchWindow],
-    sink: BinaryIO | int,
-    sources: list[int | None],
-    progress: ProgressFn | None,
-) -> tuple[_Counts, _Fetcher]:
-    """Write the file's bytes in order to ``sink`` (an fd or a binary writer), verifying the result.
-
-    ``sources`` are the local files LOCAL steps read from (by ``Step.source_file``); a chunk read
-    there that does not hash to its digest any more is fetched instead.
-    """
-    counts = _Counts()
+    remote: Remote, plan: FilePlan, steps: Iterator[Step], fetcher: Fetcher, sink: BinaryIO | int,
+    advance: Advance | None,
+) -> None:
+    """Write the file's bytes in order to ``sink`` (an fd or a binary writer), each chunk verified, then
+    check its size and whole-file BLAKE3. A local chunk that no longer hashes to its digest is fetched."""
+    o = plan.outcome
+    o.chunks_reused = o.chunks_fetched = o.bytes_fetched = 0
     hasher = new_hasher()
     written = 0
-    fetcher = _Fetcher(remote, windows)
+    for step in steps:
+        if step.source is Source.FETCH:
+            data, frame = fetcher.take(step.window, step.digest)
+            o.chunks_fetched += frame > 0
+            o.chunks_reused += frame == 0
+            o.bytes_fetched += frame
+        elif step.source is Source.REPEAT:
+            assert isinstance(sink, int)
+            data = read_exact(sink, step.length, step.source_offset) or b""
+            o.chunks_reused += 1
+        else:
+            data = _read_source(plan.sources[step.source_file], step.source_offset, step.length)
+            if data is None or blake3_digest(data) != step.digest:
+                data = fetch_one(remote, step.digest)
+                o.chunks_fetched += 1
+            else:
+                o.chunks_reused += 1
+        if len(data) != step.length:
+            raise CorruptChunkError(step.digest, f"{len(data)} bytes where the manifest says {step.length}")
+        hasher.update(data)
+        if isinstance(sink, int):
+            write_all(sink, data)
+        else:
+            sink.write(data)
+        written += len(data)
+        if advance is not None:
+            advance(len(data))
+    if written != plan.manifest.size:
+        raise IntegrityError(f"{o.remote}: assembled {written} bytes, the manifest says {plan.manifest.size}")
+    if hasher.digest() != plan.manifest.file_digest:
+        raise IntegrityError(f"{o.remote}: the assembled file does not match the manifest's BLAKE3 digest")
+
+
+def _write_file(
+    remote: Remote, plan: FilePlan, steps: Iterator[Step], fetcher: Fetcher, writer: BinaryIO | None,
+    advance: Advance | None,
+) -> None:
+    """Assemble one file into its temp file and rename it in place (or into the writer)."""
+    if plan.target is None:
+        assert writer is not None
+        _assemble(remote, plan, steps, fetcher, writer, advance)
+        writer.flush()
+    else:
+        with plan.target.open_folder() as folder, AtomicFile(plan.target.name, folder) as out:
+            _assemble(remote, plan, steps, fetcher, out.fd, advance)
+            out.commit(mode=_mode(plan.version), mtime_ns=plan.version.mtime_ns)
+        assert out.stat is not None
+        plan.outcome.state = FileState.from_stat(os.path.abspath(plan.target.path), out.stat, out.observed_ns)
+    plan.outcome.status, plan.pending = "downloaded", False
+
+
+def fetch_and_write(
+    remote: Remote, plans: Sequence[FilePlan], *, writer: BinaryIO | None = None, advance: Advance | None = None
+) -> None:
+    """Stages 2 to 4 for the pending ``plans``: fetch their missing chunks together, verify, write.
+
+    A file's own failure (a corrupt chunk, a local error) settles only that file as failed; when the
+    GetChunks call of several files fails as a whole, the files it left are retried one by one, so
+    the failure lands on the file it belongs to. Fatal failures (cli/grouping.py: server,
+    credentials) are raised at once.
+    """
+    todo = [p for p in plans if p.pending]
+    if not todo:
+        return
+    steps = partial(plan_files, [(p.manifest.chunks, p.local) for p in todo], repeat_from_output=writer is None,
+                    window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS)
+    fetcher = Fetcher(remote, fetch_windows(steps()))
+    cursor = _Cursor(steps())
+    alone: list[FilePlan] = []
     try:
-        for step in steps:
-            if step.source is Source.FETCH:
-                data = fetcher.take(step.window, step.digest)
-            elif step.source is Source.REPEAT:
-                assert isinstance(sink, int)
-                data = read_exact(sink, step.length, step.source_offset) or b""
-                counts.reused += 1
-            else:
-                source = sources[step.source_file]
-                assert source is not None
-                data = read_exact(source, step.length, step.source_offset)
-                if data is None or blake3_digest(data) != step.digest:
-                    # The old file changed since it was indexed: fetch this chunk instead.
-                    data = _fetch_one(remote, step.digest)
-                    counts.fetched += 1
-                else:
-                    counts.reused += 1
-            if len(data) != step.length:
-                detail = f"{len(data)} bytes where the manifest says {step.length}"
-                raise CorruptChunkError(step.digest, detail)
-            hasher.update(data)
-            if isinstance(sink, int):
-                write_all(sink, data)
-            else:
-                sink.write(data)
-            written += len(data)
-            if progress is not None:
-                progress(written, manifest.size)
+        for number, plan in enumerate(todo):
+            try:
+                _write_file(remote, plan, cursor.file(number), fetcher, writer, advance)
+            except CallFailed as failed:
+                if is_fatal(failed.error):
+                    raise failed.error from None
+                if len(todo) > 1:
+                    alone = todo[number:]
+                    break
+                plan.fail(failed.error)
+            except (CasError, OSError) as exc:
+                if is_fatal(exc):
+                    raise
+                plan.fail(exc)
+            cursor.skip(number)
     finally:
         fetcher.close()
-    if written != manifest.size:
-        raise IntegrityError(f"assembled {written} bytes, the manifest says {manifest.size}")
-    if hasher.digest() != manifest.file_digest:
-        raise IntegrityError("the assembled file does not match the manifest's BLAKE3 digest")
-    counts.fetched += fetcher.chunks
-    return counts, fetcher
+    for plan in alone:
+        fetch_and_write(remote, [plan], advance=advance)
 
 
-def _plan(manifest: Manifest, local: dict[bytes, tuple[int, ...]], repeat: bool) -> Iterator[Step]:
-    return plan_steps(
-        manifest.chunks, local, repeat_from_output=repeat,
-        window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS,
-    )
+# ---- the three entry points ------------------------------------------------------------------------------
 
 
 def get_file(
@@ -338,72 +414,89 @@ def get_file(
     path = normalize_path(remote_path)
     if not isinstance(local_path, LocalTarget) and Path(local_path).is_dir():
         raise InvalidInputError(f"{local_path} is a directory; give the file name to write")
-    info, manifest = fetch_manifest(remote, path, version, as_of_ms)
-    if verify_key is not None:
-        verify_signature(path, info, manifest, verify_key)
+    info, manifest = fetch_manifest(remote, path, version, as_of_ms, verify_key)
+    advance = cumulative(progress, info.size)
     if isinstance(local_path, LocalTarget):
-        with local_path.open_folder() as folder:
-            result = _get_into(remote, folder, local_path, info, manifest, progress)
+        (outcome,) = _get_planned(remote, [(info, manifest, local_path)], advance)
     else:
         dest = Path(local_path)
         with Folder.open_root(dest.parent) as root:
-            target = LocalTarget(root, (), dest.name, dest)
-            result = _get_into(remote, root, target, info, manifest, progress)
-    if keep is not None:
+            (outcome,) = _get_planned(remote, [(info, manifest, LocalTarget(root, (), dest.name, dest))], advance)
+    if keep is not None and outcome.error is None:
         keep(manifest)
-    return result
+    return _raising(outcome)
 
 
-def _get_into(
-    remote: Remote, folder: Folder, target: LocalTarget, info: pb.VersionInfo, manifest: Manifest,
-    progress: ProgressFn | None,
-) -> GetOutcome:
-    """Write the version as ``target.name`` in ``folder``; the old copy and a partial temp file are sources.
-
-    The old copy and ``.NAME.svpart`` are opened with O_NOFOLLOW relative to the folder fd and only
-    if they are regular files; every chunk taken from them is verified by digest before it is used.
-    """
-    old_fd = folder.open_regular(target.name)
-    part_fd = take_partial(folder, target.name)
-    mode = (info.mode & 0o777) or None
-    n = len(manifest.chunks)
-    outcome = GetOutcome(info.path, str(target.path), "downloaded", info.version, info.size, chunks_total=n)
-    try:
-        local: dict[bytes, tuple[int, ...]] = {}
-        wanted = set(manifest.unique_digests())
-        if old_fd is not None:
-            old_hasher = new_hasher()
-            local.update(index_local_file(old_fd, remote.params.chunking, wanted, old_hasher))
-            if os.fstat(old_fd).st_size == manifest.size and old_hasher.digest() == manifest.file_digest:
-                state = _touch(old_fd, target, mode, info.mtime_ns)
-                if progress is not None:
-                    progress(manifest.size, manifest.size)
-                outcome.status, outcome.chunks_reused, outcome.state = "up_to_date", n, state
-                return outcome
-        if part_fd is not None:
-            part = index_local_file(part_fd, remote.params.chunking, wanted - local.keys())
-            local.update({d: (offset, length, 1) for d, (offset, length) in part.items()})
-        with AtomicFile(target.name, folder) as out:
-            steps = partial(_plan, manifest, local, True)
-            counts, fetcher = _assemble(
-                remote, manifest, steps(), fetch_windows(steps()), out.fd, [old_fd, part_fd], progress,
-            )
-            out.commit(mode=mode, mtime_ns=info.mtime_ns)
-        assert out.stat is not None
-        outcome.state = FileState.from_stat(os.path.abspath(target.path), out.stat, out.observed_ns)
-    finally:
-        for fd in (old_fd, part_fd):
-            if fd is not None:
-                os.close(fd)
-    outcome.chunks_reused, outcome.chunks_fetched = counts.reused, counts.fetched
-    outcome.bytes_fetched = fetcher.frame_bytes
+def _raising(outcome: GetOutcome) -> GetOutcome:
+    """The outcome of a single-file download, whose failure is raised rather than returned."""
+    if outcome.error is not None:
+        raise outcome.error
     return outcome
 
 
-def _touch(fd: int, target: LocalTarget, mode: int | None, mtime_ns: int) -> FileState:
-    """Give the (already right) open file ``fd`` its mode and mtime, on the fd itself; its new state."""
-    observed = time.time_ns()
-    return FileState.from_stat(os.path.abspath(target.path), touch_fd(fd, mode, mtime_ns), observed)
+def get_files(
+    remote: Remote,
+    files: Sequence[tuple[Version, LocalTarget]],
+    *,
+    verify_key: object = None,
+    progress: ProgressFn | None = None,
+    keep: Callable[[Manifest], None] | None = None,
+) -> list[GetOutcome]:
+    """Download the listed versions (a group of small files, or one big file) to their targets.
+
+    One GetManifests call pins every file to the version listed; the files then go through the
+    stages together. Per-file failures are in the outcomes; fatal ones are raised.
+    """
+    requests = [pb.GetManifestRequest(path=v.path, at=pb.VersionSelector(version=v.version)) for v, _ in files]
+    answers = get_manifests(remote, requests)
+    outcomes: list[GetOutcome] = []
+    planned = []
+    for (listed, target), answer in zip(files, answers, strict=True):
+        try:
+            if isinstance(answer, CasError):
+                raise answer
+            version, manifest = receive(listed.path, answer, remote.params.chunking.max_size, verify_key,
+                                        listed=listed.version)
+        except CasError as exc:
+            if is_fatal(exc):
+                raise
+            outcomes.append(GetOutcome(listed.path, str(target.path), "failed", listed, listed.size, error=exc))
+            continue
+        planned.append((version, manifest, target))
+    advance = cumulative(progress, sum(v.size for v, _ in files))
+    got = _get_planned(remote, planned, advance)
+    if keep is not None:
+        for outcome, (_, manifest, _) in zip(got, planned, strict=True):
+            if outcome.status != "failed":
+                keep(manifest)
+    return outcomes + got
+
+
+def _get_planned(
+    remote: Remote, files: Sequence[tuple[Version, Manifest, LocalTarget]], advance: Advance | None
+) -> list[GetOutcome]:
+    """Plan each file against its local copy, then fetch and write the ones not already up to date.
+
+    A file that cannot be planned (a symlink where a folder is expected, say) fails alone.
+    """
+    plans: list[FilePlan] = []
+    try:
+        with Pipeline(remote.params.chunking) as pipeline:
+            for version, manifest, target in files:
+                try:
+                    plans.append(plan_local(remote.params.chunking, version, manifest, target, pipeline))
+                except (CasError, OSError) as exc:
+                    if is_fatal(exc):
+                        raise
+                    plans.append(FilePlan(version, manifest, _new_outcome(version, manifest, target), target))
+                    plans[-1].fail(exc)
+                if advance is not None and plans[-1].outcome.up_to_date:
+                    advance(version.size)
+        fetch_and_write(remote, plans, advance=advance)
+    finally:
+        for plan in plans:
+            plan.close()
+    return [p.outcome for p in plans]
 
 
 def get_stream(
@@ -422,13 +515,7 @@ def get_stream(
     were written (every chunk was verified on its own before that, so this needs a lying server).
     """
     path = normalize_path(remote_path)
-    info, manifest = fetch_manifest(remote, path, version, as_of_ms)
-    if verify_key is not None:
-        verify_signature(path, info, manifest, verify_key)
-    counts, fetcher = _assemble(
-        remote, manifest, _plan(manifest, {}, False), fetch_windows(_plan(manifest, {}, False)),
-        writer, [], progress,
-    )
-    writer.flush()
-    return GetOutcome(path, "-", "downloaded", info.version, info.size, len(manifest.chunks), counts.reused,
-                      counts.fetched, fetcher.frame_bytes)
+    info, manifest = fetch_manifest(remote, path, version, as_of_ms, verify_key)
+    plan = plan_local(remote.params.chunking, info, manifest, None)
+    fetch_and_write(remote, [plan], writer=writer, advance=cumulative(progress, info.size))
+    return _raising(plan.outcome)

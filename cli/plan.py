@@ -1,7 +1,10 @@
-"""Download planning: where each chunk of the wanted version comes from.
+"""Download planning: where each chunk of the wanted versions comes from.
 
-Pure functions over a manifest and a local index, so the decisions (what to reuse, what to fetch,
-how to group fetches) are testable without a server.
+Pure functions over manifests and local indexes, so the decisions (what to reuse, what to fetch,
+how to group fetches) are testable without a server. One plan covers one file (a big file, a
+stream) or several (a group of small files): the files are walked in order and their fetched
+chunks share the fetch windows, so a group needs one GetChunks call and a chunk two files of a
+window share is fetched once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Step:
     source_offset: int = -1
     window: int = -1
     source_file: int = 0  # LOCAL: which local file (0: the old copy, 1: a partial download's temp file)
+    file: int = 0  # which file of the plan the chunk belongs to
 
 
 @dataclass(slots=True)
@@ -44,50 +48,56 @@ class FetchWindow:
     nbytes: int
 
 
-def plan_steps(
-    chunks: Sequence[ChunkRef],
-    local: Mapping[bytes, tuple[int, ...]],
-    *,
-    repeat_from_output: bool,
-    window_bytes: int,
-    window_chunks: int,
-) -> Iterator[Step]:
-    """Yield one :class:`Step` per manifest chunk, in file order.
+Files = Sequence[tuple[Sequence[ChunkRef], Mapping[bytes, tuple[int, ...]]]]
 
-    A chunk already present in ``local`` (digest -> (offset, length) in the old file, or
-    (offset, length, file number) when there are several local files) is copied from there; with
-    ``repeat_from_output`` (the output is a seekable file) a chunk seen earlier in the new file is
-    copied from its first position, so each digest is fetched at most once. The rest is fetched,
-    grouped into windows of at most ``window_bytes`` distinct bytes and ``window_chunks`` distinct
-    digests. Deterministic: two calls with equal inputs agree, which
-    lets the fetching thread and the writing thread walk the same plan independently.
+
+def plan_files(files: Files, *, repeat_from_output: bool, window_bytes: int, window_chunks: int) -> Iterator[Step]:
+    """Yield one :class:`Step` per manifest chunk of each file, file after file, each in file order.
+
+    ``files`` are (manifest chunks, local index) pairs. A chunk already present in its file's local
+    index (digest -> (offset, length) in the old file, or (offset, length, file number) when there
+    are several local files) is copied from there; with ``repeat_from_output`` (the outputs are
+    seekable files) a chunk seen earlier in the same new file is copied from its first position,
+    so each digest is fetched at most once per file. The rest is fetched, grouped into windows of
+    at most ``window_bytes`` distinct bytes and ``window_chunks`` distinct digests; a digest
+    already in the current window (for any file) joins it. Deterministic: two calls with equal
+    inputs agree, which lets the fetching thread and the writing thread walk the same plan
+    independently.
     """
-    written: dict[bytes, int] = {}
     window = -1
     in_window: set[bytes] = set()
     window_size = 0
-    offset = 0
-    for ref in chunks:
-        d, n = ref.digest, ref.length
-        if repeat_from_output and d in written:
-            yield Step(offset, d, n, Source.REPEAT, written[d])
-        elif d in local and local[d][1] == n:
-            at = local[d]
-            yield Step(offset, d, n, Source.LOCAL, at[0], source_file=at[2] if len(at) > 2 else 0)
-            if repeat_from_output:
-                written[d] = offset
-        else:
-            if d not in in_window:
-                if window < 0 or window_size + n > window_bytes or len(in_window) >= window_chunks:
-                    window += 1
-                    in_window = set()
-                    window_size = 0
-                in_window.add(d)
-                window_size += n
-            yield Step(offset, d, n, Source.FETCH, window=window)
-            if repeat_from_output:
-                written[d] = offset
-        offset += n
+    for number, (chunks, local) in enumerate(files):
+        written: dict[bytes, int] = {}
+        offset = 0
+        for ref in chunks:
+            d, n = ref.digest, ref.length
+            if repeat_from_output and d in written:
+                yield Step(offset, d, n, Source.REPEAT, written[d], file=number)
+            elif d in local and local[d][1] == n:
+                at = local[d]
+                yield Step(offset, d, n, Source.LOCAL, at[0], source_file=at[2] if len(at) > 2 else 0, file=number)
+                written.setdefault(d, offset)
+            else:
+                if d not in in_window:
+                    if window < 0 or window_size + n > window_bytes or len(in_window) >= window_chunks:
+                        window += 1
+                        in_window = set()
+                        window_size = 0
+                    in_window.add(d)
+                    window_size += n
+                yield Step(offset, d, n, Source.FETCH, window=window, file=number)
+                written.setdefault(d, offset)
+            offset += n
+
+
+def plan_steps(
+    chunks: Sequence[ChunkRef], local: Mapping[bytes, tuple[int, ...]], *, repeat_from_output: bool,
+    window_bytes: int, window_chunks: int,
+) -> Iterator[Step]:
+    """The plan of a single file: :func:`plan_files` of one."""
+    return plan_files([(chunks, local)], repeat_from_output=repeat_from_output, window_bytes=window_bytes,
+                      window_chunks=window_chunks)
 
 
 def fetch_windows(steps: Iterator[Step]) -> Iterator[FetchWindow]:

@@ -28,15 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from cas.errors import CasError, NotFoundError, VersionConflictError
+from cas.errors import CasError, CommitUnansweredError, NotFoundError, VersionConflictError
 from cas.paths import normalize_path
 from cli.grouping import DEFAULT_JOBS, SMALL_FILE_MAX, groups, is_fatal
 from cli.jobs import run_bounded
+from cli.remote import Advance
 from cli.results import Version
 from cli.smallfiles import upload_group
 from cli.statecache import CacheScope, Entry, FileState, observe
 from cli.tree import Excludes, LocalFile, WalkResult, remote_join, walk
-from cli.upload import Advance, CommitUnansweredError, FileOutcome, signing_key, stream_source, upload, upload_path
+from cli.upload import FileOutcome, signing_key, stream_source, upload, upload_path
 from proto import stratus_pb2 as pb
 
 if TYPE_CHECKING:

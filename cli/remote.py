@@ -31,7 +31,8 @@ DEFAULT_BATCH_FILES = 1000  # servers that do not announce max_batch_files
 # Room for the protobuf framing of a batch on top of its chunk frames.
 _BATCH_OVERHEAD = 64 * 1024
 
-ProgressFn = Callable[[int, int | None], None]
+ProgressFn = Callable[[int, int | None], None]  # progress(done, total): cumulative bytes of a transfer
+Advance = Callable[[int], None]  # advance(n): n more bytes done
 
 # The request header that picks a namespace other than the caller's own (service/gate.py).
 NAMESPACE_HEADER = "stratus-namespace"
@@ -171,3 +172,18 @@ class Remote:
             self.info()
         assert self._params is not None
         return self._params
+
+
+def cumulative(fn: ProgressFn | None, total: int | None) -> Advance | None:
+    """An ``advance(n)`` that reports ``fn(done, total)`` (thread-safe; None when ``fn`` is None)."""
+    if fn is None:
+        return None
+    lock = threading.Lock()
+    done = [0]
+
+    def advance(n: int) -> None:
+        with lock:
+            done[0] += n
+            fn(done[0], total)
+
+    return advance

@@ -1,11 +1,11 @@
-"""The download engine behind ``stratus get``: one file, a stream, or a whole tree as it was at some time.
+"""The downloader behind ``stratus get``: one file, a stream, or a whole tree as it was at some time.
 
-Every file goes through the same stages: plan (which chunks the local copy, or a killed download's
-temp file, already has), fetch (the rest), verify (every chunk, then the whole-file BLAKE3) and
-write (a temp file fsynced and renamed into place with its mode and mtime, every step relative to
-a folder fd opened without following symlinks: cli/localdir.py). Large files take the pipelined
-path (cli/download.py), small ones travel in groups (cli/smallget.py); both give one
-:class:`~cli.download.GetOutcome` per file, and a command gets one :class:`GetReport`.
+Every file goes through the stages of the download engine (cli/download.py): plan (which chunks
+the local copy, or a killed download's temp file, already has), fetch (the rest), verify (every
+chunk, then the whole-file BLAKE3) and write (a temp file fsynced and renamed into place with its
+mode and mtime, every step relative to a folder fd opened without following symlinks:
+cli/localdir.py). In a tree, small files are planned and fetched in groups, a large file alone;
+each file gives one :class:`~cli.download.GetOutcome`, and a command gets one :class:`GetReport`.
 
 A tree is listed once, every page, at one point in time, and each file is then fetched at exactly
 the version the listing named, so the restored tree is consistent even while others write.
@@ -27,12 +27,12 @@ from typing import BinaryIO
 from cas.errors import CasError, NotFoundError
 from cas.paths import normalize_path
 from cli.client import StratusClient
-from cli.download import GetOutcome
-from cli.grouping import DEFAULT_JOBS, SMALL_FILE_MAX, groups, is_fatal
+from cli.download import GetOutcome, get_files
+from cli.grouping import DEFAULT_JOBS, SMALL_FILE_MAX, groups
 from cli.jobs import run_bounded
-from cli.localdir import Folder, LocalTarget
+from cli.localdir import Folder, LocalTarget, UnsafeLocalPathError
 from cli.remote import ProgressFn
-from cli.smallget import download_group
+from cli.results import Version
 from cli.statecache import Entry, StateCache, observe
 from cli.tree import RestoreItem, plan_restore, remote_prefix
 from proto import stratus_pb2 as pb
@@ -144,7 +144,7 @@ class Downloader:
         self.use_cache = options.use_cache and options.verify_key is None
         self.jobs = max(1, options.jobs)
 
-    def locate(self, remote: str, *, version: int | None, as_of_ms: int | None) -> pb.VersionInfo | str:
+    def locate(self, remote: str, *, version: int | None, as_of_ms: int | None) -> Version | str:
         """The file version REMOTE names, or the listing prefix when it names a folder.
 
         A folder is REMOTE ending in ``/``, the root (``/``), or a path that is not a file (at that
@@ -154,7 +154,7 @@ class Downloader:
             return remote_prefix(remote)
         path = normalize_path(remote)
         try:
-            return self.client.stat(path, version=version, as_of_ms=as_of_ms)
+            return _version(self.client.stat(path, version=version, as_of_ms=as_of_ms))
         except NotFoundError as not_file:
             if version:
                 raise
@@ -166,13 +166,14 @@ class Downloader:
 
     # ---- one file ---------------------------------------------------------------------------------
 
-    def get_file(self, info: pb.VersionInfo, dest: Path) -> GetReport:
-        """Download one version to ``dest`` (a folder gets the remote file's name inside it).
+    def get_file(self, info: Version | pb.VersionInfo, dest: Path) -> GetReport:
+        """Download one version (as :meth:`locate` gives it) to ``dest`` (a folder: the remote name inside it).
 
         ``dest``'s folder was named by the user and may be a symlink (followed); a symlink at
         ``dest`` itself is replaced by the file. A failure is raised, not reported.
         """
         started = time.perf_counter()
+        info = _version(info)
         if dest.is_dir():
             dest = dest / info.path.rsplit("/", 1)[-1]
         report = GetReport("file", info.path, str(dest))
@@ -180,11 +181,16 @@ class Downloader:
         report.stats.bytes_total = info.size
         item = RestoreItem(info, dest)
         if self._is_current(item, self._cached({info.path: info}, info.path).get(info.path)):
-            report.add(GetOutcome(info.path, str(dest), "skipped", info.version, info.size))
+            report.add(GetOutcome(info.path, str(dest), "skipped", info, info.size))
         else:
             self._emit("start", info.size, 1, f"get {info.path}")
-            with Folder.open_root(dest.parent) as root:
-                outcome = self._download(item, LocalTarget(root, (), dest.name, dest), tree=False)
+            try:
+                with Folder.open_root(dest.parent) as root:
+                    outcome = self.client.get_file(info.path, LocalTarget(root, (), dest.name, dest),
+                                                   version=info.version, verify_key=self.options.verify_key,
+                                                   progress=self._file_progress())
+            finally:
+                self._emit("file")
             report.add(outcome)
             self._remember([outcome], {info.path: item})
         report.stats.seconds = time.perf_counter() - started
@@ -226,7 +232,7 @@ class Downloader:
         started = time.perf_counter()
         report = GetReport("tree", prefix, str(root), as_of_ms or 0)
         page = self.client.server_info().max_page_size or 1000
-        files = list(self.client.iter_files(prefix, as_of_ms=as_of_ms or 0, page_size=page))
+        files = [_version(f) for f in self.client.iter_files(prefix, as_of_ms=as_of_ms or 0, page_size=page)]
         if not files:
             where = f"under {prefix!r}" if prefix else "on the server"
             raise NotFoundError(f"no files {where}" + (" at that time" if as_of_ms else ""))
@@ -253,47 +259,41 @@ class Downloader:
         done: list[GetOutcome] = []
         self._emit("start", sum(i.info.size for i in todo), len(todo), "get")
         small = [i for i in todo if i.info.size <= SMALL_FILE_MAX]
-        large = [i for i in todo if i.info.size > SMALL_FILE_MAX]
-        tasks = iter([
-            *((lambda group: self._download_small(group, root), group)
-              for group in groups(small, lambda i: i.info.size)),
-            *((lambda item: [self._download(item, LocalTarget.below(root, item.dest), tree=True)], item)
-              for item in large),
-        ])
+        tasks = iter([(self._get_group, group) for group in groups(small, lambda i: i.info.size)]
+                     + [(self._get_group, [i]) for i in todo if i.info.size > SMALL_FILE_MAX])
         items = {i.info.path: i for i in todo}
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="stratus-get") as pool:
             try:
-                for outcomes in run_bounded(pool, tasks, self.jobs * 2):
+                for outcomes in run_bounded(pool, tasks, self.jobs * 2, root):
                     for outcome in outcomes:
                         report.add(outcome)
                         done.append(outcome)
             finally:
                 self._remember(done, items)
 
-    def _download_small(self, group: list[RestoreItem], root: Folder) -> list[GetOutcome]:
-        """Restore a group of small files together (see cli/smallget.py); a fatal failure is raised."""
-        outcomes = download_group(self.client, self.options.server, group, root, verify_key=self.options.verify_key)
-        for outcome in outcomes:
-            self._emit("bytes", outcome.size)
-            self._emit("file")
-            if outcome.error is not None and is_fatal(outcome.error):
-                raise outcome.error
+    def _get_group(self, group: list[RestoreItem], root: Folder) -> list[GetOutcome]:
+        """Download a group of small files, or one large file, through the engine's stages together.
+
+        Per-file failures are outcomes; a fatal one (server, credentials) is raised.
+        """
+        outcomes: list[GetOutcome] = []
+        files = []
+        for item in group:
+            try:
+                files.append((item.info, LocalTarget.below(root, item.dest)))
+            except UnsafeLocalPathError as exc:
+                outcomes.append(GetOutcome(item.info.path, str(item.dest), "failed", item.info, item.info.size,
+                                           error=exc))
+        manifests = self.client.manifests
+        try:
+            outcomes += get_files(self.client.remote, files, verify_key=self.options.verify_key,
+                                  progress=self._file_progress(), keep=manifests.put if manifests else None)
+        finally:
+            for _ in group:
+                self._emit("file")
         return outcomes
 
     # ---- shared pieces --------------------------------------------------------------------------------
-
-    def _download(self, item: RestoreItem, target: LocalTarget, *, tree: bool) -> GetOutcome:
-        """Download one file; in a tree a non-fatal failure becomes a failed outcome."""
-        info = item.info
-        try:
-            return self.client.get_file(info.path, target, version=info.version, verify_key=self.options.verify_key,
-                                        progress=self._file_progress())
-        except Exception as exc:  # noqa: BLE001 - one failed file must not stop a tree
-            if not tree or is_fatal(exc):
-                raise
-            return GetOutcome(info.path, str(item.dest), "failed", info.version, info.size, error=exc)
-        finally:
-            self._emit("file")
 
     def _emit(self, kind: str, nbytes: int = 0, files: int = 0, label: str = "") -> None:
         if self.options.progress is not None:
@@ -312,7 +312,7 @@ class Downloader:
 
         return update
 
-    def _cached(self, wanted: dict[str, pb.VersionInfo], prefix: str) -> dict[str, Entry]:
+    def _cached(self, wanted: dict[str, Version], prefix: str) -> dict[str, Entry]:
         if not self.use_cache:
             return {}
         server, ns = self.options.server, self.options.namespace
@@ -328,7 +328,7 @@ class Downloader:
         if entry is None or not entry.state.trusted:
             return False
         local = os.path.abspath(item.dest)
-        if entry.state.local_path != local or entry.manifest_digest != item.info.manifest_digest:
+        if entry.state.local_path != local or entry.manifest_digest.hex() != item.info.manifest_digest:
             return False
         try:
             st, now = observe(local, follow_symlinks=False)
@@ -347,6 +347,11 @@ class Downloader:
             if o.state is None or o.status == "failed":
                 continue
             info = items[o.remote].info
-            entries.append(Entry(o.remote, o.state, info.version, bytes(info.manifest_digest)))
+            entries.append(Entry(o.remote, o.state, info.version, bytes.fromhex(info.manifest_digest)))
         if entries:
             self.cache.put_many(self.options.server, self.options.namespace, entries)
+
+
+def _version(info: pb.VersionInfo | Version) -> Version:
+    """The library value of a version the client returned (converted once, as it enters the engine)."""
+    return info if isinstance(info, Version) else Version.from_message(info)

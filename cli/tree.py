@@ -27,8 +27,8 @@ from pathlib import Path
 
 from cas.errors import IntegrityError, InvalidPathError
 from cas.paths import normalize_path
+from cli.results import Version
 from cli.statecache import FileState
-from proto import stratus_pb2 as pb
 
 
 def _glob_to_regex(glob: str) -> str:
@@ -220,7 +220,7 @@ def remote_join(prefix: str, rel: str) -> str:
 class RestoreItem:
     """One file of a restore: the version to fetch and where it goes."""
 
-    info: pb.VersionInfo
+    info: Version
     dest: Path
 
 
@@ -232,7 +232,7 @@ class RestorePlan:
     conflicts: list[tuple[str, str]] = field(default_factory=list)  # (remote path, reason)
 
 
-def plan_restore(files: Sequence[pb.VersionInfo], prefix: str, root: str | os.PathLike[str]) -> RestorePlan:
+def plan_restore(files: Sequence[Version], prefix: str, root: str | os.PathLike[str]) -> RestorePlan:
     """Map listed files to local paths under ``root``.
 
     Every listed path must lie under ``prefix`` and be a valid relative path: a listing that would

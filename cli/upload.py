@@ -45,7 +45,7 @@ from cas.paths import normalize_path
 from cas.pipeline import HashedChunk, Pipeline
 from cli.grouping import CHUNK_OVERHEAD
 from cli.manifestdelta import BaseLookup, ManifestCache, commit_file, delta_request
-from cli.remote import ProgressFn, Remote, TransferParams
+from cli.remote import Advance, Remote, TransferParams
 from cli.results import Version
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
@@ -57,7 +57,6 @@ FIND_BATCH = 4096  # digests per FindMissingChunks call when re-checking a whole
 _MANIFEST_ENTRY_BYTES = 40  # upper bound of one ChunkRef in a serialised CommitFileRequest
 _END = object()
 
-Advance = Callable[[int], None]  # called with each increment of bytes done, from any thread
 
 
 @contextlib.contextmanager
@@ -122,21 +121,6 @@ class _Meter:
     def add(self, n: int) -> None:
         if self._advance is not None and n:
             self._advance(n)
-
-
-def cumulative(fn: ProgressFn | None, total: int | None) -> Advance | None:
-    """An ``advance(n)`` that reports ``fn(done, total)`` (thread-safe; None when ``fn`` is None)."""
-    if fn is None:
-        return None
-    lock = threading.Lock()
-    done = [0]
-
-    def advance(n: int) -> None:
-        with lock:
-            done[0] += n
-            fn(done[0], total)
-
-    return advance
 
 
 class _Sender:

@@ -172,7 +172,8 @@ def _tour(rt: Runtime, work: Path, size: int, say: Any) -> dict[str, Any]:  # no
     downloader = Downloader(rt.client, rt.cache, GetOptions(rt.settings.server, rt.namespace))
     checks = []
     for info, expected, name in ((first, first_digest, "v1"), (second, second_digest, "v2")):
-        target = client.stat(REMOTE, version=info.version.version)
+        target = downloader.locate(REMOTE, version=info.version.version, as_of_ms=None)
+        assert not isinstance(target, str)  # a file, not a folder
         dest = work / f"restored-{name}.bin"
         result = downloader.get_file(target, dest).outcomes[0]
         ok = _file_digest(dest) == expected

@@ -201,8 +201,13 @@ def get_exit_code(report: GetReport) -> int:
     return errors.exit_code(error) if error is not None else 0
 
 
+def _version_number(o: GetOutcome) -> int | None:
+    return o.version.version if o.version is not None else None
+
+
 def _file_document(o: GetOutcome) -> dict[str, Any]:
     doc: dict[str, Any] = {name: getattr(o, name) for name in _FILE_FIELDS}
+    doc["version"] = _version_number(o)
     doc["error"] = errors.describe(o.error) if o.error is not None else None
     doc["exit_code"] = errors.exit_code(o.error) if o.error is not None else 0
     return doc
@@ -329,9 +334,9 @@ def _render_get(out: Output, report: GetReport, *, to_stderr: bool = False) -> N
     if report.kind != "tree":
         o = report.outcomes[0]
         if o.status in ("skipped", "up_to_date"):
-            say(f"up to date: {o.local} already is {o.remote} version {o.version}")
+            say(f"up to date: {o.local} already is {o.remote} version {_version_number(o)}")
         else:
-            say(f"downloaded {o.remote} version {o.version} -> {o.local}: {human_bytes(o.size)}, "
+            say(f"downloaded {o.remote} version {_version_number(o)} -> {o.local}: {human_bytes(o.size)}, "
                 f"reused {o.chunks_reused} chunks, fetched {o.chunks_fetched} ({human_bytes(o.bytes_fetched)}) "
                 f"in {s.seconds:.2f} s")
         return

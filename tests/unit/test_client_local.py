@@ -30,7 +30,7 @@ from cas.errors import (
 )
 from cas.manifest import ChunkRef
 from cli.client import StratusClient, tls_credentials
-from cli.download import decode_chunk
+from cli.fetch import decode_chunk
 from cli.localfile import AtomicFile, index_local_file, read_exact
 from cli.plan import Source, fetch_windows, plan_steps
 from cli.remote import TransferParams
