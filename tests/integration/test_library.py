@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import MIB, Cli, isolated_env, write_random
+from progress_helpers import Recorder
 from server_fixtures import ROOT
 
 from cli.library import (
@@ -27,7 +28,6 @@ from cli.library import (
     Client,
     DiffResult,
     Event,
-    FileOutcome,
     GetReport,
     NotFoundError,
     Page,
@@ -61,34 +61,6 @@ def vault(server, env) -> Client:
 @pytest.fixture
 def prefix() -> str:
     return f"lib-{uuid.uuid4().hex[:10]}/"
-
-
-class Recorder:
-    """An UploadProgress that keeps what it is told (and can act when the run starts)."""
-
-    def __init__(self, on_start=None) -> None:
-        self.started: list[tuple[int, int]] = []
-        self.bytes = 0
-        self.outcomes: list[FileOutcome] = []
-        self.finished = 0
-        self._lock = threading.Lock()
-        self._on_start = on_start
-
-    def start(self, files: int, total_bytes: int) -> None:
-        self.started.append((files, total_bytes))
-        if self._on_start is not None:
-            self._on_start()
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            self.bytes += nbytes
-
-    def file_done(self, outcome: FileOutcome) -> None:
-        with self._lock:
-            self.outcomes.append(outcome)
-
-    def finish(self) -> None:
-        self.finished += 1
 
 
 RACY_MARGIN_S = 0.25  # the state cache trusts a stat only when the file is older than this

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import MIB, write_random
+from progress_helpers import Recorder
 
 from cas import signing
 from cas.errors import VersionConflictError
@@ -21,7 +22,7 @@ from cli.push import Uploader, UploadOptions
 from cli.smallfiles import upload_group
 from cli.statecache import CacheScope, StateCache
 from cli.tree import Excludes
-from cli.upload import FileOutcome, commit_request
+from cli.upload import commit_request
 from proto import stratus_pb2 as pb
 
 RACY_MARGIN_S = 0.25  # the state cache trusts a stat only when the file is older than this
@@ -32,34 +33,6 @@ def scope(client, tmp_path) -> CacheScope:
     cache = StateCache(tmp_path / "state")
     yield CacheScope(cache, "test-server", client.server_info().namespace)
     cache.close()
-
-
-class Recorder:
-    """An UploadProgress that keeps what it is told (and can act when the run starts)."""
-
-    def __init__(self, on_start=None) -> None:
-        self.started: list[tuple[int, int]] = []
-        self.bytes = 0
-        self.outcomes: list[FileOutcome] = []
-        self.finished = 0
-        self._lock = threading.Lock()
-        self._on_start = on_start
-
-    def start(self, files: int, total_bytes: int) -> None:
-        self.started.append((files, total_bytes))
-        if self._on_start is not None:
-            self._on_start()
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            self.bytes += nbytes
-
-    def file_done(self, outcome: FileOutcome) -> None:
-        with self._lock:
-            self.outcomes.append(outcome)
-
-    def finish(self) -> None:
-        self.finished += 1
 
 
 def test_big_file_is_pipelined_and_skipped_when_unchanged(client, scope, prefix, tmp_path):
