@@ -254,6 +254,23 @@ class StratusService(pb_grpc.StratusServicer):
                 ) from None
             yield message
 
+    async def write_message(self, context: Ctx, message: object, method: str) -> None:
+        """Send one message of a server stream (see service.calls.rpc); a client that accepts none
+        for ``stream_idle_timeout_s`` (its flow-control window stays shut: it stopped reading)
+        ends the call with RESOURCE_EXHAUSTED, and the handler gives back what it holds."""
+        idle = self.config.stream_idle_timeout_s
+        limit = asyncio.timeout(idle)
+        try:
+            async with limit:
+                await context.write(message)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise LimitExceededError(
+                f"{method}: the client accepted no data for {idle:g} s (setting stream_idle_timeout_s); "
+                "the stream was closed"
+            ) from None
+
     def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> list[tuple[bytes, bytes]]:
         """Refuse a message whose verification would cost more than one message may, before any work.
 
@@ -352,6 +369,20 @@ class StratusService(pb_grpc.StratusServicer):
             finally:
                 if ahead is not None:
                     ahead.cancel()
+
+    @rpc
+    async def ReportDamagedChunks(
+        self, request: pb.ReportDamagedChunksRequest, context: Ctx
+    ) -> pb.ReportDamagedChunksResponse:
+        caller = self._enter_chunks(context, "ReportDamagedChunks", write=False)
+        digests = _check_digests(list(request.digests), self.config.max_find_digests)
+        # Re-verifying a chunk costs what verifying an uploaded one does: paid from the same budget,
+        # for every digest named (whether the caller holds it or not, so the cost shows nothing).
+        await self._paced(caller.share, self.config.admission_wait_s)
+        self.chunk_rate.charge(caller.share, len(digests))
+        damaged = await self.repo.report_damaged(caller.namespace, digests, caller.view)
+        note(damaged=sum(damaged))
+        return pb.ReportDamagedChunksResponse(damaged=damaged)
 
     # ---- byte streams for thin clients -------------------------------------------------------
 
