@@ -141,7 +141,7 @@ def test_a_download_client_that_stops_reading_gives_its_slot_back(quick):
     with StratusClient.connect(quick.address, tls_dir=quick.pki, client_name="alice") as client:
         client.put_bytes(block * 64, "big.bin")  # 64 MiB, few distinct chunks
     stalled = alice.Download(pb.DownloadRequest(path="big.bin"))
-    stalled.initial_metadata()
+    assert next(stalled).version.path == "big.bin"  # the data that follows holds the slot
     try:
         _eventually_fetches(alice2, d)
         _ended_for_stalling(stalled)
