@@ -173,3 +173,46 @@ def test_reports_are_bounded_and_cost_the_reporter_its_own_share(server):
         assert error_detail(refused).retry_after_ms > 0
         # ...while bob's share is untouched
         assert report(bob, [digest(os.urandom(8)) for _ in range(MAX_DIGESTS)]) == [False] * MAX_DIGESTS
+
+
+GRANTS = """
+[identities.owner]
+namespace = "team"
+
+[identities.reader]
+
+[[grants]]
+identities = ["reader"]
+namespace = "team"
+prefix = "reports/"
+access = "read"
+"""
+
+
+@pytest.fixture(scope="module")
+def granted(redis_url, tmp_path_factory):
+    with tls_server(tmp_path_factory.mktemp("reports-grants"), redis_url, ["owner", "reader"],
+                    access=GRANTS) as running:
+        yield running
+
+
+def test_a_prefix_grantee_reports_only_chunks_it_was_shown(granted):
+    shown, hidden = content(), content()
+    with connect(granted, "owner") as owner, connect(granted, "reader", namespace="team") as reader:
+        owner.put_bytes(shown, "reports/q1.bin")
+        owner.put_bytes(hidden, "private/salaries.bin")
+        outside = digests_of(owner, "private/salaries.bin")[0]
+        flip_payload(chunk_file(granted, outside))
+        # outside the reader's prefix: answered like a good chunk, not looked at
+        assert report(reader, [outside]) == [False]
+        assert chunk_file(granted, outside).exists() and not quarantined(granted, outside)
+        assert missing(owner, [outside]) == []
+        # a chunk of a file it may read, once shown to it in the manifest, is its to report
+        inside = digests_of(reader, "reports/q1.bin")[0]
+        flip_payload(chunk_file(granted, inside))
+        assert reader.report_damaged([inside, outside]) == [inside]
+        assert quarantined(granted, inside) and missing(owner, [inside]) == [inside]
+        assert owner.put_bytes(shown, "reports/q1-again.bin").chunks_sent == 1
+        assert reader.get_bytes("reports/q1.bin") == shown
+        # the owner reads its whole namespace: its report marks the other one
+        assert owner.report_damaged([outside]) == [outside]
