@@ -219,8 +219,8 @@ class Repository:
         return [d in damaged for d in digests]
 
     def _damaged_now(self, digests: list[bytes]) -> list[bytes]:
-        """The digests (of indexed chunks) whose stored copy fails a full verification now, marking
-        each; or that are marked already."""
+        """The digests (all indexed by the caller) whose stored copy fails a full verification now,
+        which marks it, or was marked damaged before."""
         bad = []
         for d in digests:
             try:
