@@ -301,6 +301,20 @@ class StratusClient:
         self.get_stream(remote_path, buffer, version=version, as_of_ms=as_of_ms)
         return buffer.getvalue()
 
+    def report_damaged(self, digests: Iterable[bytes]) -> list[bytes]:
+        """Tell the server which chunks it sent failed this client's verification (ReportDamagedChunks).
+
+        The server verifies its copies of them again and marks the damaged ones, which the next
+        upload of that content then repairs. Returns the digests it marked (or had marked already),
+        in the given order; a chunk whose copy verifies is not among them. At most the server's
+        ``max_find_digests`` digests per call (LimitExceededError beyond).
+        """
+        asked = list(digests)
+        if not asked:
+            return []
+        reply = self._remote.call(self._remote.stub.ReportDamagedChunks, pb.ReportDamagedChunksRequest(digests=asked))
+        return [d for d, bad in zip(asked, reply.damaged, strict=False) if bad]
+
     # ---- browsing ----------------------------------------------------------------------------------
 
     def stat(self, path: str, version: int | None = None, as_of_ms: int | None = None) -> pb.VersionInfo:

@@ -369,6 +369,18 @@ class GetChunksRequest(_message.Message):
     digests: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class ReportDamagedChunksRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ReportDamagedChunksResponse(_message.Message):
+    __slots__ = ("damaged",)
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    damaged: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, damaged: _Optional[_Iterable[bool]] = ...) -> None: ...
+
 class UploadHeader(_message.Message):
     __slots__ = ("path", "if_version", "mode", "mtime_ns")
     PATH_FIELD_NUMBER: _ClassVar[int]

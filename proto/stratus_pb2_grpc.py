@@ -74,6 +74,11 @@ class StratusStub:
                 request_serializer=proto_dot_stratus__pb2.GetChunksRequest.SerializeToString,
                 response_deserializer=proto_dot_stratus__pb2.ChunkBatch.FromString,
                 _registered_method=True)
+        self.ReportDamagedChunks = channel.unary_unary(
+                '/stratus.v1.Stratus/ReportDamagedChunks',
+                request_serializer=proto_dot_stratus__pb2.ReportDamagedChunksRequest.SerializeToString,
+                response_deserializer=proto_dot_stratus__pb2.ReportDamagedChunksResponse.FromString,
+                _registered_method=True)
         self.Upload = channel.stream_unary(
                 '/stratus.v1.Stratus/Upload',
                 request_serializer=proto_dot_stratus__pb2.UploadRequest.SerializeToString,
@@ -174,6 +179,14 @@ class StratusServicer:
 
     def GetChunks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportDamagedChunks(self, request, context):
+        """A client whose verification of GetChunks frames failed names those chunks here; the server
+        verifies them again and marks the damaged ones, so the next upload of that content repairs them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -281,6 +294,11 @@ def add_StratusServicer_to_server(servicer, server):
                     servicer.GetChunks,
                     request_deserializer=proto_dot_stratus__pb2.GetChunksRequest.FromString,
                     response_serializer=proto_dot_stratus__pb2.ChunkBatch.SerializeToString,
+            ),
+            'ReportDamagedChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportDamagedChunks,
+                    request_deserializer=proto_dot_stratus__pb2.ReportDamagedChunksRequest.FromString,
+                    response_serializer=proto_dot_stratus__pb2.ReportDamagedChunksResponse.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
@@ -549,6 +567,33 @@ class Stratus:
             '/stratus.v1.Stratus/GetChunks',
             proto_dot_stratus__pb2.GetChunksRequest.SerializeToString,
             proto_dot_stratus__pb2.ChunkBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportDamagedChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratus.v1.Stratus/ReportDamagedChunks',
+            proto_dot_stratus__pb2.ReportDamagedChunksRequest.SerializeToString,
+            proto_dot_stratus__pb2.ReportDamagedChunksResponse.FromString,
             options,
             channel_credentials,
             insecure,

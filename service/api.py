@@ -43,7 +43,7 @@ from service.messages import (
     selector_from_message,
     version_info,
 )
-from service.metadata import NamespaceStats
+from service.metadata import NamespaceStats, VersionRecord
 from service.ratelimit import RateLimiter
 from service.repository import Repository
 from service.scoped import check_possession, list_within, show_manifest
@@ -107,6 +107,11 @@ class StratusService(pb_grpc.StratusServicer):
                                       config.max_downloads_per_identity, wait,
                                       total_setting="max_concurrent_downloads",
                                       identity_setting="max_downloads_per_identity")
+        # Where a download stream whose client stopped reading waits for its end (see _send_all).
+        self.stalled_downloads = StreamLimits("stalled download streams", config.max_concurrent_downloads,
+                                              config.max_downloads_per_identity, 0.0,
+                                              total_setting="max_concurrent_downloads",
+                                              identity_setting="max_downloads_per_identity")
         self.chunk_rate = RateLimiter(config.upload_chunks_per_second, config.upload_chunks_burst)
         self.inflight = ByteBudget(config.max_inflight_bytes_per_identity, setting="max_inflight_bytes_per_identity")
         self.observers: list = []
@@ -254,6 +259,40 @@ class StratusService(pb_grpc.StratusServicer):
                 ) from None
             yield message
 
+    async def _send_all(self, context: Ctx, caller: Caller, method: str, messages: AsyncIterator) -> None:
+        """Write ``messages`` to a server stream; each must be accepted by flow control within
+        ``stream_idle_timeout_s``, else the stream ends with RESOURCE_EXHAUSTED.
+
+        ``messages`` is an async generator that holds the call's download slot while it runs. A
+        client that stops reading leaves one message waiting in gRPC, which sends no status
+        before that message is taken (or the client goes away): so on a stall the generator is
+        closed (its slot and read-ahead given back) and the call waits in one of the identity's
+        stalled-stream places (as many as download slots) for that, then ends. When those places
+        are all taken the call waits with its download slot, so one identity's stalled streams
+        hold at most twice its download share.
+        """
+        idle = self.config.stream_idle_timeout_s
+        async with contextlib.AsyncExitStack() as stack:
+            items = await stack.enter_async_context(contextlib.aclosing(messages))
+            async for message in items:
+                write = asyncio.ensure_future(context.write(message))
+                try:
+                    await asyncio.wait_for(asyncio.shield(write), idle)
+                    continue
+                except TimeoutError:
+                    pass
+                except BaseException:
+                    write.cancel()
+                    raise
+                with contextlib.suppress(RateLimitedError):  # no place free: keep the download slot
+                    await stack.enter_async_context(self.stalled_downloads.slot(caller.share))
+                    await items.aclose()
+                await write
+                raise LimitExceededError(
+                    f"{method}: the client accepted no data for {idle:g} s (setting stream_idle_timeout_s); "
+                    "the stream was closed"
+                )
+
     def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> list[tuple[bytes, bytes]]:
         """Refuse a message whose verification would cost more than one message may, before any work.
 
@@ -328,9 +367,12 @@ class StratusService(pb_grpc.StratusServicer):
         return await self.batches.get_manifests(self._identify(context, "GetManifests"), request)
 
     @rpc
-    async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> AsyncIterator[pb.ChunkBatch]:
+    async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> None:
         caller = self._enter_chunks(context, "GetChunks", write=False)
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
+        await self._send_all(context, caller, "GetChunks", self._chunk_batches(caller, digests))
+
+    async def _chunk_batches(self, caller: Caller, digests: list[bytes]) -> AsyncIterator[pb.ChunkBatch]:
         async with self.downloads.slot(caller.share):
             # Read the next window while the current one is on the wire, so disk, hashing and
             # network overlap; at most two windows are in memory.
@@ -352,6 +394,20 @@ class StratusService(pb_grpc.StratusServicer):
             finally:
                 if ahead is not None:
                     ahead.cancel()
+
+    @rpc
+    async def ReportDamagedChunks(
+        self, request: pb.ReportDamagedChunksRequest, context: Ctx
+    ) -> pb.ReportDamagedChunksResponse:
+        caller = self._enter_chunks(context, "ReportDamagedChunks", write=False)
+        digests = _check_digests(list(request.digests), self.config.max_find_digests)
+        # Re-verifying a chunk costs what verifying an uploaded one does: paid from the same budget,
+        # for every digest named (whether the caller holds it or not, so the cost shows nothing).
+        await self._paced(caller.share, self.config.admission_wait_s)
+        self.chunk_rate.charge(caller.share, len(digests))
+        damaged = await self.repo.report_damaged(caller.namespace, digests, caller.view)
+        note(damaged=sum(damaged))
+        return pb.ReportDamagedChunksResponse(damaged=damaged)
 
     # ---- byte streams for thin clients -------------------------------------------------------
 
@@ -412,21 +468,26 @@ class StratusService(pb_grpc.StratusServicer):
         return builder.build(hasher.digest())
 
     @rpc
-    async def Download(self, request: pb.DownloadRequest, context: Ctx) -> AsyncIterator[pb.DownloadResponse]:
+    async def Download(self, request: pb.DownloadRequest, context: Ctx) -> None:
         path = normalize_path(request.path)
         caller = self._enter(context, "Download", path)
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         if request.offset > record.size:
             raise InvalidInputError(f"offset {request.offset} is past the end of {path} ({record.size} bytes)")
         manifest = await self.repo.load_manifest(record.manifest_digest)
+        await self._send_all(context, caller, "Download", self._pieces(record, manifest, request.offset, caller))
+
+    async def _pieces(
+        self, record: VersionRecord, manifest: Manifest, offset: int, caller: Caller
+    ) -> AsyncIterator[pb.DownloadResponse]:
         yield pb.DownloadResponse(version=version_info(record))
         async with self.downloads.slot(caller.share):
             position, piece = 0, bytearray()
             for ref in manifest.chunks:
                 end = position + ref.length
-                if end > request.offset:
+                if end > offset:
                     data = await self.repo.read_data(ref.digest)
-                    piece += data[max(0, request.offset - position):]
+                    piece += data[max(0, offset - position):]
                     if len(piece) >= DOWNLOAD_PIECE:
                         yield pb.DownloadResponse(data=bytes(piece))
                         piece.clear()

@@ -79,7 +79,8 @@ class ServerConfig:
     # its debt is paid. This bounds the server CPU one identity's uploads take. 0 disables.
     upload_chunks_per_second: float = 5000.0
     upload_chunks_burst: int = 20_000
-    stream_idle_timeout_s: float = 60.0  # an upload stream with no message for this long ends
+    # An upload stream with no message for this long ends, and so does a download stream whose client takes none.
+    stream_idle_timeout_s: float = 60.0
     upload_call_timeout_s: float = 3600.0  # total time one PutChunks or Upload call may take
     # HTTP/2: ping idle connections so dead peers are found, bound streams per connection.
     keepalive_time_s: float = 30.0

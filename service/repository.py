@@ -168,11 +168,16 @@ class Repository:
         """Digests that ``ns`` has not uploaded, that are not in ``view``, or whose stored copy is
         known damaged (request order, no duplicates): a client sends those, and a damaged copy
         heals from what it sends."""
+        absent = await self._not_held(ns, digests, view)
+        absent.update(self.chunks.damaged_among(digests))
+        return [d for d in dict.fromkeys(digests) if d in absent]
+
+    async def _not_held(self, ns: str, digests: list[bytes], view: str | None) -> set[bytes]:
+        """The digests missing from ``ns``'s chunk index or, for a confined caller, from ``view``."""
         absent = set(await self.metadata.missing_chunks(ns, digests))
         if view is not None:
             absent.update(await self.metadata.missing_chunks(ns, digests, view))
-        absent.update(self.chunks.damaged_among(digests))
-        return [d for d in dict.fromkeys(digests) if d in absent]
+        return absent
 
     async def read_frames(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
         """Frames of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
@@ -182,9 +187,8 @@ class Repository:
         ``verify_reads``); a damaged or missing copy is marked damaged and raises
         CorruptChunkError (DATA_LOSS).
         """
-        absent = await self.metadata.missing_chunks(ns, digests)
-        if view is not None and not absent:
-            absent = await self.metadata.missing_chunks(ns, digests, view)
+        not_held = await self._not_held(ns, digests, view)
+        absent = [d for d in dict.fromkeys(digests) if d in not_held]
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
         loop = asyncio.get_running_loop()
@@ -194,6 +198,36 @@ class Repository:
                   for d in digests)
             )
         )
+
+    async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
+        """Re-verify the chunks a client found damaged; per digest (request order), True if its
+        stored copy is now marked damaged.
+
+        Only digests in ``ns``'s chunk index (and ``view``) are looked at: any other answers False
+        without a disk access, exactly like a copy that verifies, so nothing about other namespaces
+        shows. Each copy looked at is decoded and BLAKE3-checked in full on the worker threads; one
+        that fails, or whose file is gone, is marked damaged (:meth:`ChunkStore.mark_damaged`
+        checks it once more), and one that verifies is never marked.
+        """
+        unique = list(dict.fromkeys(digests))
+        absent = await self._not_held(ns, unique, view)
+        held = [d for d in unique if d not in absent]
+        step = max(1, -(-len(held) // self.store_parallelism))
+        parts = [held[i:i + step] for i in range(0, len(held), step)]
+        found = await asyncio.gather(*(self.run_blocking(self._damaged_now, part) for part in parts))
+        damaged = {d for part in found for d in part}
+        return [d in damaged for d in digests]
+
+    def _damaged_now(self, digests: list[bytes]) -> list[bytes]:
+        """The digests (all indexed by the caller) whose stored copy fails a full verification now,
+        which marks it, or was marked damaged before."""
+        bad = []
+        for d in digests:
+            try:
+                _indexed(self.chunks, self.chunks.get_frame, d, True)
+            except CorruptChunkError:
+                bad += self.chunks.damaged_among([d])  # empty if a verified upload repaired it meanwhile
+        return bad
 
     async def read_data(self, digest: bytes) -> bytes:
         """Decoded, verified bytes of one chunk of a committed version (CorruptChunkError as above)."""

@@ -109,6 +109,8 @@ def probe(client, name: str, content: Content) -> dict[str, object]:
         pb.FindMissingChunksRequest(digests=digests)).missing])
     out["GetChunks"] = attempt(n, lambda: [len(b.chunks) for b in stub.GetChunks(pb.GetChunksRequest(digests=digests))])
     out["GetChunks one"] = attempt(n, lambda: list(stub.GetChunks(pb.GetChunksRequest(digests=digests[-1:]))))
+    out["ReportDamagedChunks"] = attempt(n, lambda: list(stub.ReportDamagedChunks(
+        pb.ReportDamagedChunksRequest(digests=digests)).damaged))
     out["GetManifest"] = attempt(n, lambda: stub.GetManifest(pb.GetManifestRequest(path=PATH)).version.version)
     out["GetManifests"] = attempt(n, lambda: [
         (r.WhichOneof("result"), r.error.code, n.text(r.error.message))
@@ -142,6 +144,8 @@ def probe(client, name: str, content: Content) -> dict[str, object]:
     out["GetChunks held"] = attempt(n, lambda: [
         (n.digest(c.digest), len(c.frame)) for b in stub.GetChunks(pb.GetChunksRequest(digests=digests))
         for c in b.chunks])
+    out["ReportDamagedChunks held"] = attempt(n, lambda: list(stub.ReportDamagedChunks(
+        pb.ReportDamagedChunksRequest(digests=digests)).damaged))
     upload = stub.Upload(iter([pb.UploadRequest(header=pb.UploadHeader(path="secret/copy.bin")),
                                pb.UploadRequest(data=content.data)]))
     out["Upload"] = n.version(upload.version)
@@ -165,6 +169,7 @@ def test_every_call_answers_the_same_whether_another_namespace_holds_the_content
     assert nobody["FindMissingChunks"] == ("ok", [f"<chunk {i}>" for i in range(len(content.digests))])
     assert nobody["GetChunks"][1][0] == "NOT_FOUND"
     assert nobody["GetChunks one"][1][0] == "NOT_FOUND"
+    assert nobody["ReportDamagedChunks"] == ("ok", [False] * len(content.digests))
     assert nobody["CommitFile unheld chunks"][1][0] == "FAILED_PRECONDITION"
     assert nobody["CommitFile delta on their manifest"][1][0] == "NOT_FOUND"
     assert nobody["PutChunks"][:2] == (len(content.digests), len(content.digests))
