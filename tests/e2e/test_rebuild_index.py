@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -14,14 +15,15 @@ from tls_fixtures import connect, tls_server
 
 from cas import signing
 from cli.client import StratusClient
+from service.journal import scan, segments
 
 
 def rebuild(server: RunningServer, redis_url: str, tmp: Path, code: int = 0) -> dict:
     """Run `stratus --json admin rebuild-index` against the stopped server's data dir."""
     env = isolated_env(tmp)
     env["STRATUS_REDIS_PREFIX"] = server.prefix
-    proc = run_process(["--json", "admin", "rebuild-index", "--data-dir", str(server.data_dir),
-                        "--redis-url", redis_url], env, timeout=120)
+    args = ["--json", "admin", "rebuild-index", "--data-dir", str(server.data_dir)]
+    proc = run_process(args + (["--redis-url", redis_url] if redis_url else []), env, timeout=120)
     assert proc.returncode == code, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
 
@@ -120,6 +122,57 @@ def test_unrecoverable_version_is_listed_not_invented(redis_url, tmp_path):
         with StratusClient.connect(server.address, insecure=True) as client:
             assert client.get_bytes("keep.txt") == b"kept"
             assert [f.path for f in client.list_files("")[0]] == ["keep.txt"]
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def test_embedded_valkey_data_removed_then_rebuilt(tmp_path):
+    server = RunningServer(tmp_path / "data", "", new_prefix()).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            data = os.urandom(400_000)
+            client.put_bytes(data, "big.bin")
+            client.put_bytes(b"small", "big.bin")
+            client.delete("big.bin")
+            client.put_bytes(b"other", "d/other.txt")
+        server.stop()  # stops its Valkey too
+        shutil.rmtree(server.data_dir / "valkey")
+        report = rebuild(server, "", tmp_path)
+        assert report["problems"] == [] and sum(n["versions"] for n in report["namespaces"].values()) == 4
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("big.bin", version=1) == data
+            assert [v.deleted for v in client.list_versions("big.bin")] == [True, False, False]
+            assert [f.path for f in client.list_files("")[0]] == ["d/other.txt"]
+    finally:
+        server.kill()
+
+
+def test_retry_after_a_lost_journal_record_journals_the_head(redis_url, tmp_path):
+    """Crash after the commit script, before the journal fsync: the client got no answer and retries;
+    the retry finds its content as head ("unchanged") and journals it, so what it is told survives."""
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"v1", "f.txt")
+            client.put_bytes(b"v2", "f.txt")
+        server.stop(signal.SIGKILL)
+        seg = segments(server.data_dir / "journal")[-1]
+        raw = seg.read_bytes()
+        cut = scan(raw[: len(raw) - 1])[1]  # the offset where the last record starts
+        seg.write_bytes(raw[:cut])  # as if the crash came before its fsync
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.put_bytes(b"v2", "f.txt").version.version == 2  # the retry: unchanged
+        server.stop()
+        drop_prefix(redis_url, prefix)
+        assert rebuild(server, redis_url, tmp_path)["problems"] == []
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("f.txt") == b"v2"
+            assert [v.version for v in client.list_versions("f.txt")] == [2, 1]
     finally:
         server.kill()
         drop_prefix(redis_url, prefix)
