@@ -177,6 +177,21 @@ class Journal:
         self._size = 0
         _fsync_dir(self.folder)
 
+    def is_empty(self) -> bool:
+        """True while no segment holds a record (a new journal, or one never written to)."""
+        return all(seg.stat().st_size == 0 for seg in segments(self.folder))
+
+    def write_seed(self, blobs: Sequence[bytes]) -> None:
+        """Write segment 0 (oldest) in one go: temp file, fsync, rename, fsync the folder. For the
+        records of a store from before the journal; a crash before the rename leaves no trace."""
+        temp = self.folder / f"{0:08d}{SUFFIX}.tmp"
+        with open(temp, "wb") as f:
+            f.write(b"".join(blobs))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.folder / f"{0:08d}{SUFFIX}")
+        _fsync_dir(self.folder)
+
     def close(self) -> None:
         """Close the segment file (appends after this fail)."""
         with self._lock:

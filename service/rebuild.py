@@ -34,7 +34,7 @@ from pathlib import Path
 from cas.errors import CasError
 from service.binding import read_store_id, write_store_id
 from service.config import ServerConfig
-from service.journal import JournalEntry, read_all
+from service.journal import JournalEntry, encode_entry, read_all
 from service.metadata import MetadataStore, VersionRecord
 from service.repository import Repository
 
@@ -99,6 +99,10 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
     entries, report.problems = await repo.run_blocking(read_all, data_dir / "journal")
     report.journal_records = len(entries)
     on_disk = set(await repo.run_blocking(lambda: list(repo.chunks.iterate())))
+    if not entries and on_disk:
+        report.problems.append(
+            f"the data dir holds {len(on_disk)} chunks but its journal holds no version; no version can be restored"
+        )
     for ns, paths in sorted(latest_records(entries).items()):
         report.namespaces[ns] = await _rebuild_namespace(repo, ns, paths, on_disk, report.problems)
     store_id = read_store_id(data_dir)
@@ -157,6 +161,21 @@ async def _index_manifest(
                             "(the next upload of the same content repairs it)")
         chunks.setdefault(ref.digest, ref.length)
     return True
+
+
+async def seed_journal(repo: Repository) -> int:
+    """Journal every version the metadata holds when the journal is still empty (a store written
+    before the journal existed); returns how many records were written. Runs at start-up, before
+    any commit: afterwards every version of the store is in the journal."""
+    if not repo.journal.is_empty() or not await repo.metadata.has_data():
+        return 0
+    blobs: list[bytes] = []
+    for ns in await repo.metadata.namespaces():
+        async for record in repo.metadata.all_versions(ns):
+            blobs.append(encode_entry(ns, record))
+    if blobs:
+        await repo.run_blocking(repo.journal.write_seed, blobs)
+    return len(blobs)
 
 
 async def rebuild_offline(config: ServerConfig) -> RebuildReport:

@@ -410,6 +410,28 @@ class MetadataStore:
 
     # ---- rebuild from the data dir (service/rebuild.py) ----------------------------------------
 
+    async def namespaces(self) -> list[str]:
+        """Every namespace with at least one committed path."""
+        found = set()
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:{{*}}:files", count=1000):
+            found.add(key.decode()[len(self.prefix) + 2 : -len("}:files")])
+        return sorted(found)
+
+    async def all_versions(self, ns: str) -> AsyncIterator[VersionRecord]:
+        """Every version of every path of ``ns`` (oldest first per path), each with its feed id when
+        the change feed still holds it."""
+        keys = self._keys(ns)
+        ids: dict[tuple[bytes, bytes], str] = {}
+        for entry_id, f in await self._redis.xrange(keys.events):
+            ids[(f[b"path"], f[b"version"])] = entry_id.decode()
+        async for member in self._redis.zscan_iter(keys.files, count=500):
+            p = member[0] if isinstance(member, tuple) else member
+            raws = await self._redis.hgetall(keys.versions(p))
+            for number in sorted(raws, key=int):
+                rec = decode_record(p.decode("utf-8"), raws[number])
+                rec.event_id = ids.get((p, number), "")
+                yield rec
+
     async def restore_path(self, ns: str, path: str, records: Sequence[VersionRecord]) -> None:
         """Write the versions of ``path`` (oldest first, as journaled) and point its head at the last.
 

@@ -176,3 +176,28 @@ def test_retry_after_a_lost_journal_record_journals_the_head(redis_url, tmp_path
     finally:
         server.kill()
         drop_prefix(redis_url, prefix)
+
+
+def test_store_from_before_the_journal_is_journaled_on_start(redis_url, tmp_path):
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"old 1", "old.txt")
+            client.put_bytes(b"old 2", "old.txt")
+            client.delete("old.txt")
+            feed_before = client.changes()
+        server.stop()
+        shutil.rmtree(server.data_dir / "journal")  # as written by a version without the journal
+        server.start()  # journals the versions Redis holds
+        server.stop()
+        drop_prefix(redis_url, prefix)
+        assert rebuild(server, redis_url, tmp_path)["problems"] == []
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("old.txt", version=2) == b"old 2"
+            assert client.list_versions("old.txt")[0].deleted
+            assert client.changes() == feed_before  # same entries under the same ids
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
