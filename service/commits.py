@@ -7,7 +7,8 @@ commit script, then journal the record (service/journal.py) before anyone is tol
 commit journals the head it found again, so whatever is acknowledged is in the journal. A batch
 stores all of its manifests with one durability barrier, issues the metadata commits
 concurrently (so Redis/Valkey can make them durable together) and journals all of their records
-with one barrier, instead of paying one fsync per file in turn. Each file of a batch succeeds or fails on its own.
+with one barrier, instead of paying one fsync per file in turn. Each file of a batch succeeds or
+fails on its own.
 
 A commit may also arrive as a delta against a base manifest (runs of the base plus literal
 chunks). It is expanded to the full manifest first, so everything after that step is the same

@@ -250,7 +250,7 @@ class Repository:
         """Write a delete marker (one atomic script: head check, marker, event), journaled before it
         returns (service/journal.py)."""
         record = await self.metadata.delete(ns, path, identity=identity, if_version=if_version)
-        await self.journal.append(ns, [record])
+        await self.journal_versions(ns, [record])
         return record
 
     async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
