@@ -14,7 +14,7 @@ id A                   id B                    refuse: the two belong to differe
 none, empty            id B                    refuse: a fresh data dir for a populated store
 any                    no id, has data         refuse, unless the data dir has data and no id
                                                either (a store from before binding: adopt it)
-has data               no id, empty            refuse: the index must be rebuilt first
+has data               no id, empty            refuse: ``stratus admin rebuild-index`` first
 id A or none, empty    no id, empty            bind (write the id where it is missing)
 =====================  ======================  ==================================================
 
@@ -47,7 +47,7 @@ def read_store_id(data_dir: Path) -> str | None:
     return text or None
 
 
-def _write_store_id(data_dir: Path, store_id: str) -> None:
+def write_store_id(data_dir: Path, store_id: str) -> None:
     """Write the id file atomically and durably (temp file, fsync, rename, fsync the folder)."""
     temp = data_dir / f".{STORE_ID_FILE}.{os.getpid()}.tmp"
     with open(temp, "w") as f:
@@ -97,11 +97,12 @@ async def bind_store(data_dir: Path, metadata: MetadataStore, stores: tuple[Chun
     if disk_data and not meta_data:
         raise StoreBindingError(
             f"data dir {data_dir} holds chunks (store {disk_id or 'without an id'}) but {where} is empty; "
-            "the index must be rebuilt from the data dir before this server can serve it"
+            "the index must be rebuilt from the data dir before this server can serve it: "
+            f"`stratus admin rebuild-index --data-dir {data_dir}` with the same --redis-url and prefix"
         )
     store_id = disk_id or str(uuid.uuid4())
     if not disk_id:
-        _write_store_id(data_dir, store_id)
+        write_store_id(data_dir, store_id)
     winner = await metadata.claim_store_id(store_id)
     if winner != store_id:  # another server bound this metadata at the same moment
         raise StoreBindingError(

@@ -3,9 +3,12 @@
 Both paths share the same steps, so a file committed alone and a file committed in a batch end
 up with the same version record: validate (limits, signature), read the head, store the manifest,
 skip the write when nothing changed, diff against the previous version, and run the metadata
-commit script. A batch stores all of its manifests with one durability barrier and then issues
-the metadata commits concurrently, so Redis/Valkey can make them durable together instead of
-paying one fsync per file in turn. Each file of a batch succeeds or fails on its own.
+commit script, then journal the record (service/journal.py) before anyone is told; an unchanged
+commit journals the head it found again, so whatever is acknowledged is in the journal. A batch
+stores all of its manifests with one durability barrier, issues the metadata commits
+concurrently (so Redis/Valkey can make them durable together) and journals all of their records
+with one barrier, instead of paying one fsync per file in turn. Each file of a batch succeeds or
+fails on its own.
 
 A commit may also arrive as a delta against a base manifest (runs of the base plus literal
 chunks). It is expanded to the full manifest first, so everything after that step is the same
@@ -134,7 +137,9 @@ class Committer:
         self.check(c)
         head = await self.repo.head(ns, c.path)
         manifest_digest = await self.repo.save_manifest(c.manifest)
-        return await self._write(ns, identity, c, head, manifest_digest)
+        outcome = await self._write(ns, identity, c, head, manifest_digest)
+        await self.repo.journal_versions(ns, [outcome.record])
+        return outcome
 
     async def commit_many(
         self, ns: str, identity: str, batch: Sequence[CommitRequest | BaseException]
@@ -173,6 +178,11 @@ class Committer:
             *(self._write(ns, identity, c, h, d) for (_, c), h, d in zip(ready, heads, digests, strict=True)),
             return_exceptions=True,
         )
+        done = [o.record for o in outcomes if isinstance(o, CommitOutcome)]
+        try:
+            await self.repo.journal_versions(ns, done)
+        except Exception as exc:  # noqa: BLE001 - not durable, so not acknowledged
+            outcomes = [exc if isinstance(o, CommitOutcome) else o for o in outcomes]
         for (n, _), outcome in zip(ready, outcomes, strict=True):
             results[n] = outcome
         return results

@@ -31,6 +31,7 @@ from cas.errors import (
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
+from service.journal import Journal
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
 
 log = logging.getLogger("stratus.server")
@@ -97,6 +98,7 @@ class Repository:
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
+        self.journal = Journal(data_dir / "journal", self.run_blocking)
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking or CPU-heavy ``fn(*args)`` on the repository's worker threads."""
@@ -105,6 +107,7 @@ class Repository:
     def close(self) -> None:
         """Stop the worker threads (after in-flight work finishes)."""
         self.pool.shutdown(wait=True)
+        self.journal.close()
 
     async def disk_stats(self, wait: float) -> StoreStats | None:
         """Chunks and bytes on disk (all namespaces), without ever blocking the event loop.
@@ -278,12 +281,20 @@ class Repository:
         )
 
     async def delete(self, ns: str, path: str, *, identity: str, if_version: int | None) -> VersionRecord:
-        """Write a delete marker (one atomic script: head check, marker, event)."""
-        return await self.metadata.delete(ns, path, identity=identity, if_version=if_version)
+        """Write a delete marker (one atomic script: head check, marker, event), journaled before it
+        returns (service/journal.py)."""
+        record = await self.metadata.delete(ns, path, identity=identity, if_version=if_version)
+        await self.journal_versions(ns, [record])
+        return record
 
     async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
         """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
         return await self.metadata.commit(ns, path, **record)
+
+    async def journal_versions(self, ns: str, records: Sequence[VersionRecord]) -> None:
+        """Make committed versions durable in the data dir's journal (one barrier for all of them);
+        a commit is acknowledged only after this returns."""
+        await self.journal.append(ns, records)
 
     async def changes(
         self, ns: str, since: str, limit: int, prefixes: str | tuple[str, ...]

@@ -38,6 +38,7 @@ from service.decoding import tolerant_handlers
 from service.gate import Gate
 from service.metadata import MetadataStore
 from service.ratelimit import RateLimiter
+from service.rebuild import seed_journal
 from service.repository import Repository
 from service.valkey import DataDirLock, EmbeddedValkey
 
@@ -185,6 +186,8 @@ class Server:
         self.store_id = await bind_store(
             cfg.data_dir, self._repo.metadata, (self._repo.chunks, self._repo.manifests)
         )
+        if seeded := await seed_journal(self._repo):
+            log.info("journaled the %d versions of a store written before the version journal", seeded)
         service = StratusService(cfg, self._repo, gate)
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)

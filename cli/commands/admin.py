@@ -55,6 +55,9 @@ ADMIN_EPILOG = """[bold]Examples[/bold]
 
 Exit code 5 when chunks are damaged or missing: they are repaired by the next upload of the same
 content (put the affected files again).
+
+  stratus admin rebuild-index --data-dir ~/vault --redis-url redis://127.0.0.1:6379
+                                          [dim]# server stopped: metadata from the data dir[/dim]
 """
 
 admin_app = typer.Typer(help="Store maintenance (needs the admin role).", no_args_is_help=True)
@@ -195,6 +198,42 @@ def admin_check(
         for d in digests:
             rt.out.print(f"  {d}", markup=False)
     if r.awaiting_repair:
+        raise typer.Exit(INTEGRITY)
+
+
+@admin_app.command("rebuild-index", epilog=ADMIN_EPILOG)
+def admin_rebuild_index(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", metavar="DIR", help="The stopped server's data dir.")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis-url", metavar="URL", help="Empty Redis/Valkey to fill (default: the embedded Valkey).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", metavar="FILE", help="The server's settings.")] = None,
+) -> None:
+    """Recreate every version, delete marker, chunk index and the change feed from the data dir
+    (after Redis/Valkey lost its data; the server must be stopped, the key prefix empty)."""
+    from cli.errors import INTEGRITY
+    from service.config import ConfigError, load_config
+    from service.rebuild import rebuild_offline
+
+    rt = Runtime.of(ctx)
+    try:
+        settings = load_config(config, {"data_dir": data_dir, "redis_url": redis_url})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    r = asyncio.run(rebuild_offline(settings))
+    namespaces = {ns: vars(n) for ns, n in r.namespaces.items()}
+    if rt.out.json:
+        rt.out.document({"store_id": r.store_id, "journal_records": r.journal_records,
+                         "namespaces": namespaces, "problems": r.problems})
+    else:
+        rt.out.done(f"rebuilt store {r.store_id} from {r.journal_records} journal records")
+        rt.out.table(["namespace", "paths", "versions", "delete markers", "chunks", "feed position"], [
+            [ns, n.paths, n.versions, n.delete_markers, n.chunks, n.feed_position] for ns, n in r.namespaces.items()
+        ])
+        for problem in r.problems:
+            rt.out.print(f"  not recovered: {problem}", markup=False)
+    if r.problems:
         raise typer.Exit(INTEGRITY)
 
 

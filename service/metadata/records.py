@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
+from typing import Any
 
 _BINARY_FIELDS = ("manifest_digest", "file_digest", "signature", "signer_public_key")
 
@@ -27,6 +29,8 @@ class VersionRecord:
     new_bytes: int
     signature: bytes = b""
     signer_public_key: bytes = b""
+    # the change-feed id of the commit that wrote it (known to the writer only; not stored)
+    event_id: str = dc_field(default="", compare=False)
 
 
 @dataclass
@@ -82,3 +86,27 @@ def encode_body(**fields: object) -> str:
         fields[name] = bytes(fields[name]).hex()  # type: ignore[arg-type]
     # ensure_ascii=False keeps the record compact for non-ASCII identities; Lua never parses it
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_fields(rec: VersionRecord) -> dict[str, Any]:
+    """Every field of a version record as JSON-ready values (digests in hex), without event_id."""
+    d = asdict(rec)
+    del d["event_id"]
+    for name in _BINARY_FIELDS:
+        d[name] = d[name].hex()
+    return d
+
+
+def record_from_fields(d: dict[str, Any], event_id: str = "") -> VersionRecord:
+    """The inverse of :func:`record_fields`."""
+    d = dict(d)
+    for name in _BINARY_FIELDS:
+        d[name] = bytes.fromhex(d[name])
+    return VersionRecord(**d, event_id=event_id)
+
+
+def stored_form(rec: VersionRecord) -> str:
+    """A record as the commit script stores it (JSON without the path, which is in the key)."""
+    d = record_fields(rec)
+    del d["path"]
+    return json.dumps(d, separators=(",", ":"), ensure_ascii=False)

@@ -31,6 +31,7 @@ from service.metadata.records import (
     decode_event,
     decode_record,
     encode_body,
+    stored_form,
 )
 
 __all__ = ["Event", "MetadataStore", "NamespaceStats", "VersionRecord"]
@@ -219,7 +220,9 @@ class MetadataStore:
         )
         tag = res[0]
         if tag == b"ok":
-            return decode_record(path, res[1])
+            record = decode_record(path, res[1])
+            record.event_id = res[2].decode()
+            return record
         if tag == b"conflict":
             raise VersionConflictError(path, 0 if if_version is None else if_version, int(res[1]))
         if tag == b"missing":
@@ -404,6 +407,66 @@ class MetadataStore:
                 ev = decode_event(entry_id, fields)
                 if ev.path.startswith(prefix):
                     yield ev
+
+    # ---- rebuild from the data dir (service/rebuild.py) ----------------------------------------
+
+    async def namespaces(self) -> list[str]:
+        """Every namespace with at least one committed path."""
+        found = set()
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:{{*}}:files", count=1000):
+            found.add(key.decode()[len(self.prefix) + 2 : -len("}:files")])
+        return sorted(found)
+
+    async def all_versions(self, ns: str) -> AsyncIterator[VersionRecord]:
+        """Every version of every path of ``ns`` (oldest first per path), each with its feed id when
+        the change feed still holds it."""
+        keys = self._keys(ns)
+        ids: dict[tuple[bytes, bytes], str] = {}
+        for entry_id, f in await self._redis.xrange(keys.events):
+            ids[(f[b"path"], f[b"version"])] = entry_id.decode()
+        async for member in self._redis.zscan_iter(keys.files, count=500):
+            p = member[0] if isinstance(member, tuple) else member
+            raws = await self._redis.hgetall(keys.versions(p))
+            for number in sorted(raws, key=int):
+                rec = decode_record(p.decode("utf-8"), raws[number])
+                rec.event_id = ids.get((p, number), "")
+                yield rec
+
+    async def restore_path(self, ns: str, path: str, records: Sequence[VersionRecord]) -> None:
+        """Write the versions of ``path`` (oldest first, as journaled) and point its head at the last.
+
+        Only for an empty prefix: the records are written as they are, not through the commit script.
+        """
+        keys = self._keys(ns)
+        p = _path_bytes(path)
+        head = records[-1]
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(keys.versions(p), mapping={str(r.version): stored_form(r) for r in records})
+        pipe.hset(keys.head(p), mapping={
+            "version": str(head.version), "created_ms": str(head.created_ms), "deleted": "1" if head.deleted else "0",
+        })
+        pipe.zadd(keys.files, {p: 0})
+        await pipe.execute()
+
+    async def restore_feed(self, ns: str, records: Sequence[VersionRecord]) -> str:
+        """Append feed entries for ``records`` under the ids their commits had (increasing order);
+        returns the last id, the feed's position after the rebuild."""
+        keys = self._keys(ns)
+        pipe = self._redis.pipeline(transaction=False)
+        for r in records:
+            pipe.xadd(keys.events, {
+                "kind": "delete" if r.deleted else "put", "path": _path_bytes(r.path), "version": str(r.version),
+                "size": str(r.size), "time_ms": str(r.created_ms), "identity": r.identity,
+                "manifest": r.manifest_digest.hex(),
+            }, id=r.event_id or "*")
+        ids = await pipe.execute()
+        return ids[-1].decode() if ids else ""
+
+    async def restore_counters(self, ns: str, logical_bytes: int, file_count: int, version_count: int) -> None:
+        """Set the version counters of the namespace's stats (unique_bytes come from add_chunks)."""
+        await self._redis.hset(self._keys(ns).stats, mapping={
+            "logical_bytes": str(logical_bytes), "file_count": str(file_count), "version_count": str(version_count),
+        })
 
     # ---- store binding (service/binding.py) --------------------------------------------------
 

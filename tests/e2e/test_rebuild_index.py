@@ -1,0 +1,203 @@
+"""Losing Redis/Valkey loses nothing: `stratus admin rebuild-index` recreates the metadata from the
+data dir alone (real server processes, real Redis and Valkey, the CLI as a process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from cli_helpers import isolated_env, run_process
+from server_fixtures import RunningServer, drop_prefix, new_prefix, run_to_exit
+from tls_fixtures import connect, tls_server
+
+from cas import signing
+from cli.client import StratusClient
+from service.journal import scan, segments
+
+
+def rebuild(server: RunningServer, redis_url: str, tmp: Path, code: int = 0) -> dict:
+    """Run `stratus --json admin rebuild-index` against the stopped server's data dir."""
+    env = isolated_env(tmp)
+    env["STRATUS_REDIS_PREFIX"] = server.prefix
+    args = ["--json", "admin", "rebuild-index", "--data-dir", str(server.data_dir)]
+    proc = run_process(args + (["--redis-url", redis_url] if redis_url else []), env, timeout=120)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def snapshot(client: StratusClient, paths: list[str]) -> dict:
+    """Everything a client can see of ``paths``: history, every version's bytes, listing, feed."""
+    history = {p: [v.SerializeToString(deterministic=True) for v in client.list_versions(p)] for p in paths}
+    data = {(p, v.version): client.get_bytes(p, version=v.version)
+            for p in paths for v in client.list_versions(p) if not v.deleted}
+    listing = sorted(f.path for f in client.list_files("")[0])
+    events, cursor = client.changes()
+    return {"history": history, "data": data, "ls": listing,
+            "feed": [e.SerializeToString(deterministic=True) for e in events], "cursor": cursor}
+
+
+def test_rebuild_brings_back_two_namespaces_after_metadata_loss(redis_url, tmp_path):
+    key = signing.generate_key()
+    docs = [os.urandom(200_000), os.urandom(150_000) + b"x", b"third version"]
+    with tls_server(tmp_path, redis_url, ["alice", "bob"]) as server:
+        with connect(server, "alice") as alice, connect(server, "bob") as bob:
+            for data in docs:
+                alice.put_bytes(data, "docs/report.bin")
+            alice.put_bytes(b"signed text", "docs/signed.txt", sign_key=key.private_pem)
+            alice.put_bytes(b"short-lived", "tmp/gone.txt")
+            alice.delete("tmp/gone.txt")
+            bob.put_bytes(os.urandom(300_000), "b/one.bin")
+            bob.put_bytes(b"bob v2", "b/one.bin")
+            paths_a = ["docs/report.bin", "docs/signed.txt", "tmp/gone.txt"]
+            before_a, before_b = snapshot(alice, paths_a), snapshot(bob, ["b/one.bin"])
+            stats_a = alice.info().stats
+        server.stop()
+        drop_prefix(redis_url, server.prefix)  # every key of this store is gone
+        refused = RunningServer(server.data_dir, redis_url, server.prefix, extra_args=server.args)
+        assert "admin rebuild-index" in run_to_exit(refused).stderr  # the server names the fix
+
+        report = rebuild(server, redis_url, tmp_path)
+        assert report["problems"] == []
+        assert len(report["namespaces"]) == 2
+        alice_ns = next(n for n in report["namespaces"].values() if n["delete_markers"] == 1)
+        assert alice_ns["versions"] == 6 and alice_ns["paths"] == 3
+        # a second run refuses: the prefix is no longer empty
+        assert "not empty" in rebuild(server, redis_url, tmp_path, code=1)["error"]["message"]
+
+        server.start()
+        with connect(server, "alice") as alice, connect(server, "bob") as bob:
+            assert snapshot(alice, paths_a) == before_a
+            assert snapshot(bob, ["b/one.bin"]) == before_b
+            assert alice.get_bytes("docs/report.bin") == docs[-1]
+            signed = alice.list_versions("docs/signed.txt")[0]
+            assert signed.signature and signed.signer_public_key == key.public_key
+            assert alice.list_versions("tmp/gone.txt")[0].deleted
+            assert stats_a.chunk_count > 0 and alice.info().stats == stats_a
+            _, cursor = alice.changes()
+            outcome = alice.put_bytes(b"fourth", "docs/report.bin")
+            assert outcome.version.version == 4
+            assert [e.version for e in alice.changes(since=cursor)[0]] == [4]
+            assert alice.put_bytes(b"again", "tmp/gone.txt").version.version == 3
+
+
+def test_acknowledged_commit_survives_sigkill_and_metadata_loss(redis_url, tmp_path):
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"first", "a.txt")
+            acked = os.urandom(100_000)
+            assert client.put_bytes(acked, "a.txt").version.version == 2
+        server.stop(signal.SIGKILL)
+        drop_prefix(redis_url, prefix)
+        report = rebuild(server, redis_url, tmp_path)
+        assert report["problems"] == []
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("a.txt") == acked
+            assert client.get_bytes("a.txt", version=1) == b"first"
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def test_unrecoverable_version_is_listed_not_invented(redis_url, tmp_path):
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"kept", "keep.txt")
+            client.put_bytes(b"lost manifest", "lost.txt")
+            lost = client.list_versions("lost.txt")[0].manifest_digest.hex()
+        server.stop()
+        drop_prefix(redis_url, prefix)
+        manifest_file = next(p for p in (server.data_dir / "manifests").rglob("*") if p.name.startswith(lost))
+        manifest_file.unlink()
+        report = rebuild(server, redis_url, tmp_path, code=5)
+        assert len(report["problems"]) == 1 and "lost.txt version 1" in report["problems"][0]
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("keep.txt") == b"kept"
+            assert [f.path for f in client.list_files("")[0]] == ["keep.txt"]
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def test_embedded_valkey_data_removed_then_rebuilt(tmp_path):
+    server = RunningServer(tmp_path / "data", "", new_prefix()).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            data = os.urandom(400_000)
+            client.put_bytes(data, "big.bin")
+            client.put_bytes(b"small", "big.bin")
+            client.delete("big.bin")
+            client.put_bytes(b"other", "d/other.txt")
+        server.stop()  # stops its Valkey too
+        shutil.rmtree(server.data_dir / "valkey")
+        report = rebuild(server, "", tmp_path)
+        assert report["problems"] == [] and sum(n["versions"] for n in report["namespaces"].values()) == 4
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("big.bin", version=1) == data
+            assert [v.deleted for v in client.list_versions("big.bin")] == [True, False, False]
+            assert [f.path for f in client.list_files("")[0]] == ["d/other.txt"]
+    finally:
+        server.kill()
+
+
+def test_retry_after_a_lost_journal_record_journals_the_head(redis_url, tmp_path):
+    """Crash after the commit script, before the journal fsync: the client got no answer and retries;
+    the retry finds its content as head ("unchanged") and journals it, so what it is told survives."""
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"v1", "f.txt")
+            client.put_bytes(b"v2", "f.txt")
+        server.stop(signal.SIGKILL)
+        seg = segments(server.data_dir / "journal")[-1]
+        raw = seg.read_bytes()
+        cut = scan(raw[: len(raw) - 1])[1]  # the offset where the last record starts
+        seg.write_bytes(raw[:cut])  # as if the crash came before its fsync
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.put_bytes(b"v2", "f.txt").version.version == 2  # the retry: unchanged
+        server.stop()
+        drop_prefix(redis_url, prefix)
+        assert rebuild(server, redis_url, tmp_path)["problems"] == []
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("f.txt") == b"v2"
+            assert [v.version for v in client.list_versions("f.txt")] == [2, 1]
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def test_store_from_before_the_journal_is_journaled_on_start(redis_url, tmp_path):
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"old 1", "old.txt")
+            client.put_bytes(b"old 2", "old.txt")
+            client.delete("old.txt")
+            feed_before = client.changes()
+        server.stop()
+        shutil.rmtree(server.data_dir / "journal")  # as written by a version without the journal
+        server.start()  # journals the versions Redis holds
+        server.stop()
+        drop_prefix(redis_url, prefix)
+        assert rebuild(server, redis_url, tmp_path)["problems"] == []
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert client.get_bytes("old.txt", version=2) == b"old 2"
+            assert client.list_versions("old.txt")[0].deleted
+            assert client.changes() == feed_before  # same entries under the same ids
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
