@@ -44,7 +44,7 @@ import blake3
 
 from bench import datasets
 from bench.datasets import Workspace
-from bench.servers import ROOT, BenchServer, disk_usage, settle
+from bench.servers import ROOT, BenchServer, CpuProbe, disk_usage, settle
 from bench.wire import WIRE_OUT_ENV
 
 MIB = 1024 * 1024
@@ -314,6 +314,24 @@ def _all_traffic(step: Step) -> int | None:
     return None
 
 
+def _probe(peer: Peer) -> CpuProbe:
+    """CPU accounting for one step: the peer's own server (if any) and this process's children
+    are the tool; everything else on the machine is "others"."""
+    return CpuProbe(peer.server if isinstance(peer, StratusPeer) else None)
+
+
+def _timed_push(peer: Peer, source: Path) -> dict:
+    """One push after a settle: seconds, bytes (sent, else repository growth), the tool's details,
+    protocol bytes both ways, and the CPU seconds other processes used meanwhile."""
+    before = peer.stored()
+    settle()
+    probe = _probe(peer)
+    step = peer.push(source)
+    cpu = probe.stop()
+    return {"seconds": step.seconds, "bytes": _sent_or_added(step, before), "stored_after": step.stored_after,
+            **step.detail, "all_traffic": _all_traffic(step), "others_cpu": cpu["others_cpu"]}
+
+
 def mixed_scenario(peer: Peer, pristine: Path) -> dict:
     """Fresh upload, unchanged re-upload, three edits, restore of the latest version."""
     folder = peer.work / "src"
@@ -324,11 +342,7 @@ def mixed_scenario(peer: Peer, pristine: Path) -> dict:
     out: dict = {}
 
     def push(label: str) -> None:
-        before = peer.stored()
-        settle()
-        step = peer.push(work)
-        out[label] = {"seconds": step.seconds, "bytes": _sent_or_added(step, before),
-                      "stored_after": step.stored_after, **step.detail, "all_traffic": _all_traffic(step)}
+        out[label] = _timed_push(peer, work)
 
     push("fresh")
     out["fresh"]["mb_per_s"] = size / out["fresh"]["seconds"] / 1e6
@@ -340,10 +354,12 @@ def mixed_scenario(peer: Peer, pristine: Path) -> dict:
         push(label)
     restore_dir = peer.work / "restore"
     settle()
+    probe = _probe(peer)
     seconds = peer.restore(work.name, restore_dir)
+    others = probe.stop()["others_cpu"]
     restored = next(p for p in restore_dir.rglob(work.name) if p.is_file())
     out["restore"] = {"seconds": seconds, "mb_per_s": restored.stat().st_size / seconds / 1e6,
-                      "identical": _file_digest(restored) == _file_digest(work)}
+                      "identical": _file_digest(restored) == _file_digest(work), "others_cpu": others}
     shutil.rmtree(restore_dir)
     work.unlink()
     return out
@@ -356,18 +372,15 @@ def versions_scenario(peer: Peer, versions: list[Path]) -> dict:
     work = folder / "release.tar"
     steps = []
     for release in versions:
-        before = peer.stored()
         shutil.copyfile(release, work)
         datasets.touch_later(work)
-        settle()
-        step = peer.push(work)
-        steps.append({"release": release.name, "seconds": step.seconds, "bytes": _sent_or_added(step, before),
-                      "all_traffic": _all_traffic(step)})
+        steps.append({"release": release.name, **_timed_push(peer, work)})
     deltas = [s["bytes"] for s in steps[1:] if s["bytes"] is not None]
     traffic = [s["all_traffic"] for s in steps[1:] if s["all_traffic"] is not None]
     disk = peer.disk()
     return {"steps": steps, "stored": disk[0] if disk else None, "allocated": disk[1] if disk else None,
-            "seconds": sum(s["seconds"] for s in steps), "logical": sum(p.stat().st_size for p in versions),
+            "seconds": sum(s["seconds"] for s in steps), "others_cpu": sum(s["others_cpu"] for s in steps),
+            "logical": sum(p.stat().st_size for p in versions),
             "delta_bytes_total": sum(deltas) if deltas else None,
             "delta_traffic_total": sum(traffic) if traffic else None}
 
@@ -383,11 +396,7 @@ def tree_scenario(peer: Peer, tree: datasets.Tree) -> dict:
     for label in ("fresh", "unchanged", "changed_1pct"):
         if label == "changed_1pct":
             out["files_changed"] = datasets.change_tree(copy)
-        before = peer.stored()
-        settle()
-        step = peer.push(work)
-        out[label] = {"seconds": step.seconds, "bytes": _sent_or_added(step, before), **step.detail,
-                      "all_traffic": _all_traffic(step)}
+        out[label] = _timed_push(peer, work)
     shutil.rmtree(work)
     return out
 

@@ -329,7 +329,8 @@ def _history_rows(runs: dict, names: list[str]) -> list[list[str]]:
             ["on disk, allocated (du -sB1, folders included)"] + [_bytes(_get(runs, n, "allocated")) for n in names],
             ["bytes sent/added, versions 2..n"] + [_bytes(_get(runs, n, "delta_bytes_total")) for n in names],
             ["all protocol bytes, versions 2..n"] + [_bytes(_get(runs, n, "delta_traffic_total")) for n in names],
-            ["seconds, all versions (process per put)"] + [_fmt(_get(runs, n, "seconds"), "", 2) for n in names]]
+            ["seconds, all versions (process per put)"] + [_fmt(_get(runs, n, "seconds"), "", 2) for n in names],
+            ["CPU s other processes used meanwhile"] + [_fmt(_get(runs, n, "others_cpu"), "", 1) for n in names]]
 
 
 def _peers_md(p: dict) -> list[str]:
@@ -351,8 +352,12 @@ def _peers_md(p: dict) -> list[str]:
         rows.append([f"{step}: all protocol bytes, both ways"]
                     + [_bytes(_get(mixed, n, step, "all_traffic")) for n in names])
         rows.append([f"{step}: rsync literal data"] + [_bytes(_get(mixed, n, step, "literal_data")) for n in names])
+        rows.append([f"{step}: CPU s other processes used meanwhile"]
+                    + [_fmt(_get(mixed, n, step, "others_cpu"), "", 1) for n in names])
     rows.append(["restore MB/s"] + [_fmt(_get(mixed, n, "restore", "mb_per_s"), "", 0) for n in names])
     rows.append(["restored file identical"] + [_fmt(_get(mixed, n, "restore", "identical")) for n in names])
+    rows.append(["restore: CPU s other processes used meanwhile"]
+                + [_fmt(_get(mixed, n, "restore", "others_cpu"), "", 1) for n in names])
     lines += _table(["mixed"] + names, rows)
     ip = p.get("in_process")
     if ip:
@@ -373,6 +378,8 @@ def _peers_md(p: dict) -> list[str]:
         rows.append([f"{step}: bytes"] + [_bytes(_get(tr, n, step, "bytes")) for n in names])
         rows.append([f"{step}: all protocol bytes, both ways"]
                     + [_bytes(_get(tr, n, step, "all_traffic")) for n in names])
+        rows.append([f"{step}: CPU s other processes used meanwhile"]
+                    + [_fmt(_get(tr, n, step, "others_cpu"), "", 1) for n in names])
     lines += _table(["tree"] + names, rows)
     return lines
 
