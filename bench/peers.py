@@ -410,20 +410,20 @@ def in_process(ws: Workspace, pristine: Path) -> dict:
     client, counter = server.client()
     try:
         client.server_info()
-        settle()
-        start = time.perf_counter()
-        client.put_file(pristine, f"bench/{pristine.name}")
-        fresh = time.perf_counter() - start
-        settle()
-        start = time.perf_counter()
-        client.get_file(f"bench/{pristine.name}", work / pristine.name)
-        restore = time.perf_counter() - start
-        identical = _file_digest(work / pristine.name) == _file_digest(pristine)
         size = pristine.stat().st_size
+        out: dict = {}
+        for label, call in (("fresh", lambda: client.put_file(pristine, f"bench/{pristine.name}")),
+                            ("restore", lambda: client.get_file(f"bench/{pristine.name}", work / pristine.name))):
+            settle()
+            probe = CpuProbe(server)
+            start = time.perf_counter()
+            call()
+            seconds = time.perf_counter() - start
+            others = probe.stop()["others_cpu"]
+            out[label] = {"seconds": seconds, "mb_per_s": size / seconds / 1e6, "others_cpu": others}
+        out["restore"]["identical"] = _file_digest(work / pristine.name) == _file_digest(pristine)
         sent, received = counter.snapshot()
-        return {"fresh": {"seconds": fresh, "mb_per_s": size / fresh / 1e6},
-                "restore": {"seconds": restore, "mb_per_s": size / restore / 1e6, "identical": identical},
-                "all_traffic": sent + received}
+        return {**out, "all_traffic": sent + received}
     finally:
         client.close()
         server.stop()

@@ -145,7 +145,8 @@ def _peer_targets(p: dict) -> list[dict]:
 
 
 def _history_targets(h: dict) -> list[dict]:
-    return _disk_targets(f"{h.get('source', 'history')}", h.get("history", {}))
+    project = str(h.get("source", "")).removeprefix("pypi:").split(" ")[0] or "big"
+    return _disk_targets(f"{project} history", h.get("history", {}))
 
 
 # ---- charts ----------------------------------------------------------------------------------------
@@ -361,11 +362,14 @@ def _peers_md(p: dict) -> list[str]:
     lines += _table(["mixed"] + names, rows)
     ip = p.get("in_process")
     if ip:
-        lines += [f"StratusVault **in-process** (client library in the bench process, warm mTLS channel, a server "
-                  f"of its own; not comparable with the process timings above): fresh upload "
-                  f"{_fmt(ip['fresh']['mb_per_s'], 'MB/s', 0)} ({_fmt(ip['fresh']['seconds'], 's', 2)}), restore "
-                  f"{_fmt(ip['restore']['mb_per_s'], 'MB/s', 0)} ({_fmt(ip['restore']['seconds'], 's', 2)}), "
-                  f"identical: {_fmt(ip['restore']['identical'])}.", ""]
+        def figure(step: str) -> str:
+            m = ip[step]
+            return (f"{_fmt(m['mb_per_s'], 'MB/s', 0)} ({_fmt(m['seconds'], 's', 2)}; other processes' CPU "
+                    f"{_fmt(m.get('others_cpu'), 's')})")
+
+        lines += ["StratusVault **in-process** (client library in the bench process, warm mTLS channel, a server "
+                  "of its own; not comparable with the process timings above): fresh upload "
+                  f"{figure('fresh')}, restore {figure('restore')}, identical: {_fmt(ip['restore']['identical'])}.", ""]
     lines += [f"`versions`: {p['versions_source']}, put file by file (one process per release).", ""]
     lines += _table(["versions"] + names, _history_rows(p["versions"], names))
     tr = p["tree"]
