@@ -8,6 +8,8 @@
 * ``versions``: successive sdists of one real project (``pip download``), gunzipped to .tar so that
   dedup can see the unchanged files inside; cached in ``bench/data/``. A synthetic evolving source
   tree stands in when the download fails, and the report says so.
+* ``history``: the same for a bigger project (django 4.2.0..4.2.7, hundreds of MB of tar); no
+  synthetic stand-in: when the download fails the group fails and says so.
 * ``tree``: many small source-like files plus a few large mixed files, then 1% of them changed.
 """
 
@@ -33,6 +35,9 @@ BLOCK = MIB
 DATA_DIR = Path(__file__).resolve().parent / "data"
 VERSIONS_PACKAGE = "flask"
 VERSIONS = ("2.2.0", "2.2.1", "2.2.2", "2.2.3", "2.2.4", "2.2.5", "2.3.0", "2.3.1")
+# The big history (``python -m bench --only history``): 8 django sdists, ~10x the flask one.
+HISTORY_PACKAGE = "django"
+HISTORY = tuple(f"4.2.{i}" for i in range(8))
 
 
 class MixedStream(io.RawIOBase):
@@ -312,6 +317,7 @@ class Workspace:
         self._mixed: Path | None = None
         self._tree: Tree | None = None
         self._versions: Versions | None = None
+        self._history: Versions | None = None
         self._pki: Path | None = None
 
     def log(self, message: str) -> None:
@@ -349,6 +355,17 @@ class Workspace:
             if self._versions.source.startswith("synthetic"):
                 self.notes.append(f"versions dataset: {self._versions.source}")
         return self._versions
+
+    def history(self) -> Versions:
+        """The big ``history`` dataset (downloaded once, cached in bench/data/); raises when it
+        cannot be had, since a synthetic stand-in would not be a real history."""
+        if self._history is None:
+            self.log(f"dataset: history ({HISTORY_PACKAGE} {HISTORY[0]}..{HISTORY[-1]})")
+            found = release_versions(self.root, HISTORY_PACKAGE, HISTORY)
+            if found.source.startswith("synthetic"):
+                raise RuntimeError(f"download of {HISTORY_PACKAGE} {HISTORY[0]}..{HISTORY[-1]} failed")
+            self._history = found
+        return self._history
 
     def pki(self) -> Path:
         """The dev PKI every mTLS server and client of the run shares."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import zstandard
 
 from bench.datasets import MIB, VERSIONS, VERSIONS_PACKAGE, MixedStream, release_versions
+from bench.servers import disk_usage
 from cas import codec, delta
 from cas.chunker import ChunkParams, chunk_bytes, chunk_stream
 from cas.digest import digest
@@ -48,21 +48,6 @@ from cas.packstore import PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore
 
 TRIAL = Path("/work/shared/tools/similarity_trial.py")
-
-
-def disk_usage(root: Path) -> tuple[int, int, int, int]:
-    """(apparent bytes, allocated bytes, files, folders) under ``root``, folders included."""
-    apparent = allocated = files = folders = 0
-    for dirpath, _, filenames in os.walk(root):
-        st = os.stat(dirpath)
-        folders += 1
-        allocated += st.st_blocks * 512
-        for name in filenames:
-            st = os.stat(os.path.join(dirpath, name))
-            files += 1
-            apparent += st.st_size
-            allocated += st.st_blocks * 512
-    return apparent, allocated, files, folders
 
 
 def mixed_frames(size: int) -> list[tuple[bytes, bytes]]:

@@ -1,18 +1,29 @@
-"""StratusVault next to restic, borg and rsync, on the same data in the same run (issue #7).
+"""StratusVault next to restic, borg and rsync, on the same data in the same run (issue #7, #12).
 
 Every tool works on its own copy of the data and its own repository (or destination), and goes
 through the same steps: fresh upload, unchanged re-upload, three edits (10 scattered 4 KiB
 overwrites, a 1-byte insertion at the front, a 1 MiB append), restore of the latest version;
-then every release of the ``versions`` dataset in turn (bytes stored at the end); then the
+then every release of the ``versions`` dataset in turn (bytes on disk at the end); then the
 ``tree`` dataset (fresh, unchanged, 1% changed). Edited files get a later mtime, as they would
 between two nightly runs, so tools that skip files by (size, mtime) see every edit.
 
-StratusVault moves single files through the client library (so every protocol byte is counted)
-and trees through the CLI, ``stratus put DIR REMOTE``, as a new process like the other tools.
-What "bytes sent" means per tool: StratusVault, the protocol bytes it sent (:class:`WireCounter`);
-restic and borg, what the repository grew by (they write to a local repository); rsync, its
-"Literal data" (bytes not found in the destination's old copy; ``--no-whole-file`` forces the
-delta algorithm, which rsync skips between local paths). A tool that is not installed is skipped.
+Every tool is timed the way a user runs it, as a process: StratusVault through its CLI
+(``stratus put FILE|DIR REMOTE``, ``stratus get REMOTE LOCAL``; the server is started once per
+scenario), restic and borg through theirs, rsync twice (without and with ``-z``). StratusVault's
+in-process figures (the client library on a warm mTLS channel) are measured on a server of their
+own and reported apart, labelled as such.
+
+What "bytes" means per tool: StratusVault, every protocol message byte the CLI sent (chunks,
+digest queries, the ``ListFiles`` walk, manifests, commits; ``python -m bench.wire``), and both
+ways in "all protocol bytes"; restic and borg, what the repository grew by (they write to a local
+repository); rsync, "Total bytes sent" of ``--stats`` (literal data, compressed with ``-z``, plus
+block references), and its "Literal data" (uncompressed, even with ``-z``) apart.
+``--no-whole-file`` forces the delta algorithm, which rsync skips between local paths.
+
+Bytes on disk are those of the whole data dir or repository as ``du`` sees it: apparent
+(``du -sb``, file sizes) and allocated (``du -sB1``: blocks of files and folders). For
+StratusVault that is everything the server keeps (chunks, packs, manifests, the embedded
+Valkey's files), not the store's own accounting. A tool that is not installed is skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -32,10 +44,13 @@ import blake3
 
 from bench import datasets
 from bench.datasets import Workspace
-from bench.servers import ROOT, BenchServer, dir_bytes, settle
+from bench.servers import ROOT, BenchServer, CpuProbe, disk_usage, settle
+from bench.wire import WIRE_OUT_ENV
 
 MIB = 1024 * 1024
-PEERS = ("stratusvault", "restic", "borg", "rsync")
+PEERS = ("stratusvault", "restic", "borg", "rsync", "rsync-z")
+BINARIES = {"rsync-z": "rsync"}
+PACKAGES = {"borg": "borgbackup", "rsync-z": "rsync"}
 HAVE_CLI = (ROOT / "cli" / "main.py").exists()
 
 
@@ -76,9 +91,15 @@ class Peer(ABC):
     def restore(self, source_name: str, dest: Path) -> float:
         """Write the latest version of ``source_name`` into folder ``dest``; returns seconds."""
 
-    @abstractmethod
+    def disk(self) -> tuple[int, int] | None:
+        """(apparent, allocated) bytes of the repository or data dir, or None when the tool keeps
+        no versions."""
+        return None
+
     def stored(self) -> int | None:
-        """Bytes the repository takes (apparent size), or None when the tool keeps no versions."""
+        """Apparent bytes of the repository or data dir (what a push grew it by is its "bytes")."""
+        disk = self.disk()
+        return disk[0] if disk else None
 
     def version(self) -> str:
         return ""
@@ -88,61 +109,62 @@ class Peer(ABC):
 
 
 class StratusPeer(Peer):
-    """StratusVault: a server of its own (mTLS); files through the client library, trees through the CLI."""
+    """StratusVault: a server of its own (mTLS), started once; files and trees through the CLI, one
+    process per command, every protocol byte of it counted (:mod:`bench.wire`)."""
 
     name = "stratusvault"
 
     def __init__(self, work: Path, ws: Workspace) -> None:
         super().__init__(work, ws)
+        if not HAVE_CLI:
+            raise RuntimeError("cli/main.py is missing: the comparison needs the stratus CLI")
         self.server = BenchServer(work / "server", ws.pki()).start()
-        self.client, self.counter = self.server.client()
-        self.client.server_info()
-        self.tree_method = ""
+        self.tree_method = "cli"
+        self._version = ""
 
     def version(self) -> str:
-        return self.client.server_info().server_version
+        if not self._version:
+            client, _ = self.server.client()
+            try:
+                self._version = client.server_info().server_version
+            finally:
+                client.close()
+        return self._version
 
-    def push(self, source: Path) -> Step:
-        if source.is_dir():
-            seconds, sent, detail = self._put_tree(source)
-            return Step(seconds, sent, self.stored(), detail)
-        sent0, received0 = self.counter.snapshot()
-        start = time.perf_counter()
-        result = self.client.put_file(source, f"bench/{source.name}")
-        seconds = time.perf_counter() - start
-        sent1, received1 = self.counter.snapshot()
-        detail = {"chunks_sent": result.chunks_sent, "frame_bytes": result.bytes_sent, "unchanged": result.unchanged,
-                  "all_traffic": sent1 - sent0 + received1 - received0}
-        return Step(seconds, sent1 - sent0, self.stored(), detail)
-
-    def cli_put(self, source: Path, remote: str) -> tuple[float, dict]:
-        """``stratus --json put SOURCE REMOTE`` in a new process (with this peer's state cache)."""
+    def cli(self, *args: str) -> tuple[float, dict, dict[str, int]]:
+        """``stratus --json ARGS`` in a new process: (seconds, its JSON stats, protocol bytes
+        ``{"sent", "received"}``). Each peer keeps its own state cache, as a user's machine would."""
+        fd, wire_out = tempfile.mkstemp(prefix="wire-", suffix=".json", dir=self.work)
+        os.close(fd)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "STRATUS_SERVER": self.server.address,
                "STRATUS_TLS_DIR": str(self.ws.pki()), "STRATUS_CACHE_DIR": str(self.work / "cli-cache"),
-               "STRATUS_CLIENT_CONFIG": str(self.work / "no-config.toml")}
-        seconds, out = _run([sys.executable, "-m", "cli.main", "--json", "put", str(source), remote], env=env, cwd=ROOT)
-        return seconds, {f"cli_{k}": v for k, v in json.loads(out).get("stats", {}).items()}
+               "STRATUS_CLIENT_CONFIG": str(self.work / "no-config.toml"), WIRE_OUT_ENV: wire_out}
+        try:
+            seconds, out = _run([sys.executable, "-m", "bench.wire", "--json", *args], env=env, cwd=ROOT)
+            wire = json.loads(Path(wire_out).read_text() or "{}")
+        finally:
+            os.unlink(wire_out)
+        try:
+            stats = json.loads(out).get("stats", {}) if out.strip() else {}
+        except json.JSONDecodeError:
+            stats = {}
+        return seconds, {f"cli_{k}": v for k, v in stats.items()}, wire
 
-    def _put_tree(self, source: Path) -> tuple[float, int | None, dict]:
-        """A tree goes up as a user sends it: ``stratus put DIR REMOTE``, a new process each time."""
-        if not HAVE_CLI:
-            raise RuntimeError("cli/main.py is missing: the tree upload needs the stratus CLI")
-        self.tree_method = "cli"
-        seconds, stats = self.cli_put(source, f"tree/{source.name}")
-        return seconds, stats.get("cli_bytes_sent"), {
-            "method": "CLI (python -m cli.main put DIR REMOTE); bytes = chunk bytes sent", **stats}
+    def push(self, source: Path) -> Step:
+        remote = f"tree/{source.name}" if source.is_dir() else f"bench/{source.name}"
+        seconds, stats, wire = self.cli("put", str(source), remote)
+        detail = {"method": "CLI (stratus put SOURCE REMOTE), a new process", **stats,
+                  "all_traffic": wire.get("sent", 0) + wire.get("received", 0)}
+        return Step(seconds, wire.get("sent"), self.stored(), detail)
 
     def restore(self, source_name: str, dest: Path) -> float:
         dest.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        self.client.get_file(f"bench/{source_name}", dest / source_name)
-        return time.perf_counter() - start
+        return self.cli("get", f"bench/{source_name}", str(dest / source_name))[0]
 
-    def stored(self) -> int:
-        return self.server.stored()["total"]
+    def disk(self) -> tuple[int, int]:
+        return self.server.disk()
 
     def close(self) -> None:
-        self.client.close()
         self.server.stop()
 
 
@@ -171,8 +193,8 @@ class ResticPeer(Peer):
     def restore(self, source_name: str, dest: Path) -> float:
         return _run(["restic", "restore", "latest", "--host", "bench", "--target", str(dest)], self.env)[0]
 
-    def stored(self) -> int:
-        return dir_bytes(self.repo)
+    def disk(self) -> tuple[int, int]:
+        return disk_usage(self.repo)[:2]
 
 
 class BorgPeer(Peer):
@@ -202,14 +224,16 @@ class BorgPeer(Peer):
         dest.mkdir(parents=True, exist_ok=True)
         return _run(["borg", "extract", f"{self.repo}::v{self.archives}"], self.env, dest)[0]
 
-    def stored(self) -> int:
-        return dir_bytes(self.repo)
+    def disk(self) -> tuple[int, int]:
+        return disk_usage(self.repo)[:2]
 
 
 class RsyncPeer(Peer):
-    """rsync to a local destination with the delta algorithm forced (``--no-whole-file``)."""
+    """rsync to a local destination with the delta algorithm forced (``--no-whole-file``), without
+    compression: "bytes" is "Total bytes sent", "Literal data" is kept apart."""
 
     name = "rsync"
+    options: tuple[str, ...] = ()
     _LITERAL = re.compile(r"Literal data: ([\d,.]+)")
     _SENT = re.compile(r"Total bytes sent: ([\d,.]+)")
     _RECEIVED = re.compile(r"Total bytes received: ([\d,.]+)")
@@ -228,23 +252,29 @@ class RsyncPeer(Peer):
         return int(re.sub(r"[,.]", "", match.group(1))) if match else 0
 
     def push(self, source: Path) -> Step:
-        cmd = ["rsync", "-a", "--no-whole-file", "--stats", str(source), str(self.dest) + "/"]
+        cmd = ["rsync", "-a", *self.options, "--no-whole-file", "--stats", str(source), str(self.dest) + "/"]
         seconds, out = _run(cmd)
-        literal = self._number(self._LITERAL, out)
-        # sent: literal data plus block references; received: the receiver's block checksums
-        return Step(seconds, literal, None, {"total_bytes_sent": self._number(self._SENT, out),
-                                             "total_bytes_received": self._number(self._RECEIVED, out)})
+        sent, received = self._number(self._SENT, out), self._number(self._RECEIVED, out)
+        # sent: literal data (compressed with -z) plus block references; received: the receiver's checksums
+        return Step(seconds, sent, None, {"literal_data": self._number(self._LITERAL, out),
+                                          "total_bytes_sent": sent, "total_bytes_received": received})
 
     def restore(self, source_name: str, dest: Path) -> float:
         dest.mkdir(parents=True, exist_ok=True)
-        return _run(["rsync", "-a", "--stats", str(self.dest / source_name), str(dest) + "/"])[0]
+        return _run(["rsync", "-a", *self.options, "--stats", str(self.dest / source_name), str(dest) + "/"])[0]
 
-    def stored(self) -> None:
-        return None
+
+class RsyncCompressedPeer(RsyncPeer):
+    """The same rsync with ``-z`` (zstd or zlib, whatever both ends negotiate): the fair match for
+    our zstd frames on the wire."""
+
+    name = "rsync-z"
+    options = ("-z",)
 
 
 PEER_CLASSES: dict[str, type[Peer]] = {
     "stratusvault": StratusPeer, "restic": ResticPeer, "borg": BorgPeer, "rsync": RsyncPeer,
+    "rsync-z": RsyncCompressedPeer,
 }
 
 
@@ -252,11 +282,10 @@ def available() -> tuple[list[str], list[str]]:
     """(peers that can run, notes about the ones that cannot)."""
     names, notes = ["stratusvault"], []
     for name in PEERS[1:]:
-        if shutil.which(name):
+        if shutil.which(BINARIES.get(name, name)):
             names.append(name)
         else:
-            package = "borgbackup" if name == "borg" else name
-            notes.append(f"{name} is not installed: skipped (apt-get install {package})")
+            notes.append(f"{name} is not installed: skipped (apt-get install {PACKAGES.get(name, name)})")
     return names, notes
 
 
@@ -276,13 +305,31 @@ def _sent_or_added(step: Step, before: int | None) -> int | None:
 
 
 def _all_traffic(step: Step) -> int | None:
-    """Protocol bytes both ways, where the tool has a protocol: StratusVault, rsync (literal data,
-    block references and the receiver's checksums)."""
+    """Protocol bytes both ways, where the tool has a protocol: StratusVault (every message), rsync
+    (literal data, block references and the receiver's checksums)."""
     if "all_traffic" in step.detail:
         return step.detail["all_traffic"]
     if "total_bytes_sent" in step.detail:
         return step.detail["total_bytes_sent"] + step.detail["total_bytes_received"]
     return None
+
+
+def _probe(peer: Peer) -> CpuProbe:
+    """CPU accounting for one step: the peer's own server (if any) and this process's children
+    are the tool; everything else on the machine is "others"."""
+    return CpuProbe(peer.server if isinstance(peer, StratusPeer) else None)
+
+
+def _timed_push(peer: Peer, source: Path) -> dict:
+    """One push after a settle: seconds, bytes (sent, else repository growth), the tool's details,
+    protocol bytes both ways, and the CPU seconds other processes used meanwhile."""
+    before = peer.stored()
+    settle()
+    probe = _probe(peer)
+    step = peer.push(source)
+    cpu = probe.stop()
+    return {"seconds": step.seconds, "bytes": _sent_or_added(step, before), "stored_after": step.stored_after,
+            **step.detail, "all_traffic": _all_traffic(step), "others_cpu": cpu["others_cpu"]}
 
 
 def mixed_scenario(peer: Peer, pristine: Path) -> dict:
@@ -295,23 +342,11 @@ def mixed_scenario(peer: Peer, pristine: Path) -> dict:
     out: dict = {}
 
     def push(label: str) -> None:
-        before = peer.stored()
-        settle()
-        step = peer.push(work)
-        out[label] = {"seconds": step.seconds, "bytes": _sent_or_added(step, before),
-                      "stored_after": step.stored_after, **step.detail, "all_traffic": _all_traffic(step)}
+        out[label] = _timed_push(peer, work)
 
     push("fresh")
     out["fresh"]["mb_per_s"] = size / out["fresh"]["seconds"] / 1e6
     push("unchanged")
-    if isinstance(peer, StratusPeer) and HAVE_CLI:
-        # What a nightly `stratus put` does with an unchanged big file: the first run reads it once
-        # and fills the state cache, the second trusts the cache (the head is still that version).
-        remote = f"bench/{work.name}"
-        first, _ = peer.cli_put(work, remote)
-        settle()
-        seconds, stats = peer.cli_put(work, remote)
-        out["unchanged_cli"] = {"seconds": seconds, "first_run_seconds": first, **stats}
     for label, edit in (("edit_10x4k", datasets.scattered_edits), ("insert_front_1b", datasets.insert_front),
                         ("append_1m", datasets.append)):
         edit(work)
@@ -319,10 +354,12 @@ def mixed_scenario(peer: Peer, pristine: Path) -> dict:
         push(label)
     restore_dir = peer.work / "restore"
     settle()
+    probe = _probe(peer)
     seconds = peer.restore(work.name, restore_dir)
+    others = probe.stop()["others_cpu"]
     restored = next(p for p in restore_dir.rglob(work.name) if p.is_file())
     out["restore"] = {"seconds": seconds, "mb_per_s": restored.stat().st_size / seconds / 1e6,
-                      "identical": _file_digest(restored) == _file_digest(work)}
+                      "identical": _file_digest(restored) == _file_digest(work), "others_cpu": others}
     shutil.rmtree(restore_dir)
     work.unlink()
     return out
@@ -335,16 +372,15 @@ def versions_scenario(peer: Peer, versions: list[Path]) -> dict:
     work = folder / "release.tar"
     steps = []
     for release in versions:
-        before = peer.stored()
         shutil.copyfile(release, work)
         datasets.touch_later(work)
-        settle()
-        step = peer.push(work)
-        steps.append({"release": release.name, "seconds": step.seconds, "bytes": _sent_or_added(step, before),
-                      "all_traffic": _all_traffic(step)})
+        steps.append({"release": release.name, **_timed_push(peer, work)})
     deltas = [s["bytes"] for s in steps[1:] if s["bytes"] is not None]
     traffic = [s["all_traffic"] for s in steps[1:] if s["all_traffic"] is not None]
-    return {"steps": steps, "stored": peer.stored(), "logical": sum(p.stat().st_size for p in versions),
+    disk = peer.disk()
+    return {"steps": steps, "stored": disk[0] if disk else None, "allocated": disk[1] if disk else None,
+            "seconds": sum(s["seconds"] for s in steps), "others_cpu": sum(s["others_cpu"] for s in steps),
+            "logical": sum(p.stat().st_size for p in versions),
             "delta_bytes_total": sum(deltas) if deltas else None,
             "delta_traffic_total": sum(traffic) if traffic else None}
 
@@ -360,16 +396,61 @@ def tree_scenario(peer: Peer, tree: datasets.Tree) -> dict:
     for label in ("fresh", "unchanged", "changed_1pct"):
         if label == "changed_1pct":
             out["files_changed"] = datasets.change_tree(copy)
-        before = peer.stored()
-        settle()
-        step = peer.push(work)
-        out[label] = {"seconds": step.seconds, "bytes": _sent_or_added(step, before), **step.detail}
+        out[label] = _timed_push(peer, work)
     shutil.rmtree(work)
     return out
 
 
+def in_process(ws: Workspace, pristine: Path) -> dict:
+    """StratusVault's own figures, apart: the client library in this process on a warm mTLS
+    channel, a fresh upload and a restore of the mixed file on a server of their own (no process
+    start-up, no state cache; what ``bench.transfer`` measures too)."""
+    work = ws.dir("peers/stratusvault-in-process")
+    server = BenchServer(work / "server", ws.pki()).start()
+    client, counter = server.client()
+    try:
+        client.server_info()
+        size = pristine.stat().st_size
+        out: dict = {}
+        for label, call in (("fresh", lambda: client.put_file(pristine, f"bench/{pristine.name}")),
+                            ("restore", lambda: client.get_file(f"bench/{pristine.name}", work / pristine.name))):
+            settle()
+            probe = CpuProbe(server)
+            start = time.perf_counter()
+            call()
+            seconds = time.perf_counter() - start
+            others = probe.stop()["others_cpu"]
+            out[label] = {"seconds": seconds, "mb_per_s": size / seconds / 1e6, "others_cpu": others}
+        out["restore"]["identical"] = _file_digest(work / pristine.name) == _file_digest(pristine)
+        sent, received = counter.snapshot()
+        return {**out, "all_traffic": sent + received}
+    finally:
+        client.close()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _with_peers(ws: Workspace, names: list[str], scenario: str, notes: list[str], result: dict,
+                body: object) -> None:
+    """Run ``body(peer)`` for every peer in a fresh folder; store what it returns in
+    ``result[scenario][name]``; a failing tool becomes a note."""
+    for name in names:
+        ws.log(f"peers: {name} / {scenario}")
+        peer = None
+        try:
+            peer = PEER_CLASSES[name](ws.dir(f"peers/{name}-{scenario}"), ws)
+            result["tool_versions"].setdefault(name, peer.version())
+            result[scenario][name] = body(peer)  # type: ignore[operator]
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            notes.append(f"{name} / {scenario} failed: {exc}")
+        finally:
+            if peer is not None:
+                peer.close()
+                shutil.rmtree(peer.work, ignore_errors=True)
+
+
 def run(ws: Workspace) -> dict:
-    """The whole peer comparison."""
+    """The whole peer comparison (the small ``versions`` history; ``history`` is the big one)."""
     names, notes = available()
     result: dict = {"peers": names, "notes": notes, "versions": {}, "mixed": {}, "tree": {}, "tool_versions": {}}
     mixed = ws.mixed()
@@ -378,23 +459,20 @@ def run(ws: Workspace) -> dict:
     result["versions_source"] = versions.source
     result["mixed_size"] = mixed.stat().st_size
     result["tree_files"], result["tree_bytes"] = tree.files, tree.size
-    for name in names:
-        for scenario in ("mixed", "versions", "tree"):
-            ws.log(f"peers: {name} / {scenario}")
-            peer = PEER_CLASSES[name](ws.dir(f"peers/{name}-{scenario}"), ws)
-            try:
-                result["tool_versions"].setdefault(name, peer.version())
-                if scenario == "mixed":
-                    result["mixed"][name] = mixed_scenario(peer, mixed)
-                elif scenario == "versions":
-                    result["versions"][name] = versions_scenario(peer, versions.files)
-                else:
-                    result["tree"][name] = tree_scenario(peer, tree)
-                    if isinstance(peer, StratusPeer):
-                        result["tree"][name]["method"] = peer.tree_method
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                notes.append(f"{name} / {scenario} failed: {exc}")
-            finally:
-                peer.close()
-                shutil.rmtree(peer.work, ignore_errors=True)
+    _with_peers(ws, names, "mixed", notes, result, lambda peer: mixed_scenario(peer, mixed))
+    _with_peers(ws, names, "versions", notes, result, lambda peer: versions_scenario(peer, versions.files))
+    _with_peers(ws, names, "tree", notes, result, lambda peer: tree_scenario(peer, tree))
+    ws.log("peers: stratusvault in-process figures")
+    result["in_process"] = in_process(ws, mixed)
+    return result
+
+
+def run_history(ws: Workspace) -> dict:
+    """The big real version history (``datasets.HISTORY``), file by file, every tool as a process:
+    on-disk bytes (apparent and allocated) and time."""
+    names, notes = available()
+    history = ws.history()
+    result: dict = {"peers": names, "notes": notes, "history": {}, "tool_versions": {},
+                    "source": history.source}
+    _with_peers(ws, names, "history", notes, result, lambda peer: versions_scenario(peer, history.files))
     return result

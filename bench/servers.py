@@ -7,23 +7,21 @@ Each benchmark group starts its own servers (fresh data dir, embedded Valkey), s
 chunks that another group uploaded. mTLS is the default, as in production; ``insecure=True``
 starts a plaintext server for the TLS-cost comparison.
 
-:class:`WireCounter` is a client interceptor that adds up the serialised size of every request
-and response message (chunk batches, digest lists, manifests, everything). That is what the
-protocol puts on the wire, before HTTP/2 framing (~9 bytes per 16 KiB frame) and TLS records.
+:class:`bench.wire.WireCounter` counts the serialised size of every request and response message
+of a channel (see there).
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import psutil
 
+from bench.wire import WireCounter
 from cli.client import StratusClient, channel_options, tls_credentials
 from cli.localserver import LocalServer
 
@@ -51,16 +49,32 @@ def server_errors(log_dir: Path, lines: int = 40) -> list[str]:
     return found
 
 
-def dir_bytes(path: Path) -> int:
-    """Apparent size (sum of st_size) of every regular file under ``path``."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
+def disk_usage(root: Path) -> tuple[int, int, int, int]:
+    """(apparent bytes, allocated bytes, files, folders) under ``root``, folders included: what
+    ``du -sb`` (apparent, file sizes only) and ``du -sB1`` (allocated blocks of files and folders)
+    would say. Files that vanish during the walk are skipped."""
+    apparent = allocated = files = folders = 0
+    for dirpath, _, filenames in os.walk(root):
+        try:
+            st = os.lstat(dirpath)
+        except FileNotFoundError:
+            continue
+        folders += 1
+        allocated += st.st_blocks * 512
+        for name in filenames:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:
                 continue
-    return total
+            files += 1
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+    return apparent, allocated, files, folders
+
+
+def dir_bytes(path: Path) -> int:
+    """Apparent size (sum of st_size) of every regular file under ``path``."""
+    return disk_usage(path)[0]
 
 
 class BenchServer(LocalServer):
@@ -101,6 +115,12 @@ class BenchServer(LocalServer):
         parts = {name: dir_bytes(self.data_dir / name) for name in ("chunks", "manifests", "valkey")}
         parts["total"] = sum(parts.values())
         return parts
+
+    def disk(self) -> tuple[int, int]:
+        """(apparent, allocated) bytes of the whole data dir, folders included: chunks, packs,
+        manifests, the embedded Valkey's files, everything the server keeps, as ``du`` sees it."""
+        apparent, allocated, _, _ = disk_usage(self.data_dir)
+        return apparent, allocated
 
 
 def _busy_seconds() -> float:
@@ -151,73 +171,3 @@ class CpuProbe:
         busy = _busy_seconds() - busy0
         return {"wall": wall, "server_cpu": server, "valkey_cpu": valkey, "client_cpu": own,
                 "others_cpu": max(0.0, busy - server - valkey - own)}
-
-
-class _CountingStream:
-    """Wraps a response-streaming call: counts each message, delegates everything else."""
-
-    def __init__(self, call: object, counter: WireCounter) -> None:
-        self._call = call
-        self._counter = counter
-
-    def __iter__(self) -> _CountingStream:
-        return self
-
-    def __next__(self) -> object:
-        message = next(self._call)  # type: ignore[call-overload]
-        self._counter.add(received=message.ByteSize())
-        return message
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._call, name)
-
-
-class WireCounter(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Counts serialised message bytes in both directions, for every RPC of a channel."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.received = 0
-        self._lock = threading.Lock()
-
-    def add(self, sent: int = 0, received: int = 0) -> None:
-        with self._lock:
-            self.sent += sent
-            self.received += received
-
-    def snapshot(self) -> tuple[int, int]:
-        """(sent, received) so far."""
-        with self._lock:
-            return self.sent, self.received
-
-    def _on_done(self, future: grpc.Future) -> None:
-        if future.exception() is None:
-            self.add(received=future.result().ByteSize())
-
-    def _requests(self, iterator: Iterator) -> Iterator:
-        for request in iterator:
-            self.add(sent=request.ByteSize())
-            yield request
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        self.add(sent=request.ByteSize())
-        outcome = continuation(client_call_details, request)
-        outcome.add_done_callback(self._on_done)
-        return outcome
-
-    def intercept_unary_stream(self, continuation, client_call_details, request):
-        self.add(sent=request.ByteSize())
-        return _CountingStream(continuation(client_call_details, request), self)
-
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        outcome = continuation(client_call_details, self._requests(request_iterator))
-        outcome.add_done_callback(self._on_done)
-        return outcome
-
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return _CountingStream(continuation(client_call_details, self._requests(request_iterator)), self)
