@@ -29,6 +29,7 @@ from proto import stratus_pb2 as pb
 if TYPE_CHECKING:
     from cli import batch as _batch
     from cli import download as _download
+    from cli import fetch as _fetch
     from cli import upload as _upload
     from cli.download import GetOutcome
     from cli.upload import FileOutcome
@@ -36,6 +37,7 @@ else:  # the transfer machinery (chunking, hashing, zstd) loads with the first t
     _batch = lazy("cli.batch")
     _download = lazy("cli.download")
     _upload = lazy("cli.upload")
+    _fetch = lazy("cli.fetch")
 
 __all__ = ["FileOutcome", "GetOutcome", "StratusClient", "channel_options", "tls_credentials"]
 
@@ -307,13 +309,10 @@ class StratusClient:
         The server verifies its copies of them again and marks the damaged ones, which the next
         upload of that content then repairs. Returns the digests it marked (or had marked already),
         in the given order; a chunk whose copy verifies is not among them. At most the server's
-        ``max_find_digests`` digests per call (LimitExceededError beyond).
+        ``max_find_digests`` digests per call (LimitExceededError beyond). Downloads do this by
+        themselves for every chunk that fails their check.
         """
-        asked = list(digests)
-        if not asked:
-            return []
-        reply = self._remote.call(self._remote.stub.ReportDamagedChunks, pb.ReportDamagedChunksRequest(digests=asked))
-        return [d for d, bad in zip(asked, reply.damaged, strict=False) if bad]
+        return _fetch.report_damaged(self._remote, list(digests))
 
     # ---- browsing ----------------------------------------------------------------------------------
 

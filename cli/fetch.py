@@ -4,21 +4,31 @@ A plan's fetch windows are streamed on a background thread, one GetChunks call p
 decoded (zstd + BLAKE3, spread over a small pool) into a bounded queue, so memory is bounded by
 the queue and not by the file. The writer takes chunks by (window, digest). A chunk that fails its
 check is an error of the files that use it; a call that fails as a whole (server error, chunks
-missing) is :class:`CallFailed` for every chunk not yet arrived.
+missing) is :class:`CallFailed` for every chunk not yet arrived. Chunks that fail the check are
+reported to the server when the fetch ends (ReportDamagedChunks), which verifies its copies again
+and marks the damaged ones, so the next upload of that content repairs them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from cas import codec
-from cas.errors import ChunkTooLargeError, CorruptChunkError, DigestMismatchError, IntegrityError, MalformedFrameError
+from cas.errors import (
+    CasError,
+    ChunkTooLargeError,
+    CorruptChunkError,
+    DigestMismatchError,
+    IntegrityError,
+    MalformedFrameError,
+)
 from cli.plan import FetchWindow
 from cli.remote import Remote
 from cli.rpc_errors import map_rpc_error
@@ -47,6 +57,19 @@ def _decoded(digest: bytes, frame: bytes, max_size: int) -> bytes | CorruptChunk
         return exc
 
 
+def report_damaged(remote: Remote, digests: Sequence[bytes]) -> list[bytes]:
+    """Tell the server which chunks it sent failed this client's check (ReportDamagedChunks).
+
+    The server verifies its copies of them again and marks the damaged ones; returns the digests
+    it marked (or had marked already), in the given order.
+    """
+    asked = list(digests)
+    if not asked:
+        return []
+    reply = remote.call(remote.stub.ReportDamagedChunks, pb.ReportDamagedChunksRequest(digests=asked))
+    return [d for d, bad in zip(asked, reply.damaged, strict=False) if bad]
+
+
 class CallFailed(Exception):
     """A GetChunks call failed as a whole (server error, chunks missing): ``error`` says why."""
 
@@ -71,6 +94,7 @@ class Fetcher:
         self._call: grpc.Call | None = None
         self._buffer: dict[tuple[int, bytes], list] = {}
         self._failed: BaseException | None = None
+        self._corrupt: set[bytes] = set()  # chunks that failed the check, reported when the fetch ends
         self._thread = threading.Thread(target=self._run, name="stratus-fetch", daemon=True)
         self._thread.start()
 
@@ -113,7 +137,16 @@ class Fetcher:
             )
 
     def _decode(self, chunk: pb.ChunkData) -> bytes | CorruptChunkError:
-        return _decoded(chunk.digest, chunk.frame, self._max_size)
+        data = _decoded(chunk.digest, chunk.frame, self._max_size)
+        if isinstance(data, CorruptChunkError):
+            self._corrupt.add(bytes(chunk.digest))  # set.add: safe from the decoding threads
+        return data
+
+    def _report(self) -> None:
+        """Best effort: the failure itself already went to the files that use the chunk."""
+        if self._corrupt:
+            with contextlib.suppress(CasError):
+                report_damaged(self._remote, sorted(self._corrupt))
 
     def _put(self, item: object) -> None:
         while not self._stop.is_set():
@@ -152,12 +185,14 @@ class Fetcher:
         return entry[0], frame
 
     def close(self) -> None:
-        """Stop the background thread (cancelling an in-flight GetChunks)."""
+        """Stop the background thread (cancelling an in-flight GetChunks), then report the chunks
+        that failed the check to the server."""
         self._stop.set()
         call = self._call
         if call is not None:
             call.cancel()
         self._thread.join(timeout=10)
+        self._report()
 
 
 def fetch_one(remote: Remote, digest: bytes) -> bytes:

@@ -88,13 +88,14 @@ def test_reported_damage_is_marked_and_healed_by_the_next_upload(server):
         flip_payload(chunk_file(server, target))
         # verify_reads is off: GetChunks sends the damaged frame, only the client notices
         assert failing(alice, digests) == [target]
-        with pytest.raises(IntegrityError):
-            alice.get_bytes("heal/v1.bin")
         # unknown to the server so far: a re-upload would skip the chunk
         assert missing(alice, digests) == []
-        # the client reports it; the server re-verifies and marks it
-        assert alice.report_damaged([target, digests[0]]) == [target]
+        # a download finds it, fails, and reports it; the server re-verifies and marks it
+        with pytest.raises(IntegrityError):
+            alice.get_bytes("heal/v1.bin")
         assert quarantined(server, target) and not chunk_file(server, target).exists()
+        # reported by hand it answers the same
+        assert alice.report_damaged([target, digests[0]]) == [target]
         assert missing(alice, digests) == [target]
         with pytest.raises(grpc.RpcError) as info:
             list(alice.stub.GetChunks(pb.GetChunksRequest(digests=[target])))
