@@ -459,6 +459,15 @@ class PackChunkStore(ChunkStore):
         for d, _ in self.index.iterate():
             yield d
 
+    def is_empty(self) -> bool:
+        """True if no pack exists: the packs, not the index, tell (an index can be lost)."""
+        return not list_packs(self.root)
+
+    def known_stats(self) -> StoreStats | None:
+        """The counters once :meth:`stats` has counted the index, else None."""
+        with self._lock:
+            return None if self._stats is None else StoreStats(self._stats.chunk_count, self._stats.stored_bytes)
+
     def stats(self) -> StoreStats:
         """Chunk count and stored frame bytes (from the index once, then kept as counters)."""
         with self._lock:
