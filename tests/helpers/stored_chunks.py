@@ -16,8 +16,10 @@ import redis
 from cas.pack import HEADER_SIZE, RecordType, list_packs, pack_path, scan
 from cas.store import LocalChunkStore
 from service.metadata.keys import LOCATION_BUCKET_BYTES, location_bucket
+from service.metadata.locations import RedisLocationIndex
 
-__all__ = ["damage_mark", "flip_chunk", "lose_chunk", "read_frame", "store_format"]
+__all__ = ["damage_mark", "flip_at", "flip_chunk", "indexed", "lose_chunk", "read_frame", "staged_leftovers",
+           "store_format", "stored_bytes"]
 
 
 def store_format(data_dir: Path) -> str:
@@ -47,14 +49,22 @@ def read_frame(data_dir: Path, d: bytes) -> bytes:
         return f.read(length)
 
 
-def flip_chunk(data_dir: Path, d: bytes, at: int | None = None) -> None:
-    """Flip one bit of ``d``'s stored frame, in place (byte ``at``, default the middle: the payload)."""
+def flip_chunk(data_dir: Path, d: bytes, at: int | None = None) -> tuple[Path, int]:
+    """Flip one bit of ``d``'s stored frame, in place: byte ``at`` (negative: from the frame's
+    end; default the middle, in the payload). Returns (file, position) for :func:`flip_at`."""
     path, offset, length = _span(data_dir, d)
+    position = offset + (length // 2 if at is None else at % length)
+    flip_at(path, position)
+    return path, position
+
+
+def flip_at(path: Path, position: int) -> None:
+    """Flip one bit of byte ``position`` of ``path`` (flipping it twice restores it)."""
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:
-        f.seek(offset + (length // 2 if at is None else at))
+        f.seek(position)
         byte = f.read(1)[0]
-        f.seek(-1, os.SEEK_CUR)
+        f.seek(position)
         f.write(bytes([byte ^ 0x01]))
 
 
@@ -76,3 +86,28 @@ def damage_mark(data_dir: Path, d: bytes) -> Path:
     if store_format(data_dir) == "files":
         return data_dir / "chunks" / ".damaged" / d.hex()
     return data_dir / "damaged" / d.hex()
+
+
+def indexed(server: object) -> set[bytes]:
+    """Every digest the location index of a packs server names."""
+    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
+    try:
+        return {d for d, _ in RedisLocationIndex(client, server.prefix).iterate()}  # type: ignore[attr-defined]
+    finally:
+        client.close()
+
+
+def staged_leftovers(server: object) -> list[object]:
+    """Upload data written but never published: temp files in ``chunks/.staging`` (files), or pack
+    records the location index does not name (packs: a discarded batch's records stay unindexed)."""
+    data_dir: Path = server.data_dir  # type: ignore[attr-defined]
+    if store_format(data_dir) == "files":
+        return list((data_dir / "chunks" / ".staging").iterdir())
+    records = {r.digest for pack in list_packs(data_dir) for _, r in scan(data_dir, pack)}
+    return sorted(records - indexed(server))
+
+
+def stored_bytes(data_dir: Path) -> int:
+    """Bytes of every stored chunk file (files) or pack (packs), temp files left out."""
+    folder = data_dir / ("packs" if store_format(data_dir) == "packs" else "chunks")
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".staging" not in p.parts)
