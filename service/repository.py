@@ -32,6 +32,7 @@ from cas.errors import (
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.packstore import LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
+from service.config import ConfigError
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
 
 log = logging.getLogger("stratus.server")
@@ -49,8 +50,8 @@ def store_layout(data_dir: Path, wanted: str) -> str:
     """
     if (data_dir / "packs").is_dir():
         if wanted == FILES:
-            raise InvalidInputError(f"store_format is 'files' but data dir {data_dir} holds packs; "
-                                    "remove the setting to serve it")
+            raise ConfigError(f"store_format is 'files' but data dir {data_dir} holds packs; "
+                              "remove the setting to serve it")
         return PACKS
     return FILES if (data_dir / "chunks").is_dir() else wanted
 
@@ -243,9 +244,12 @@ class Repository:
         )
 
     def _mark_missing(self, digests: list[bytes]) -> list[bytes]:
-        """Mark (and return) the digests, not yet known damaged, whose chunk file does not exist."""
+        """Mark (and return) the digests, not yet known damaged, that the store does not hold (one
+        index round trip per batch for packs)."""
         known = set(self.chunks.damaged_among(digests))
-        return [d for d in digests if d not in known and not self.chunks.has(d) and self.chunks.mark_damaged(d)]
+        held = self.chunks.has_many(digests)
+        return [d for d, ok in zip(digests, held, strict=True)
+                if d not in known and not ok and self.chunks.mark_damaged(d)]
 
     # ---- manifests ------------------------------------------------------------------------
 
