@@ -8,6 +8,7 @@ location index in Redis/Valkey, damage marks in ``damaged/``. ``files``: one fil
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from cas.store import LocalChunkStore
 from service.metadata.keys import LOCATION_BUCKET_BYTES, location_bucket
 from service.metadata.locations import RedisLocationIndex
 
-__all__ = ["damage_mark", "flip_at", "flip_chunk", "indexed", "lose_chunk", "read_frame", "staged_leftovers",
-           "store_format", "stored_bytes"]
+__all__ = ["damage_mark", "flip_at", "flip_chunk", "indexed", "indexed_records", "lose_chunk", "read_frame",
+           "staged_leftovers", "store_format", "stored_bytes"]
 
 
 def store_format(data_dir: Path) -> str:
@@ -95,6 +96,21 @@ def indexed(server: object) -> set[bytes]:
         return {d for d, _ in RedisLocationIndex(client, server.prefix).iterate()}  # type: ignore[attr-defined]
     finally:
         client.close()
+
+
+def indexed_records(server: object) -> dict[str, str]:
+    """"<pack>:<offset>" -> SHA-256 of the record's bytes, for every record the location index of a
+    packs server names: the stored state of its chunks (records no index entry names are inert)."""
+    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
+    try:
+        entries = [e for _, e in RedisLocationIndex(client, server.prefix).iterate()]  # type: ignore[attr-defined]
+    finally:
+        client.close()
+    state = {}
+    for e in entries:
+        with open(pack_path(server.data_dir, e.pack), "rb") as f:  # type: ignore[attr-defined]
+            state[f"{e.pack}:{e.offset}"] = hashlib.sha256(os.pread(f.fileno(), e.length, e.offset)).hexdigest()
+    return state
 
 
 def staged_leftovers(server: object) -> list[object]:
