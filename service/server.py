@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import grpc
 import redis
@@ -86,6 +87,10 @@ def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | No
 # service/errors.py) and the client retries the idempotent ones.
 _REDIS_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4)
 _REDIS_HEALTH_CHECK_S = 15  # an idle pooled connection is pinged before use after this long
+_POOL_OPTIONS: dict[str, Any] = {
+    "timeout": 30, "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    "health_check_interval": _REDIS_HEALTH_CHECK_S, "socket_connect_timeout": 5,
+}
 
 
 def metadata_client(url: str) -> aioredis.Redis:
@@ -95,11 +100,7 @@ def metadata_client(url: str) -> aioredis.Redis:
     timeout errors are retried with exponential backoff, so the first call after a restart of the
     store succeeds; connecting gives up after 5 s instead of hanging on an unreachable host.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=256, timeout=30,
-        retry=_REDIS_RETRY, retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=_REDIS_HEALTH_CHECK_S, socket_connect_timeout=5,
-    )
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=256, retry=_REDIS_RETRY, **_POOL_OPTIONS)
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -107,12 +108,8 @@ def location_client(url: str, threads: int) -> redis.Redis:
     """A blocking client for the chunk location index, used only on the repository's worker threads
     (the pack store is synchronous): a pool of one connection per worker thread, with the same
     retries, health checks and connect timeout as :func:`metadata_client`."""
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=threads + 4, timeout=30,
-        retry=SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=_REDIS_HEALTH_CHECK_S, socket_connect_timeout=5,
-    )
+    retry = SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=4)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=threads + 4, retry=retry, **_POOL_OPTIONS)
     return redis.Redis(connection_pool=pool)
 
 
