@@ -111,8 +111,10 @@ class BenchServer(LocalServer):
         return args + (["--insecure"] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)])
 
     def stored(self) -> dict[str, int]:
-        """Bytes the server keeps on disk: chunks, manifests, metadata (Valkey AOF/RDB)."""
+        """Bytes the server keeps on disk: chunks (packs or one file each), manifests, metadata
+        (Valkey AOF/RDB)."""
         parts = {name: dir_bytes(self.data_dir / name) for name in ("chunks", "manifests", "valkey")}
+        parts["chunks"] += dir_bytes(self.data_dir / "packs")
         parts["total"] = sum(parts.values())
         return parts
 

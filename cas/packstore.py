@@ -45,7 +45,7 @@ from cas.pack import (
     recover,
     scan,
 )
-from cas.store import CheckReport, ChunkStore, StoreStats
+from cas.store import CheckReport, ChunkStore, StoreStats, check_room
 
 _HEX = frozenset("0123456789abcdef")
 _ENTRY = struct.Struct(">8sIIBBB")
@@ -273,7 +273,9 @@ class PackChunkStore(ChunkStore):
         candidates the store holds undamaged, below the maximum depth (at most
         ``max_candidates``, in the given order), the one giving the smallest delta frame is used
         when :func:`cas.delta.encode_if_smaller` says it pays; otherwise the frame is stored as
-        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`).
+        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`). A batch
+        that would leave less than the free-space reserve is refused whole (StorageFullError, see
+        :func:`cas.store.check_room`).
         """
         too_large = next((len(f) for _, f in items if len(f) > self.max_frame_size), None)
         if too_large is not None:
@@ -290,6 +292,8 @@ class PackChunkStore(ChunkStore):
             candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
             records.append(self._record(d, frame, candidates[:self.max_candidates]))
             owners.append((i, d))
+        if records:  # a batch that would eat into the free-space reserve is refused whole
+            check_room(self.root / "packs", sum(HEADER_SIZE + len(r.payload) for r in records))
         for (i, d), record, loc in zip(owners, records, self.writer.append_many(records), strict=True):
             staged.entries.append((i, d, IndexEntry.of(loc, record)))
         return staged
@@ -458,6 +462,15 @@ class PackChunkStore(ChunkStore):
         """Every indexed digest."""
         for d, _ in self.index.iterate():
             yield d
+
+    def is_empty(self) -> bool:
+        """True if no pack exists: the packs, not the index, tell (an index can be lost)."""
+        return not list_packs(self.root)
+
+    def known_stats(self) -> StoreStats | None:
+        """The counters once :meth:`stats` has counted the index, else None."""
+        with self._lock:
+            return None if self._stats is None else StoreStats(self._stats.chunk_count, self._stats.stored_bytes)
 
     def stats(self) -> StoreStats:
         """Chunk count and stored frame bytes (from the index once, then kept as counters)."""

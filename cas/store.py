@@ -123,6 +123,14 @@ class ChunkStore(ABC):
         event loop to count them)."""
         return None
 
+    def is_empty(self) -> bool:
+        """True if the store holds no chunk at all."""
+        return next(iter(self.iterate()), None) is None
+
+    def close(self) -> None:
+        """Release what the store holds open (nothing, unless a subclass says otherwise)."""
+        return None
+
     def mark_damaged(self, digest: bytes) -> bool:
         """Record that the copy under ``digest`` is damaged or missing, unless it now verifies.
 

@@ -63,7 +63,7 @@ def write_store_id(data_dir: Path, store_id: str) -> None:
 
 
 def _has_chunks(stores: tuple[ChunkStore, ...]) -> bool:
-    return any(next(iter(store.iterate()), None) is not None for store in stores)
+    return any(not store.is_empty() for store in stores)
 
 
 async def bind_store(data_dir: Path, metadata: MetadataStore, stores: tuple[ChunkStore, ...]) -> str:

@@ -21,6 +21,7 @@ from cas.errors import InvalidInputError
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 MIB = 1024 * 1024
+STORE_FORMATS = ("packs", "files")
 
 
 class ConfigError(InvalidInputError):
@@ -50,6 +51,10 @@ class ServerConfig:
     chunk_avg_size: int = 64 * 1024
     chunk_max_size: int = 256 * 1024
     compression_level: int = 3
+    # Chunk layout of a new data dir: "packs" (records appended to pack files, located through an
+    # index in Redis/Valkey) or "files" (one file per chunk). A data dir keeps the layout it has.
+    store_format: str = "packs"
+    pack_size: int = 32 * MIB  # a pack is sealed once it reaches this size
 
     max_message_bytes: int = 64 * MIB  # bounds CommitFile manifests: ~1.6M chunks, ~100 GiB files
     batch_bytes: int = 2 * MIB
@@ -127,6 +132,10 @@ class ServerConfig:
             raise ConfigError("max_inflight_bytes_per_identity must be at least max_message_bytes")
         if self.max_message_raw_bytes < self.chunk_max_size:
             raise ConfigError("max_message_raw_bytes must be at least chunk_max_size")
+        if self.store_format not in STORE_FORMATS:
+            raise ConfigError(f"store_format must be one of {', '.join(STORE_FORMATS)}, not {self.store_format!r}")
+        if self.pack_size < 4 * self.chunk_max_size:
+            raise ConfigError("pack_size must be at least four maximum chunks")
         if self.tls_dir and self.insecure:
             raise ConfigError("choose either tls_dir or insecure, not both")
         return self

@@ -26,17 +26,20 @@ they rebuild by uploading.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cas.errors import CasError
+from cas.packstore import PackChunkStore
 from service.binding import read_store_id, write_store_id
 from service.config import ServerConfig
 from service.journal import JournalEntry, encode_entry, read_all
 from service.metadata import MetadataStore, VersionRecord
-from service.repository import Repository
+from service.metadata.locations import RedisLocationIndex
+from service.repository import Repository, open_chunk_store, store_layout
 
 
 class RebuildRefusedError(CasError):
@@ -96,6 +99,8 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
             "(stop the server; use a fresh Redis/Valkey or key prefix)"
         )
     report = RebuildReport()
+    if isinstance(repo.chunks, PackChunkStore):  # the chunk location index, from the packs alone
+        await repo.run_blocking(repo.chunks.rebuild_index)
     entries, report.problems = await repo.run_blocking(read_all, data_dir / "journal")
     report.journal_records = len(entries)
     on_disk = set(await repo.run_blocking(lambda: list(repo.chunks.iterate())))
@@ -182,7 +187,7 @@ async def rebuild_offline(config: ServerConfig) -> RebuildReport:
     """Rebuild the metadata of ``config``'s store with the server stopped: takes the data dir's
     lock (DataDirBusyError while a server runs on it) and, without ``redis_url``, runs the
     embedded Valkey itself, as the server would."""
-    from service.server import metadata_client
+    from service.server import location_client, metadata_client
     from service.valkey import DataDirLock, EmbeddedValkey
 
     lock: DataDirLock | None = None
@@ -196,11 +201,20 @@ async def rebuild_offline(config: ServerConfig) -> RebuildReport:
         valkey.start()
         url = valkey.url
     redis = metadata_client(url)
-    repo = Repository(config.data_dir, MetadataStore(redis, prefix=config.redis_prefix), config.chunk_params)
+    locations = location_client(url, 4)
+    layout = store_layout(config.data_dir, config.store_format)
+    chunks = await asyncio.to_thread(
+        open_chunk_store, config.data_dir, layout, config.chunk_params,
+        lambda: RedisLocationIndex(locations, config.redis_prefix), config.pack_size,
+    )
+    repo = Repository(
+        config.data_dir, MetadataStore(redis, prefix=config.redis_prefix), config.chunk_params, chunks=chunks
+    )
     try:
         return await rebuild_index(repo, config.data_dir)
     finally:
         repo.close()
+        locations.close()
         await redis.aclose()
         if valkey is not None:
             valkey.stop()

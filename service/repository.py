@@ -30,7 +30,9 @@ from cas.errors import (
     NotFoundError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
+from cas.packstore import LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
+from service.config import ConfigError
 from service.journal import Journal
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
 
@@ -38,6 +40,30 @@ log = logging.getLogger("stratus.server")
 # Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
 MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
+PACKS, FILES = "packs", "files"
+
+
+def store_layout(data_dir: Path, wanted: str) -> str:
+    """The chunk layout of ``data_dir``: the one it already has, else ``wanted`` (a new data dir).
+
+    A data dir holding ``chunks/`` (one file per chunk, the layout before packs) keeps it until it
+    is migrated; one holding ``packs/`` refuses to be served as files (its chunks would vanish).
+    """
+    if (data_dir / "packs").is_dir():
+        if wanted == FILES:
+            raise ConfigError(f"store_format is 'files' but data dir {data_dir} holds packs; "
+                              "remove the setting to serve it")
+        return PACKS
+    return FILES if (data_dir / "chunks").is_dir() else wanted
+
+
+def open_chunk_store(
+    data_dir: Path, layout: str, params: ChunkParams, index: Callable[[], LocationIndex], pack_size: int
+) -> ChunkStore:
+    """The chunk store of ``data_dir`` in ``layout``; ``index`` makes the location index of packs."""
+    if layout == FILES:
+        return LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
+    return PackChunkStore(data_dir, index(), max_chunk_size=params.max_size, max_pack_size=pack_size)
 
 
 def _indexed(store: ChunkStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
@@ -89,10 +115,11 @@ class Repository:
         *,
         verify_reads: bool = False,
         threads: int = 0,
+        chunks: ChunkStore | None = None,
     ) -> None:
         self.params = params
         self.metadata = metadata
-        self.chunks: ChunkStore = LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
+        self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
         self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
         self.verify_reads = verify_reads
         self.store_parallelism = max(2, os.cpu_count() or 2)
@@ -105,9 +132,10 @@ class Repository:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def close(self) -> None:
-        """Stop the worker threads (after in-flight work finishes)."""
+        """Stop the worker threads (after in-flight work finishes), then close the chunk store."""
         self.pool.shutdown(wait=True)
         self.journal.close()
+        self.chunks.close()
 
     async def disk_stats(self, wait: float) -> StoreStats | None:
         """Chunks and bytes on disk (all namespaces), without ever blocking the event loop.
@@ -237,12 +265,13 @@ class Repository:
         return await self.run_blocking(_indexed, self.chunks, self.chunks.get, digest)
 
     async def check_store(self, read_data: bool) -> StoreCheck:
-        """Verify every chunk file and that every indexed chunk has one; marks what fails.
+        """Verify every stored chunk and that every chunk a namespace names is stored; marks what fails.
 
-        See :meth:`cas.store.LocalChunkStore.check` and :meth:`ChunkStore.mark_damaged`.
+        See :meth:`cas.store.LocalChunkStore.check`, :meth:`cas.packstore.PackChunkStore.check`
+        and :meth:`ChunkStore.mark_damaged`.
         """
         store = self.chunks
-        assert isinstance(store, LocalChunkStore)
+        assert isinstance(store, (LocalChunkStore, PackChunkStore))
         report = await self.run_blocking(store.check, read_data)
         missing: list[bytes] = []
         async for batch in self.metadata.indexed_chunk_batches():
@@ -252,9 +281,12 @@ class Repository:
         )
 
     def _mark_missing(self, digests: list[bytes]) -> list[bytes]:
-        """Mark (and return) the digests, not yet known damaged, whose chunk file does not exist."""
+        """Mark (and return) the digests, not yet known damaged, that the store does not hold (one
+        index round trip per batch for packs)."""
         known = set(self.chunks.damaged_among(digests))
-        return [d for d in digests if d not in known and not self.chunks.has(d) and self.chunks.mark_damaged(d)]
+        held = self.chunks.has_many(digests)
+        return [d for d, ok in zip(digests, held, strict=True)
+                if d not in known and not ok and self.chunks.mark_damaged(d)]
 
     # ---- manifests ------------------------------------------------------------------------
 

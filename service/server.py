@@ -13,10 +13,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
+from typing import Any
 
 import grpc
+import redis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -24,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
 
 from cas.errors import CasError
 from proto import stratus_pb2, stratus_pb2_grpc
@@ -37,9 +41,10 @@ from service.config import ConfigError, ServerConfig, load_config
 from service.decoding import tolerant_handlers
 from service.gate import Gate
 from service.metadata import MetadataStore
+from service.metadata.locations import RedisLocationIndex
 from service.ratelimit import RateLimiter
 from service.rebuild import seed_journal
-from service.repository import Repository
+from service.repository import PACKS, Repository, open_chunk_store, store_layout
 from service.valkey import DataDirLock, EmbeddedValkey
 
 log = logging.getLogger("stratus.server")
@@ -83,6 +88,10 @@ def _build_gate(config: ServerConfig) -> tuple[Gate, grpc.ServerCredentials | No
 # service/errors.py) and the client retries the idempotent ones.
 _REDIS_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4)
 _REDIS_HEALTH_CHECK_S = 15  # an idle pooled connection is pinged before use after this long
+_POOL_OPTIONS: dict[str, Any] = {
+    "timeout": 30, "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    "health_check_interval": _REDIS_HEALTH_CHECK_S, "socket_connect_timeout": 5,
+}
 
 
 def metadata_client(url: str) -> aioredis.Redis:
@@ -92,12 +101,17 @@ def metadata_client(url: str) -> aioredis.Redis:
     timeout errors are retried with exponential backoff, so the first call after a restart of the
     store succeeds; connecting gives up after 5 s instead of hanging on an unreachable host.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=256, timeout=30,
-        retry=_REDIS_RETRY, retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=_REDIS_HEALTH_CHECK_S, socket_connect_timeout=5,
-    )
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=256, retry=_REDIS_RETRY, **_POOL_OPTIONS)
     return aioredis.Redis(connection_pool=pool)
+
+
+def location_client(url: str, threads: int) -> redis.Redis:
+    """A blocking client for the chunk location index, used only on the repository's worker threads
+    (the pack store is synchronous): a pool of one connection per worker thread, with the same
+    retries, health checks and connect timeout as :func:`metadata_client`."""
+    retry = SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=4)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=threads + 4, retry=retry, **_POOL_OPTIONS)
+    return redis.Redis(connection_pool=pool)
 
 
 def grpc_options(cfg: ServerConfig) -> list[tuple[str, int]]:
@@ -157,12 +171,14 @@ class Server:
         self.port = 0
         self._valkey: EmbeddedValkey | None = None
         self._redis: aioredis.Redis | None = None
+        self._locations: redis.Redis | None = None
         self._grpc: grpc.aio.Server | None = None
         self._repo: Repository | None = None
         self._health = health.aio.HealthServicer()
         self._lock: DataDirLock | None = None
         self._audit = AuditLog.disabled()
         self.store_id = ""
+        self.store_format = PACKS
 
     async def start(self) -> int:
         """Start every part and return the bound port."""
@@ -179,9 +195,22 @@ class Server:
             url = self._valkey.url
         self._redis = metadata_client(url)
         await self._redis.ping()
+        threads = cfg.io_threads or 2 * (os.cpu_count() or 2)
+        layout = store_layout(cfg.data_dir, cfg.store_format)
+        log.info("chunk store: %s in %s%s", layout, cfg.data_dir,
+                 "" if layout == cfg.store_format else " (the layout this data dir already has)")
+
+        def index() -> RedisLocationIndex:
+            self._locations = location_client(url, threads)
+            return RedisLocationIndex(self._locations, cfg.redis_prefix)
+
+        chunks = await asyncio.to_thread(
+            open_chunk_store, cfg.data_dir, layout, cfg.chunk_params, index, cfg.pack_size
+        )
+        self.store_format = layout
         self._repo = Repository(
             cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,
-            verify_reads=cfg.verify_reads, threads=cfg.io_threads,
+            verify_reads=cfg.verify_reads, threads=threads, chunks=chunks,
         )
         self.store_id = await bind_store(
             cfg.data_dir, self._repo.metadata, (self._repo.chunks, self._repo.manifests)
@@ -220,6 +249,8 @@ class Server:
             self._repo.close()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._locations is not None:
+            self._locations.close()
         if self._valkey is not None:
             self._valkey.stop()
         if self._lock is not None:

@@ -12,6 +12,8 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
     P:{ns}:g:<id>:chunks HASH   chunk view of a confined grantee (see service/gate.py), and its
     P:{ns}:g:<id>:stats  HASH   unique_bytes; <id> is a hash of the identity
     P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
+    P:loc:{<hhhh>}      HASH    chunk location index of a pack store, one bucket per first two
+                                digest bytes (hex in the hash tag): digest[2:] -> IndexEntry bytes
 
 ``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
 always the namespace, so braces or colons inside a path cannot move a key to another slot.
@@ -25,6 +27,17 @@ import re
 from cas.errors import InvalidInputError
 
 _NS_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+LOCATION_BUCKET_BYTES = 2  # 65,536 buckets: spread over every cluster slot, small listpack hashes
+
+
+def location_bucket(prefix: str, digest: bytes) -> bytes:
+    """The location-index bucket of ``digest`` (its own hash tag, never a namespace's key)."""
+    return f"{prefix}:loc:{{{digest[:LOCATION_BUCKET_BYTES].hex()}}}".encode()
+
+
+def location_pattern(prefix: str) -> str:
+    """SCAN pattern matching every location-index bucket under ``prefix``."""
+    return f"{prefix}:loc:{{*}}"
 
 
 class _Keys:

@@ -8,10 +8,10 @@ import os
 import time
 
 from cli_helpers import MIB, Cli, isolated_env, write_random
+from stored_chunks import flip_chunk
 
 from cas.chunker import chunk_file
 from cas.digest import digest
-from cas.store import LocalChunkStore
 from cli.errors import CONFLICT, INTEGRITY, NOT_FOUND, USAGE
 
 RACY_MARGIN_S = 0.25
@@ -242,11 +242,7 @@ def test_corrupt_chunk_on_server_exits_5(cli, server, prefix, tmp_path):
     src = write_random(tmp_path / "victim", 600 * 1024)
     cli("put", str(src), prefix + "victim")
     first = next(iter(chunk_file(src)))
-    chunk_path = LocalChunkStore(server.data_dir / "chunks").path_for(digest(first.data))
-    frame = bytearray(chunk_path.read_bytes())
-    frame[-50] ^= 0xFF
-    os.chmod(chunk_path, 0o644)
-    chunk_path.write_bytes(bytes(frame))
+    flip_chunk(server.data_dir, digest(first.data), -50)
     dest = tmp_path / "dest"
     dest.write_bytes(b"precious")
     result = cli("get", prefix + "victim", str(dest), code=INTEGRITY)

@@ -13,9 +13,9 @@ import grpc
 import pytest
 from cli_helpers import MIB, isolated_env, overrides, run_process, write_random
 from server_fixtures import RunningServer, drop_prefix, new_prefix
+from stored_chunks import flip_chunk
 
 from cas.digest import digest
-from cas.store import LocalChunkStore
 from cli.client import StratusClient
 from cli.localserver import LocalServer
 from cli.rpc_errors import error_detail
@@ -54,10 +54,7 @@ def test_verify_reads_refuses_a_damaged_chunk_with_data_loss(verifying_server, c
         served = [ch.digest for batch in c.stub.GetChunks(pb.GetChunksRequest(digests=digests))
                   for ch in batch.chunks]
         assert served == digests
-        victim = LocalChunkStore(verifying_server.data_dir / "chunks").path_for(digests[1])
-        frame = bytearray(victim.read_bytes())
-        frame[len(frame) // 2] ^= 0x01
-        victim.write_bytes(bytes(frame))
+        flip_chunk(verifying_server.data_dir, digests[1])
         with pytest.raises(grpc.RpcError) as info:
             list(c.stub.GetChunks(pb.GetChunksRequest(digests=[digests[1]])))
         assert info.value.code() == grpc.StatusCode.DATA_LOSS, info.value.details()

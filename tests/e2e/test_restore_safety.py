@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import MIB, run_process, start_process, write_random
+from stored_chunks import flip_at, flip_chunk
 
 from cas.chunker import chunk_file
 from cas.digest import digest
-from cas.store import LocalChunkStore
 from cli.errors import ERROR, INTEGRITY
 
 pytest_plugins = ["cli_fixtures"]  # the `cli` and `prefix` fixtures
@@ -296,16 +296,11 @@ def test_stdout_failure_says_how_much_was_written(cli, server, prefix, tmp_path)
     src = write_random(tmp_path / "f", 6 * MIB)
     cli("put", str(src), prefix + "f")
     last = list(chunk_file(src))[-1]
-    chunk_path = LocalChunkStore(server.data_dir / "chunks").path_for(digest(last.data))
-    frame = bytearray(chunk_path.read_bytes())
-    frame[-20] ^= 0xFF
-    os.chmod(chunk_path, 0o644)
-    chunk_path.write_bytes(bytes(frame))
+    flipped = flip_chunk(server.data_dir, digest(last.data), -20)
     try:
         result = cli("get", prefix + "f", "-", code=INTEGRITY)
     finally:
-        frame[-20] ^= 0xFF
-        chunk_path.write_bytes(bytes(frame))
+        flip_at(*flipped)
     written = len(result.stdout_bytes)
     assert written > 0
     assert f"{written} bytes were written to standard output before the failure" in result.stderr

@@ -12,6 +12,7 @@ import pytest
 import redis
 import zstandard
 from api_helpers import put_chunks as _put
+from stored_chunks import indexed_records, store_format
 
 from cas import codec
 from cas.digest import digest
@@ -37,7 +38,9 @@ def _redis_value(client: redis.Redis, key: bytes) -> object:
 
 
 def _state(server) -> tuple[dict[bytes, object], dict[str, str]]:
-    """Every Redis key of this server with its value, and every file of its data dir with its hash."""
+    """Every Redis key of this server with its value, and every file of its data dir with its hash;
+    of packs, every record the location index names (a refused upload stream may have appended
+    records that nothing names: inert bytes, like any discarded batch's)."""
     client = redis.Redis.from_url(server.redis_url)
     try:
         keys = {key: _redis_value(client, key) for key in client.scan_iter(match=f"{server.prefix}:*", count=1000)}
@@ -45,8 +48,10 @@ def _state(server) -> tuple[dict[bytes, object], dict[str, str]]:
         client.close()
     files = {
         str(p.relative_to(server.data_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in server.data_dir.rglob("*") if p.is_file() and p.name != "LOCK"
+        for p in server.data_dir.rglob("*") if p.is_file() and p.name != "LOCK" and "packs" not in p.parts
     }
+    if store_format(server.data_dir) == "packs":
+        files.update(indexed_records(server))
     return keys, files
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cli_helpers import Cli, isolated_env, run_process, write_random
+from stored_chunks import stored_bytes
 from tls_fixtures import connect, tls_server
 
 from cas.chunker import ChunkParams
@@ -206,16 +207,11 @@ def test_read_write_grantee_learns_nothing_about_chunks_outside_its_prefix(serve
 
 
 def test_uploads_by_a_grantee_deduplicate_on_disk(server):
-    chunk_dir = server.data_dir / "chunks"
-
-    def stored_chunks() -> int:
-        return sum(1 for p in chunk_dir.rglob("*") if p.is_file() and ".staging" not in p.parts)
-
-    before = stored_chunks()
+    before = stored_bytes(server.data_dir)
     with connect(server, "writer", namespace="team") as writer:
         writer.put_bytes(server.team["reports/q1.csv"], "inbox/writer/copy-of-q1.csv")
         assert writer.get_bytes("inbox/writer/copy-of-q1.csv") == server.team["reports/q1.csv"]
-    assert stored_chunks() == before
+    assert stored_bytes(server.data_dir) == before
 
 
 def test_identity_without_a_grant_cannot_name_the_namespace(server):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from pathlib import Path
 
 import grpc
 import pytest
 from cli_helpers import Cli, isolated_env
 from server_fixtures import RunningServer, drop_prefix, new_prefix
+from stored_chunks import damage_mark, flip_chunk, lose_chunk, read_frame, store_format
 from tls_fixtures import connect, tls_server
 
 from cas import codec
@@ -36,28 +36,15 @@ def heal_server(redis_url, tmp_path_factory):
         yield running
 
 
-def chunk_path(server, d: bytes) -> Path:
-    h = d.hex()
-    return server.data_dir / "chunks" / h[:2] / h[2:4] / h
-
-
 def chunks_of(client: StratusClient, path: str) -> list[bytes]:
     return [c.digest for c in client.stub.GetManifest(pb.GetManifestRequest(path=path)).manifest.chunks]
 
 
-def flip(path: Path) -> bytes:
-    """Flip one bit in the middle of the file (its payload: the header stays valid); returns the new bytes."""
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
-    path.write_bytes(bytes(blob))
-    return bytes(blob)
-
-
 def damage(server, d: bytes, how: str) -> None:
     if how == "flip":
-        flip(chunk_path(server, d))
+        flip_chunk(server.data_dir, d)
     else:
-        chunk_path(server, d).unlink()
+        lose_chunk(server, d)
 
 
 def content() -> bytes:
@@ -67,9 +54,8 @@ def content() -> bytes:
 
 
 def assert_good_copy(server, d: bytes) -> None:
-    path = chunk_path(server, d)
-    codec.decode_verified(d, path.read_bytes(), 1 << 20)
-    assert not (server.data_dir / "chunks" / ".damaged" / path.name).exists()
+    codec.decode_verified(d, read_frame(server.data_dir, d), 1 << 20)
+    assert not damage_mark(server.data_dir, d).exists()
 
 
 def missing_for(client: StratusClient, digests: list[bytes]) -> list[bytes]:
@@ -137,8 +123,8 @@ def test_commit_never_references_a_damaged_chunk(heal_server):
     with connect(heal_server, "alice") as alice:
         alice.put_bytes(data, "contagion/a.bin")
         manifest = alice.stub.GetManifest(pb.GetManifestRequest(path="contagion/a.bin")).manifest
-        target = manifest.chunks[-1].digest  # the content makes at least two chunks, not always three
-        chunk_path(heal_server, target).unlink()
+        target = manifest.chunks[2].digest
+        lose_chunk(heal_server, target)
         with pytest.raises(grpc.RpcError):
             list(alice.stub.GetChunks(pb.GetChunksRequest(digests=[target])))
         with pytest.raises(grpc.RpcError) as info:
@@ -157,17 +143,19 @@ def test_admin_check_finds_damage_and_uploads_repair_it(heal_server, tmp_path):
         alice.put_bytes(data, "checked/file.bin")
         digests = chunks_of(alice, "checked/file.bin")
     flipped, deleted = digests[0], digests[-1]
-    flip(chunk_path(heal_server, flipped))
-    chunk_path(heal_server, deleted).unlink()
-    # a header-only check finds the deleted file through the chunk index, not the flipped payload
+    flip_chunk(heal_server.data_dir, flipped)
+    lose_chunk(heal_server, deleted)
+    # a header-only check finds the lost chunk through the namespaces' chunk index; a flipped
+    # payload only with --read-data in the files layout, always in packs (every record has a CRC)
     quick = check_store(heal_server, read_data=False)
-    assert quick.missing == 1 and deleted in quick.damaged_digests and flipped not in quick.damaged_digests
+    assert quick.missing == 1 and deleted in quick.damaged_digests
+    assert (flipped in quick.damaged_digests) == (store_format(heal_server.data_dir) == "packs")
     # (c) the CLI: `stratus admin check --read-data` (admin identity) finds the flip, exit 5
     cli = Cli(heal_server.address, tmp_path, isolated_env(tmp_path))
     conn = ["--server", heal_server.address, "--tls-dir", str(heal_server.pki)]
     result = cli("--json", *conn, "--client-name", "ops", "admin", "check", "--read-data", connect=False, code=5)
     doc = json.loads(result.stdout)
-    assert doc["damaged"] == 1 and doc["read_data"] is True
+    assert doc["damaged"] == (store_format(heal_server.data_dir) == "files") and doc["read_data"] is True
     assert {flipped.hex(), deleted.hex()} <= set(doc["damaged_digests"])
     assert doc["chunks_checked"] >= len(digests) - 1
     # not for other identities
@@ -193,7 +181,7 @@ def test_marks_survive_a_restart(redis_url, tmp_path):
             data = content()
             client.put_bytes(data, "r.bin")
             target = chunks_of(client, "r.bin")[0]
-            flip(chunk_path(server, target))
+            flip_chunk(server.data_dir, target)
             assert client.check_store(read_data=True).damaged == 1
         server.stop()
         server.start()

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_fixtures import RunningServer
+import redis
+from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
+from cas.packstore import PackChunkStore
 from cas.store import LocalChunkStore, StoreStats
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+from service.metadata.locations import RedisLocationIndex
 
 BIG_STORE_CHUNKS = 20_000
 
@@ -61,17 +64,39 @@ def test_known_stats_never_waits_for_a_count(tmp_path):
     assert counted.chunk_count == 5 and store.known_stats() == counted
 
 
-@pytest.fixture
-def big_store_server(tmp_path: Path):
-    """A server (embedded Valkey) over a chunk store of many tiny chunks written through the store API."""
+def _fill_store(data: Path, layout: str, redis_url: str, prefix: str) -> StoreStats:
+    """Write the chunks through the store API of ``layout``; returns what the store then holds."""
+    if layout == "files":
+        LocalChunkStore(data / "chunks", fsync=False).put_many(tiny_chunks(BIG_STORE_CHUNKS))
+        return LocalChunkStore(data / "chunks", fsync=False).stats()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        store = PackChunkStore(data, RedisLocationIndex(client, prefix), fsync=False)
+        store.put_many(tiny_chunks(BIG_STORE_CHUNKS))
+        store.close()
+        return PackChunkStore(data, RedisLocationIndex(client, prefix), fsync=False).stats()
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["files", "packs"])
+def big_store_server(request: pytest.FixtureRequest, tmp_path: Path):
+    """A server over a chunk store of many tiny chunks written through the store API: the files
+    layout with the embedded Valkey, packs with their location index in the system Redis."""
     data = tmp_path / "data"
-    RunningServer(data, "", "sv").start().stop()  # the first start binds the data dir to its metadata
-    LocalChunkStore(data / "chunks", fsync=False).put_many(tiny_chunks(BIG_STORE_CHUNKS))
-    running = RunningServer(data, "", "sv").start()
+    redis_url, prefix = ("", "sv") if request.param == "files" else (request.getfixturevalue("system_redis_url"),
+                                                                      new_prefix())
+    env = {"STRATUS_STORE_FORMAT": request.param}
+    RunningServer(data, redis_url, prefix, extra_env=env).start().stop()  # the first start binds the data dir
+    expected = _fill_store(data, request.param, redis_url, prefix)
+    running = RunningServer(data, redis_url, prefix, extra_env=env).start()
+    running.expected = expected  # type: ignore[attr-defined]
     try:
         yield running
     finally:
         running.kill()
+        if redis_url:
+            drop_prefix(redis_url, prefix)
 
 
 def test_calls_go_on_while_server_info_counts_a_large_store(big_store_server):
@@ -90,7 +115,7 @@ def test_calls_go_on_while_server_info_counts_a_large_store(big_store_server):
     # Many calls in turn, each sent after the previous one was answered: the loop stayed free.
     # (Counting on the loop lets through only the few that slip in before the count starts.)
     assert stats_during >= 20
-    expected = LocalChunkStore(big_store_server.data_dir / "chunks", fsync=False).stats()
+    expected = big_store_server.expected
     assert expected.chunk_count == BIG_STORE_CHUNKS
     answers = [first.result().stats]
     while answers[-1].store_chunk_count == 0 and len(answers) < 600:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 from cli_helpers import MIB, ROOT, write_random
+from stored_chunks import flip_chunk
 
 from cas.chunker import chunk_file
 from cas.digest import digest, new_hasher
@@ -29,7 +30,6 @@ from cas.errors import (
     SignatureError,
     VersionConflictError,
 )
-from cas.store import LocalChunkStore
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
 
@@ -263,11 +263,7 @@ def test_corrupt_chunk_on_server_raises_and_keeps_local_file(client, server, pre
     src = write_random(tmp_path / "src", 2 * MIB)
     client.put_file(src, prefix + "c")
     victim = digest(next(iter(chunk_file(src, client.params.chunking))).data)
-    chunk_path = LocalChunkStore(server.data_dir / "chunks").path_for(victim)
-    frame = bytearray(chunk_path.read_bytes())
-    frame[-100] ^= 0xFF
-    os.chmod(chunk_path, 0o644)
-    chunk_path.write_bytes(bytes(frame))
+    flip_chunk(server.data_dir, victim, -100)
     dest_dir = tmp_path / "dest"
     dest_dir.mkdir()
     dest = dest_dir / "c"

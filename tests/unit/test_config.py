@@ -14,6 +14,7 @@ def test_defaults_are_sane():
     config = load_config(environ={})
     assert config.listen == "127.0.0.1:7420" and config.redis_url == ""
     assert config.chunk_params.avg_size == 64 * 1024 and config.compression_level == 3
+    assert config.store_format == "packs"
 
 
 def test_file_then_environment_then_flags(tmp_path: Path):
@@ -39,6 +40,8 @@ def test_file_then_environment_then_flags(tmp_path: Path):
         ("compression_level = 40\n", "between 1 and 22"),
         ("chunk_min_size = 999999\n", "chunk sizes"),
         ("this is not toml", "not valid TOML"),
+        ("store_format = 'pack'\n", "store_format must be one of packs, files"),
+        ("pack_size = 1000\n", "pack_size"),
     ],
 )
 def test_bad_files_are_refused_with_the_setting_named(tmp_path: Path, text: str, message: str):
