@@ -238,6 +238,7 @@ class PackChunkStore(ChunkStore):
             fsync_dir(self.root)
         self.recoveries = [r for r in (recover(self.root, p, fsync) for p in list_packs(self.root)) if r.cut_bytes]
         self.writer = PackWriter(self.root, max_pack_size, fsync)
+        self._room = threading.Lock()  # the free-space check and the append it allows are one step
         # Generous (a zstd frame of incompressible bytes is a little larger than the raw one), and
         # enforced by stage(): a read never refuses what a put wrote, nor allocates much more.
         self.max_frame_size = 2 * max_chunk_size + 65536
@@ -292,9 +293,13 @@ class PackChunkStore(ChunkStore):
             candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
             records.append(self._record(d, frame, candidates[:self.max_candidates]))
             owners.append((i, d))
-        if records:  # a batch that would eat into the free-space reserve is refused whole
-            check_room(self.root / "packs", sum(HEADER_SIZE + len(r.payload) for r in records))
-        for (i, d), record, loc in zip(owners, records, self.writer.append_many(records), strict=True):
+        # A batch that would eat into the free-space reserve is refused whole; the check and the
+        # append are one step, or concurrent batches could each see room that only one of them has.
+        with self._room:
+            if records:
+                check_room(self.root / "packs", sum(HEADER_SIZE + len(r.payload) for r in records))
+            locations = self.writer.append_many(records)
+        for (i, d), record, loc in zip(owners, records, locations, strict=True):
             staged.entries.append((i, d, IndexEntry.of(loc, record)))
         return staged
 

@@ -27,7 +27,11 @@ MAX_DIGESTS = 2000
 
 @pytest.fixture(scope="module")
 def server(redis_url, tmp_path_factory):
-    env = {"STRATUS_MAX_FIND_DIGESTS": str(MAX_DIGESTS), "STRATUS_ADMISSION_WAIT_S": "0.2",
+    # The files layout: there GetChunks (verify_reads off) sends a frame whose payload is damaged
+    # and only the client notices, which is what reports are for. In packs every record carries a
+    # checksum, so the server finds such damage itself (tests/integration/test_self_heal.py).
+    env = {"STRATUS_STORE_FORMAT": "files",
+           "STRATUS_MAX_FIND_DIGESTS": str(MAX_DIGESTS), "STRATUS_ADMISSION_WAIT_S": "0.2",
            "STRATUS_UPLOAD_CHUNKS_PER_SECOND": "500", "STRATUS_UPLOAD_CHUNKS_BURST": "4096"}
     with tls_server(tmp_path_factory.mktemp("reports"), redis_url, ["alice", "bob", "carol"],
                     extra_env=env) as running:
@@ -193,7 +197,7 @@ access = "read"
 @pytest.fixture(scope="module")
 def granted(redis_url, tmp_path_factory):
     with tls_server(tmp_path_factory.mktemp("reports-grants"), redis_url, ["owner", "reader"],
-                    access=GRANTS) as running:
+                    access=GRANTS, extra_env={"STRATUS_STORE_FORMAT": "files"}) as running:
         yield running
 
 

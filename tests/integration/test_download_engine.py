@@ -13,12 +13,12 @@ import time
 import grpc
 import pytest
 from cli_helpers import MIB, ROOT, write_random
+from stored_chunks import flip_chunk
 
 from cas.chunker import chunk_bytes
 from cas.digest import digest, new_hasher
 from cas.errors import IntegrityError, NotFoundError
 from cas.manifest import ChunkRef
-from cas.store import LocalChunkStore
 from cli import download
 from cli.client import StratusClient
 from cli.download import GetOutcome
@@ -210,13 +210,10 @@ def test_corrupt_chunk_in_a_group_fails_only_its_file(client, cache, server, pre
         client.put_bytes(data, prefix + name)
     victim = "g/f05.bin"
     (chunk,) = chunk_bytes(blobs[victim], client.params.chunking)
-    chunk_path = LocalChunkStore(server.data_dir / "chunks").path_for(digest(chunk.data))
-    frame = bytearray(chunk_path.read_bytes())
-    # payload: the server sends the frame and the client's check fails (that chunk alone);
-    # header: the server's own check fails the whole GetChunks call (each file is then tried alone).
-    frame[-20 if damage == "payload" else 0] ^= 0xFF
-    os.chmod(chunk_path, 0o644)
-    chunk_path.write_bytes(bytes(frame))
+    # payload: in the files layout the server sends the frame and the client's check fails (that
+    # chunk alone); header, or any damage in a pack (each record has a checksum): the server's own
+    # check fails the whole GetChunks call, and each file is then tried alone.
+    flip_chunk(server.data_dir, digest(chunk.data), at=-20 if damage == "payload" else 0)
     out = tmp_path / "out"
     (out / "g").mkdir(parents=True)
     (out / victim).write_bytes(b"precious local data")

@@ -156,8 +156,10 @@ def test_small_edit_moves_only_the_changed_chunks_both_ways(client, prefix, tmp_
         f.write(os.urandom(4096))
     v2 = client.put_file(src, prefix + "db")
     assert v2.version.version == v1.version.version + 1
-    assert 1 <= v2.chunks_sent <= 3, v2
-    assert v2.bytes_sent <= 3 * 256 * 1024 + 3 * 64
+    # The chunk holding the edit (two when it straddles a cut point), plus the next one or two
+    # when the edit makes or removes a cut point and the chunker needs a chunk to fall back in step.
+    assert 1 <= v2.chunks_sent <= 4, v2
+    assert v2.bytes_sent <= 4 * (256 * 1024 + 64)
     assert v2.version.new_chunks == v2.chunks_sent
 
     # The local copy holds version 1: getting version 2 over it fetches only the new chunks.
@@ -169,7 +171,7 @@ def test_small_edit_moves_only_the_changed_chunks_both_ways(client, prefix, tmp_
 
     # And back: version 1 over a copy of version 2.
     back = client.get_file(prefix + "db", old_copy, version=v1.version.version)
-    assert 1 <= back.chunks_fetched <= 3
+    assert 1 <= back.chunks_fetched <= 4
     assert client.stat(prefix + "db", version=1).file_digest == file_hash(old_copy)
 
     # Already up to date: nothing fetched, nothing rewritten.
