@@ -205,7 +205,8 @@ def test_tree_with_shared_content_fetches_each_chunk_once_per_group(counted, cac
 
 @pytest.mark.parametrize("damage", ["payload", "header"])
 def test_corrupt_chunk_in_a_group_fails_only_its_file(client, cache, server, prefix, tmp_path, damage):
-    blobs = {f"g/f{i:02d}.bin": os.urandom(20_000 + i) for i in range(12)}
+    # below the minimum chunk size (16 KiB): each file is exactly one chunk
+    blobs = {f"g/f{i:02d}.bin": os.urandom(12_000 + i) for i in range(12)}
     for name, data in blobs.items():
         client.put_bytes(data, prefix + name)
     victim = "g/f05.bin"
