@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import random
 import struct
-import threading
 
 import pytest
 import zstandard
+from concurrency import run_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,19 +122,9 @@ def test_threads_encode_and_decode_concurrently():
     for seed in range(16):
         base = random.Random(seed).randbytes(32 * 1024)
         pairs.append((base, edited(base, seed)))
-    errors: list[BaseException] = []
-
     def work(offset: int) -> None:
-        try:
-            for i in range(40):
-                base, data = pairs[(i + offset) % len(pairs)]
-                assert delta.decode_verified(digest(data), delta.encode(data, base), base, MAX) == data
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for i in range(40):
+            base, data = pairs[(i + offset) % len(pairs)]
+            assert delta.decode_verified(digest(data), delta.encode(data, base), base, MAX) == data
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(work, 6) == []

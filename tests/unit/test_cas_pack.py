@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from concurrency import run_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -218,23 +219,14 @@ def test_descriptor_cache_is_bounded_and_thread_safe(tmp_path):
     locations = writer.append_many([record(i) for i in range(30)])
     writer.close()
     reader = PackReader(tmp_path, max_open=3)
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for _ in range(300):
-                i = rng.randrange(len(locations))
-                assert reader.read(locations[i], record(i).digest) == record(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for _ in range(300):
+            i = rng.randrange(len(locations))
+            assert reader.read(locations[i], record(i).digest) == record(i)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(work, 6) == []
     assert len(reader._handles) <= 3
     reader.close()
 
@@ -303,25 +295,17 @@ def test_threads_appending_and_flushing_through_many_rotations(tmp_path):
     appended: dict[Location, int] = {}
     durable: list[Location] = []
     lock = threading.Lock()
-    errors: list[BaseException] = []
 
     def work(k: int) -> None:
-        try:
-            for n in range(25):
-                i = k * 1000 + n
-                loc = writer.append(record(i, size=100 + n * 30))
-                flushed = writer.flush()
-                with lock:
-                    appended[loc] = i
-                    durable.extend(flushed)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for n in range(25):
+            i = k * 1000 + n
+            loc = writer.append(record(i, size=100 + n * 30))
+            flushed = writer.flush()
+            with lock:
+                appended[loc] = i
+                durable.extend(flushed)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(work, 4)
     writer.close()
     assert errors == []
     assert sorted(durable) == sorted(appended) and len(set(durable)) == len(durable) == 100
