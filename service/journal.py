@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cas.pack import fsync_dir
 from service.metadata import VersionRecord
 from service.metadata.records import record_fields, record_from_fields
 
@@ -128,14 +129,6 @@ def read_all(folder: Path) -> tuple[list[JournalEntry], list[str]]:
     return entries, problems
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """The append side of the journal (one per server; see the module docstring)."""
 
@@ -175,7 +168,7 @@ class Journal:
         self._seq = seq
         self._fd = os.open(self.folder / f"{seq:08d}{SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = 0
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def is_empty(self) -> bool:
         """True while no segment holds a record (a new journal, or one never written to)."""
@@ -190,7 +183,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, self.folder / f"{0:08d}{SUFFIX}")
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def close(self) -> None:
         """Close the segment file (appends after this fail)."""
