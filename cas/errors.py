@@ -35,6 +35,10 @@ class ChunkTooLargeError(InvalidInputError):
     """A chunk larger than the allowed maximum (also raised by the decompression-bomb guard)."""
 
 
+class UnsupportedStoreError(InvalidInputError):
+    """An operation the data dir's layout cannot do (garbage collection of the files layout)."""
+
+
 class ManifestError(InvalidInputError):
     """A manifest that cannot be decoded or is internally inconsistent."""
 

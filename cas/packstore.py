@@ -14,7 +14,13 @@ Invariants:
   decoded bases are kept in a small LRU cache. A repair of a damaged chunk is stored plain, so
   repairs never lengthen a chain nor close a cycle.
 - Records appended by a batch that is discarded, or by racing puts of one digest, stay in their
-  pack unindexed: valid, verified frames that a rebuild may index.
+  pack unindexed: valid, verified frames that a rebuild may index (and a repack drops).
+- Garbage collection may remove index entries (service/gc.py). A batch relies on records it did
+  not write (a digest already indexed, a delta base) only after :meth:`LocationIndex.claim_many`
+  confirmed them, in :meth:`PackChunkStore.publish`; those the claim finds gone are listed in
+  :attr:`PackStaged.lost` and must not be named by the caller (its client uploads them again).
+- A repack (:mod:`cas.repack`) moves records to new packs and switches index entries with a
+  compare-and-set; a read that finds its pack gone looks the entry up again and follows the move.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ Hints = Mapping[bytes, bytes | Sequence[bytes]]
 # Writes keep chains within the policy's max_depth; reads only refuse what no write can make (a
 # cycle, or a corrupt index), so a store opened with a smaller max_depth still reads everything.
 MAX_READ_DEPTH = 255
+_MAX_MOVES = 4  # a read follows at most this many repacks of one record
 
 
 class IndexEntry(NamedTuple):
@@ -100,6 +107,9 @@ class LocationIndex(Protocol):
     def get(self, digest: bytes) -> IndexEntry | None:
         """The entry of ``digest``, or None."""
 
+    def get_many(self, digests: Sequence[bytes]) -> list[IndexEntry | None]:
+        """:meth:`get` for each digest, in order."""
+
     def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
         """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
 
@@ -108,6 +118,12 @@ class LocationIndex(Protocol):
 
     def iterate(self) -> Iterator[tuple[bytes, IndexEntry]]:
         """Every (digest, entry), in no particular order."""
+
+    def claim_many(self, digests: Sequence[bytes]) -> list[bool]:
+        """Take the digests off any garbage collection's condemned marks; True where indexed."""
+
+    def switch_many(self, moves: Sequence[tuple[bytes, IndexEntry, IndexEntry]]) -> list[bool]:
+        """Point each digest at its new entry only if it still holds the old one."""
 
 
 class MemoryIndex:
@@ -120,6 +136,10 @@ class MemoryIndex:
     def get(self, digest: bytes) -> IndexEntry | None:
         """The entry of ``digest``, or None."""
         return self._entries.get(digest)
+
+    def get_many(self, digests: Sequence[bytes]) -> list[IndexEntry | None]:
+        """:meth:`get` for each digest, in order."""
+        return [self._entries.get(d) for d in digests]
 
     def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
         """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
@@ -142,6 +162,21 @@ class MemoryIndex:
             items = list(self._entries.items())
         yield from items
 
+    def claim_many(self, digests: Sequence[bytes]) -> list[bool]:
+        """Nothing is ever condemned in memory: whether each digest is indexed."""
+        return self.contains_many(digests)
+
+    def switch_many(self, moves: Sequence[tuple[bytes, IndexEntry, IndexEntry]]) -> list[bool]:
+        """Compare-and-set of each entry."""
+        done = []
+        with self._lock:
+            for d, old, new in moves:
+                ok = self._entries.get(d) == old
+                if ok:
+                    self._entries[d] = new
+                done.append(ok)
+        return done
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -152,6 +187,8 @@ class PackStaged:
 
     count: int
     entries: list[tuple[int, bytes, IndexEntry]] = field(default_factory=list)  # item index, digest, entry
+    present: list[bytes] = field(default_factory=list)  # indexed already, so not written: claimed on publish
+    lost: set[bytes] = field(default_factory=set)  # filled by publish: gone meanwhile, must not be named
 
 
 @dataclass
@@ -230,7 +267,7 @@ class PackChunkStore(ChunkStore):
         self.read_level = read_level
         self.max_candidates = max_candidates
         self.kind = kind
-        self._fsync = fsync
+        self.fsync = fsync
         (self.root / "packs").mkdir(parents=True, exist_ok=True)
         self.quarantine = self.root / "damaged"
         self.quarantine.mkdir(exist_ok=True)
@@ -253,7 +290,8 @@ class PackChunkStore(ChunkStore):
         if index is None:
             self.rebuild_index()
 
-    def _kinds(self) -> tuple[RecordType, ...]:
+    def kinds(self) -> tuple[RecordType, ...]:
+        """The record types this store's index holds."""
         return (RecordType.CHUNK, RecordType.DELTA) if self.kind == RecordType.CHUNK else (self.kind,)
 
     # ---- writing ---------------------------------------------------------------------------
@@ -286,6 +324,9 @@ class PackChunkStore(ChunkStore):
         records, owners, seen = [], [], set()
         for i, ((d, frame), known) in enumerate(zip(items, indexed, strict=True)):
             if d in seen or (known and d not in self._damaged):
+                if d not in seen:
+                    staged.present.append(d)
+                seen.add(d)
                 continue
             seen.add(d)
             # A repair is stored plain: a delta could make a cycle with a record based on it.
@@ -348,10 +389,14 @@ class PackChunkStore(ChunkStore):
         self.writer.flush()
         results: list[bool] = []
         for batch in batches:
+            self._claim(batch)
             flags = [False] * batch.count
             repairs = [(i, d, e) for i, d, e in batch.entries if d in self._damaged]
             fresh = [(i, d, e) for i, d, e in batch.entries if d not in self._damaged]
             written = self.index.put_many([(d, e) for _, d, e in fresh])
+            raced = [d for (_, d, _), ok in zip(fresh, written, strict=True) if not ok]
+            if raced:  # another upload indexed its copy first: rely on that one only once claimed
+                batch.lost |= {d for d, ok in zip(raced, self.index.claim_many(raced), strict=True) if not ok}
             if repairs:
                 self.index.put_many([(d, e) for _, d, e in repairs], replace=True)
                 self._clear_damaged([d for _, d, _ in repairs])
@@ -365,6 +410,26 @@ class PackChunkStore(ChunkStore):
             results += flags
         return results
 
+    def _claim(self, batch: PackStaged) -> None:
+        """Confirm the records the batch relies on without having written them (already indexed
+        digests, delta bases) with one claim; what a collection removed meanwhile goes to
+        ``batch.lost``, and a delta record on a lost base is not indexed (lost too)."""
+        bases = [e.base for _, _, e in batch.entries if e.base is not None]
+        wanted = list(dict.fromkeys([*batch.present, *bases]))
+        if not wanted:
+            return
+        gone = {d for d, ok in zip(wanted, self.index.claim_many(wanted), strict=True) if not ok}
+        if not gone:
+            return
+        batch.lost |= gone & set(batch.present)
+        kept = []
+        for i, d, e in batch.entries:
+            if e.base is not None and e.base in gone:
+                batch.lost.add(d)
+            else:
+                kept.append((i, d, e))
+        batch.entries = kept
+
     def discard(self, staged: PackStaged) -> None:
         """Forget a staged batch: its records stay in their pack, unindexed (see the module doc)."""
         staged.entries.clear()
@@ -373,6 +438,11 @@ class PackChunkStore(ChunkStore):
         """Seal the open pack and close every descriptor."""
         self.writer.close()
         self.reader.close()
+
+    def invalidate_stats(self) -> None:
+        """Count the index again on the next :meth:`stats` (after entries were removed)."""
+        with self._lock:
+            self._stats = None
 
     def _count(self, chunks: int, size: int) -> None:
         with self._lock:
@@ -392,7 +462,17 @@ class PackChunkStore(ChunkStore):
         return entry
 
     def _read(self, digest: bytes, entry: IndexEntry) -> Record:
-        record = self.reader.read(entry.location, digest)
+        for _ in range(_MAX_MOVES):
+            try:
+                record = self.reader.read(entry.location, digest)
+                break
+            except CorruptChunkError:
+                fresh = self.index.get(digest)
+                if fresh is None or fresh == entry:
+                    raise
+                entry = fresh  # a repack moved the record after it was looked up: follow it
+        else:
+            raise CorruptChunkError(digest, "its record kept moving while it was read")
         if record.type != entry.type or record.base != entry.base or record.depth != entry.depth:
             raise CorruptChunkError(digest, "pack record does not match its index entry")
         return record
@@ -506,7 +586,7 @@ class PackChunkStore(ChunkStore):
                 pass
         self._bases.discard(d)
         (self.quarantine / d.hex()).touch()
-        if self._fsync:
+        if self.fsync:
             fsync_dir(self.quarantine)
         with self._lock:
             self._damaged.add(d)
@@ -518,7 +598,7 @@ class PackChunkStore(ChunkStore):
     def _clear_damaged(self, digests: list[bytes]) -> None:
         for d in digests:
             (self.quarantine / d.hex()).unlink(missing_ok=True)
-        if self._fsync:
+        if self.fsync:
             fsync_dir(self.quarantine)
         with self._lock:
             self._damaged.difference_update(digests)
@@ -563,7 +643,7 @@ class PackChunkStore(ChunkStore):
         report = RebuildReport()
         best: dict[bytes, IndexEntry] = {}
         damaged: set[bytes] = set()
-        kinds = self._kinds()
+        kinds = self.kinds()
         self.writer.close()  # every pack stable while it is scanned
         for pack in list_packs(self.root):
             report.packs += 1

@@ -50,6 +50,7 @@ class Staged:
     files: list[tuple[int, Path, Path, int]] = field(default_factory=list)  # index, temp, final, size
     folders: set[Path] = field(default_factory=set)
     repairs: set[Path] = field(default_factory=set)  # finals whose stored copy is damaged: replace them
+    lost: set[bytes] = field(default_factory=set)  # never filled here: the files layout is not collected
 
 
 @dataclass

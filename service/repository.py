@@ -120,7 +120,7 @@ class Repository:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
-        self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
+        self.manifests = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
         self.verify_reads = verify_reads
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
@@ -352,11 +352,7 @@ class Repository:
 
     async def save_manifest(self, manifest: Manifest) -> bytes:
         """Store a manifest under its digest (idempotent) and return the digest."""
-        raw = manifest.to_bytes()
-        digest = manifest.digest()
-        frame = await self.run_blocking(codec.encode, raw, 1)
-        await self.run_blocking(self.manifests.put, digest, frame)
-        return digest
+        return (await self.save_manifests([manifest]))[0]
 
     async def save_manifests(self, manifests: Sequence[Manifest]) -> list[bytes]:
         """Store many manifests with one durability barrier for all; returns their digests in order."""
@@ -364,10 +360,39 @@ class Repository:
         def save() -> list[bytes]:
             digests = [m.digest() for m in manifests]
             unique = {d: m for d, m in zip(digests, manifests, strict=True)}
-            self.manifests.put_many([(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()])
+            stored = self.manifests.put_many([(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()])
+            for d, new in zip(unique, stored, strict=True):
+                if not new:  # stored before: a collection must see it as saved now (service/gc.py)
+                    self._touch_manifest(d)
             return digests
 
         return await self.run_blocking(save)
+
+    def _touch_manifest(self, digest: bytes) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.manifests.path_for(digest))
+
+    async def stored_manifests(self) -> list[bytes]:
+        """Digests of every stored manifest (for garbage collection)."""
+        return await self.run_blocking(lambda: list(self.manifests.iterate()))
+
+    async def remove_manifests(self, digests: Sequence[bytes], saved_before: float) -> int:
+        """Delete the manifests of ``digests`` not saved since ``saved_before`` (epoch seconds; a
+        save of an existing manifest counts, see :meth:`save_manifests`); returns how many went.
+
+        The caller guarantees no version references them; a commit in flight saved its manifest
+        just before, so the time bound keeps it (service/gc.py).
+        """
+
+        def remove() -> int:
+            removed = 0
+            for d in digests:
+                with contextlib.suppress(FileNotFoundError):
+                    if self.manifests.path_for(d).stat().st_mtime < saved_before and self.manifests.delete(d):
+                        removed += 1
+            return removed
+
+        return await self.run_blocking(remove)
 
     async def load_manifest(self, digest: bytes) -> Manifest:
         """Load and verify the manifest named by ``digest``."""
@@ -493,6 +518,11 @@ class ChunkUpload:
             # Shielded: a cancelled call must not cancel a publish that has not started yet, or
             # the staged files (already taken off the list above) would stay in .staging.
             await asyncio.shield(self.repo.run_blocking(self.repo.chunks.publish, *staged))
+            # A chunk a garbage collection removed after it was staged as already stored is not
+            # named: the commit reports it missing and the client uploads it again.
+            lost = set().union(*(batch.lost for batch in staged))
+            if lost:
+                index = [(d, n) for d, n in index if d not in lost]
             # "stored" counts what is new to the uploader's own index: whether the disk already
             # held a chunk (for another namespace, say) must never show.
             added = await self.repo.metadata.add_chunks(self.ns, index)

@@ -8,12 +8,18 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
     P:{ns}:v:<path>     HASH    "<version>" -> JSON record (immutable once written)
     P:{ns}:events       STREAM  change feed; the cursor is the stream id
     P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
+    P:{ns}:condemned    HASH    digest -> GC epoch: chunks of the index a collection will drop
+                                unless a writer touches them first (service/gc.py)
     P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
     P:{ns}:g:<id>:chunks HASH   chunk view of a confined grantee (see service/gate.py), and its
     P:{ns}:g:<id>:stats  HASH   unique_bytes; <id> is a hash of the identity
     P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
     P:loc:{<hhhh>}      HASH    chunk location index of a pack store, one bucket per first two
                                 digest bytes (hex in the hash tag): digest[2:] -> IndexEntry bytes
+    P:cond:{<hhhh>}     HASH    condemned entries of the location bucket with the same hash tag:
+                                digest[2:] -> GC epoch
+    P:gc                HASH    garbage collection state: epoch, condemned_ms, reclaimed_bytes, ...
+    P:gc:lock           STRING  held by the one server collecting (expires unless renewed)
 
 ``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
 always the namespace, so braces or colons inside a path cannot move a key to another slot.
@@ -35,6 +41,26 @@ def location_bucket(prefix: str, digest: bytes) -> bytes:
     return f"{prefix}:loc:{{{digest[:LOCATION_BUCKET_BYTES].hex()}}}".encode()
 
 
+def condemned_bucket(prefix: str, digest: bytes) -> bytes:
+    """The condemned marks of ``digest``'s location bucket (same hash tag, so same slot)."""
+    return f"{prefix}:cond:{{{digest[:LOCATION_BUCKET_BYTES].hex()}}}".encode()
+
+
+def condemned_pattern(prefix: str) -> str:
+    """SCAN pattern matching every condemned bucket of the location index under ``prefix``."""
+    return f"{prefix}:cond:{{*}}"
+
+
+def gc_state(prefix: str) -> str:
+    """The garbage collection state hash under ``prefix``."""
+    return f"{prefix}:gc"
+
+
+def gc_lock(prefix: str) -> str:
+    """The garbage collection lock under ``prefix``."""
+    return f"{prefix}:gc:lock"
+
+
 def location_pattern(prefix: str) -> str:
     """SCAN pattern matching every location-index bucket under ``prefix``."""
     return f"{prefix}:loc:{{*}}"
@@ -51,12 +77,17 @@ class _Keys:
         self.events = self.base + b"events"
         self.chunks = self.base + b"chunks"
         self.stats = self.base + b"stats"
+        self.condemned = self.base + b"condemned"
 
     def head(self, path: bytes) -> bytes:
         return self.base + b"f:" + path
 
     def versions(self, path: bytes) -> bytes:
         return self.base + b"v:" + path
+
+    def views_pattern(self) -> bytes:
+        """SCAN pattern of every chunk view of the namespace."""
+        return self.base + b"g:*:chunks"
 
     def chunk_index(self, view: str | None) -> tuple[bytes, bytes]:
         """(chunk index, stats hash) of the namespace, or of one identity's chunk view in it."""

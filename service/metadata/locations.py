@@ -10,16 +10,30 @@ The interface is synchronous: the pack store runs on the repository's worker thr
 uses a blocking client with a small pool of its own (never the event loop's asyncio client). Many
 digests are looked up or written with one pipelined round trip. Writes are set-if-absent
 (``HSETNX``) unless told to replace, so two uploads racing with one digest keep the first record.
+
+Garbage collection (service/gc.py) condemns entries in ``P:cond:{hhhh}`` (same hash tag as the
+bucket); :meth:`RedisLocationIndex.claim_many` (a writer relying on an indexed record) takes them
+off, and :meth:`RedisLocationIndex.drop_condemned` removes only entries still condemned. Both are
+scripts on one bucket, so a claim and a drop of one digest never interleave. Repacking switches
+entries with :meth:`RedisLocationIndex.switch_many` (compare-and-set on the whole entry).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import redis
 
 from cas.packstore import IndexEntry
-from service.metadata.keys import LOCATION_BUCKET_BYTES, location_bucket, location_pattern
+from service.metadata import scripts as lua
+from service.metadata.keys import (
+    LOCATION_BUCKET_BYTES,
+    condemned_bucket,
+    condemned_pattern,
+    location_bucket,
+    location_pattern,
+)
 
 _SCAN_BATCH = 512
 
@@ -30,6 +44,9 @@ class RedisLocationIndex:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self.prefix = prefix
+        self._claim = client.register_script(lua.LOCATION_CLAIM)
+        self._drop = client.register_script(lua.LOCATION_DROP)
+        self._switch = client.register_script(lua.LOCATION_SWITCH)
 
     def _key(self, digest: bytes) -> bytes:
         return location_bucket(self.prefix, digest)
@@ -67,6 +84,85 @@ class RedisLocationIndex:
         for d in digests:
             pipe.hexists(self._key(d), d[LOCATION_BUCKET_BYTES:])
         return [bool(r) for r in pipe.execute()]
+
+    def _by_bucket(self, digests: Sequence[bytes]) -> dict[bytes, list[int]]:
+        groups: dict[bytes, list[int]] = defaultdict(list)
+        for i, d in enumerate(digests):
+            groups[d[:LOCATION_BUCKET_BYTES]].append(i)
+        return groups
+
+    def claim_many(self, digests: Sequence[bytes]) -> list[bool]:
+        """Take the digests off the condemned marks; per digest, True if it is indexed (one round trip).
+
+        A writer calls this before it names a record it did not write (already indexed) or uses one
+        as a delta base; False means a collection removed the entry, so the writer must not rely on it.
+        """
+        groups = self._by_bucket(digests)
+        if not groups:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for where in groups.values():
+            d0 = digests[where[0]]
+            self._claim(keys=[self._key(d0), condemned_bucket(self.prefix, d0)],
+                        args=[digests[i][LOCATION_BUCKET_BYTES:] for i in where], client=pipe)
+        found = [False] * len(digests)
+        for where, flags in zip(groups.values(), pipe.execute(), strict=True):
+            for i, flag in zip(where, flags, strict=True):
+                found[i] = bool(flag)
+        return found
+
+    def condemn_many(self, digests: Sequence[bytes], epoch: int) -> None:
+        """Mark the entries of ``digests`` as condemned by ``epoch``."""
+        groups = self._by_bucket(digests)
+        pipe = self._redis.pipeline(transaction=False)
+        for where in groups.values():
+            d0 = digests[where[0]]
+            pipe.hset(condemned_bucket(self.prefix, d0),
+                      mapping={digests[i][LOCATION_BUCKET_BYTES:]: epoch for i in where})
+        if groups:
+            pipe.execute()
+
+    def drop_condemned(self, digests: Sequence[bytes], epoch: int) -> list[tuple[bytes, IndexEntry]]:
+        """Remove the entries of ``digests`` still condemned by ``epoch``; returns those removed."""
+        groups = self._by_bucket(digests)
+        if not groups:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for where in groups.values():
+            d0 = digests[where[0]]
+            self._drop(keys=[self._key(d0), condemned_bucket(self.prefix, d0)],
+                       args=[epoch, *(digests[i][LOCATION_BUCKET_BYTES:] for i in where)], client=pipe)
+        dropped = []
+        for where, entries in zip(groups.values(), pipe.execute(), strict=True):
+            for i, raw in zip(where, entries, strict=True):
+                if raw:
+                    dropped.append((digests[i], IndexEntry.from_bytes(raw)))
+        return dropped
+
+    def clear_condemned(self) -> None:
+        """Forget every condemned mark (resurrects all: always safe)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._redis.scan_iter(match=condemned_pattern(self.prefix), count=1000):
+            pipe.delete(key)  # one key per command: the buckets live on different cluster slots
+        pipe.execute()
+
+    def switch_many(self, moves: Sequence[tuple[bytes, IndexEntry, IndexEntry]]) -> list[bool]:
+        """Point each digest at its new entry only if it still holds the old one (compare-and-set)."""
+        groups = self._by_bucket([d for d, _, _ in moves])
+        if not groups:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for where in groups.values():
+            args = []
+            for i in where:
+                d, old, new = moves[i]
+                args += [d[LOCATION_BUCKET_BYTES:], old.to_bytes(), new.to_bytes()]
+            self._switch(keys=[self._key(moves[where[0]][0])], args=args, client=pipe)
+        done = [False] * len(moves)
+        for where, flags in zip(groups.values(), pipe.execute(), strict=True):
+            for i, flag in zip(where, flags, strict=True):
+                done[i] = bool(flag)
+        return done
 
     def buckets(self) -> Iterator[bytes]:
         """The names of the buckets that exist (a SCAN; cost follows the keyspace)."""

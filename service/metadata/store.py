@@ -139,6 +139,11 @@ class MetadataStore:
     def _keys(self, ns: str) -> _Keys:
         return _Keys(self.prefix, ns)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client (for the other users of this key schema, e.g. service/metadata/condemned.py)."""
+        return self._redis
+
     # ---- writes ---------------------------------------------------------------------------
 
     async def commit(
@@ -211,7 +216,7 @@ class MetadataStore:
         if if_version is not None and if_version < 0:
             raise InvalidInputError(f"{path}: negative if_version {if_version}")
         res = await self._write(
-            keys=[keys.files, keys.head(p), keys.versions(p), keys.events, keys.chunks, keys.stats],
+            keys=[keys.files, keys.head(p), keys.versions(p), keys.events, keys.chunks, keys.stats, keys.condemned],
             args=[
                 kind, p, "" if if_version is None else str(int(if_version)),
                 "" if now_ms is None else str(int(now_ms)), body, str(int(size)), digests, manifest_hex,
@@ -241,7 +246,10 @@ class MetadataStore:
     async def add_chunks(self, ns: str, chunks: Sequence[tuple[bytes, int]], view: str | None = None) -> int:
         """Record (digest, uncompressed length) pairs in the chunk index (or in ``view``'s chunk
         view); returns how many were new to it."""
-        index, stats = self._keys(ns).chunk_index(view)
+        keys = self._keys(ns)
+        index, stats = keys.chunk_index(view)
+        # an upload into the namespace's own index resurrects condemned chunks (service/gc.py)
+        script_keys = [index, stats] if view is not None else [index, stats, keys.condemned]
         added = 0
         for start in range(0, len(chunks), _SLICE):
             # first length wins for a digest repeated in the request
@@ -250,7 +258,7 @@ class MetadataStore:
                 part.setdefault(_digest(d, "chunk digest"), int(n))
             joined = b"".join(part)
             lengths = ",".join(map(str, part.values()))
-            added += await self._add_chunks(keys=[index, stats], args=[joined, lengths])
+            added += await self._add_chunks(keys=script_keys, args=[joined, lengths])
         return added
 
     async def remove_chunks(self, ns: str, digests: Sequence[bytes]) -> int:
@@ -265,11 +273,14 @@ class MetadataStore:
     async def missing_chunks(self, ns: str, digests: Sequence[bytes], view: str | None = None) -> list[bytes]:
         """The digests absent from the namespace's chunk index (or from ``view``'s chunk view), in
         request order, without duplicates."""
-        index, _ = self._keys(ns).chunk_index(view)
+        keys = self._keys(ns)
+        index, _ = keys.chunk_index(view)
+        # asking about the namespace's own chunks resurrects condemned ones (service/gc.py)
+        script_keys = [index] if view is not None else [index, keys.condemned]
         missing: list[bytes] = []
         unique, _ = _joined_digests(digests)
         for start in range(0, len(unique), _SLICE):
-            blob = await self._missing(keys=[index], args=[b"".join(unique[start : start + _SLICE])])
+            blob = await self._missing(keys=script_keys, args=[b"".join(unique[start : start + _SLICE])])
             missing += _split_digests(blob)
         return missing
 

@@ -1,5 +1,6 @@
 -- #include each_slice.lua
--- KEYS: 1 chunk index, 2 stats hash
+-- #include resurrect.lua
+-- KEYS: 1 chunk index, 2 stats hash, 3 (optional) the chunk index's condemned hash
 -- ARGV: 1 concatenated 32-byte digests (no duplicates), 2 their lengths, comma-separated
 -- One HMGET and one HSET per slice: a single HSET of many fields is also one AOF entry, where
 -- one HSETNX per digest would be 200k entries for a 200k-chunk upload.
@@ -21,5 +22,6 @@ each_slice(KEYS[1], ARGV[1], function(batch, start, got)
     added = added + #new / 2
   end
 end)
+if KEYS[3] then resurrect(KEYS[3], ARGV[1]) end
 if bytes > 0 then redis.call('HINCRBY', KEYS[2], 'unique_bytes', string.format('%d', bytes)) end
 return added

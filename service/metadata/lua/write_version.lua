@@ -1,5 +1,7 @@
 -- #include find_missing.lua
--- KEYS: 1 files zset, 2 head hash, 3 versions hash, 4 events stream, 5 chunk index, 6 stats hash
+-- #include resurrect.lua
+-- KEYS: 1 files zset, 2 head hash, 3 versions hash, 4 events stream, 5 chunk index, 6 stats hash,
+--       7 condemned hash of the chunk index (chunks a version now references are never swept)
 -- ARGV: 1 kind ('put'|'delete'), 2 path, 3 if_version ('' = any), 4 now_ms ('' = server clock),
 --       5 record body (JSON object), 6 size, 7 concatenated 32-byte chunk digests,
 --       8 manifest digest hex, 9 identity,
@@ -47,6 +49,7 @@ if kind == 'put' then
     end
   end
 end
+if kind == 'put' then resurrect(KEYS[7], ARGV[7]) end
 local now
 if ARGV[4] == '' then
   local t = redis.call('TIME')

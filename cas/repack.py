@@ -1,0 +1,181 @@
+"""Repacking: rewrite packs that hold mostly dead records, so their space comes back.
+
+A record is *live* when the store's index points at its exact location; everything else in a
+pack (records whose entry a garbage collection removed, copies of racing uploads, the tail of a
+discarded batch, a torn or orphaned record) is dead. :func:`plan_repack` (pure) picks the packs
+worth rewriting; :func:`repack` copies their live records, unchanged (a delta record keeps its
+base digest, and the base stays indexed because it is live), into new packs.
+
+Crash safety, in this order, so a kill at any point loses nothing:
+1. the copies are appended and made durable (one barrier) before any index entry names them;
+2. each entry is switched with a compare-and-set (only if it still names the old location: a
+   repair or a concurrent move wins) -- a crash in between leaves both copies, either indexed;
+3. the old pack is removed only once no entry names it; a reader that looked the entry up before
+   the switch and finds the pack gone looks it up again (:class:`cas.packstore.PackChunkStore`).
+An interrupted repack leaves at worst an unindexed copy (dead, reclaimed by a later repack) and an
+old pack with fewer live records (rewritten or removed by a later repack).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cas.pack import PackWriter, fsync_dir, is_sealed, list_packs, pack_path, scan
+from cas.packstore import IndexEntry, PackChunkStore
+
+Checkpoint = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PackUsage:
+    """One sealed pack: its size on disk and the bytes of its live records."""
+
+    pack: str
+    size: int
+    live: int
+
+    @property
+    def dead(self) -> int:
+        """Bytes a rewrite would give back."""
+        return self.size - self.live
+
+
+@dataclass(frozen=True)
+class RepackPlan:
+    """Packs to remove (nothing live) and to rewrite (live fraction below the threshold)."""
+
+    remove: tuple[str, ...] = ()
+    rewrite: tuple[str, ...] = ()
+    reclaimable: int = 0  # dead bytes in every sealed pack
+    planned: int = 0  # bytes the plan gives back
+
+
+def plan_repack(
+    usage: Sequence[PackUsage], min_live_fraction: float, min_reclaim_bytes: int = 0
+) -> RepackPlan:
+    """Which packs to remove and which to rewrite (pure).
+
+    A pack with no live record is removed. A pack whose live bytes are below ``min_live_fraction``
+    of its size is rewritten, emptiest first. Nothing is rewritten when the plan would give back
+    less than ``min_reclaim_bytes`` (empty packs are removed whatever the total).
+    """
+    if not 0 <= min_live_fraction <= 1:
+        raise ValueError(f"min_live_fraction {min_live_fraction} is outside [0, 1]")
+    remove = tuple(sorted(u.pack for u in usage if u.live == 0))
+    sparse = sorted((u for u in usage if u.live and u.live < min_live_fraction * u.size),
+                    key=lambda u: (u.live / u.size, u.pack))
+    freed = sum(u.size for u in usage if u.live == 0)
+    rewrite: tuple[str, ...] = ()
+    if freed + sum(u.dead for u in sparse) >= max(1, min_reclaim_bytes):
+        rewrite = tuple(u.pack for u in sparse)
+        freed += sum(u.dead for u in sparse)
+    return RepackPlan(remove, rewrite, sum(u.dead for u in usage), freed)
+
+
+@dataclass
+class RepackResult:
+    """What :func:`repack` did."""
+
+    removed: int = 0  # packs removed
+    rewritten: int = 0  # packs rewritten (then removed)
+    copied_records: int = 0
+    copied_bytes: int = 0
+    freed_bytes: int = 0  # bytes of removed packs minus bytes written
+    skipped: list[str] = field(default_factory=list)  # packs left as they were (and why, in the log)
+
+
+def live_entries(store: PackChunkStore) -> dict[str, list[tuple[bytes, IndexEntry]]]:
+    """The index entries of every pack (one pass over the index)."""
+    by_pack: dict[str, list[tuple[bytes, IndexEntry]]] = defaultdict(list)
+    for d, entry in store.index.iterate():
+        by_pack[entry.pack].append((d, entry))
+    return by_pack
+
+
+def pack_usage(store: PackChunkStore, by_pack: dict[str, list[tuple[bytes, IndexEntry]]]) -> list[PackUsage]:
+    """Usage of every sealed pack no writer holds (the open pack and unsealed ones are skipped)."""
+    usage = []
+    busy = store.writer.open_pack
+    for pack in list_packs(store.root):
+        if pack == busy:
+            continue
+        try:
+            if not is_sealed(store.root, pack):
+                continue
+            size = pack_path(store.root, pack).stat().st_size
+        except FileNotFoundError:
+            continue
+        usage.append(PackUsage(pack, size, sum(e.length for _, e in by_pack.get(pack, ()))))
+    return usage
+
+
+def repack(
+    store: PackChunkStore, plan: RepackPlan, by_pack: dict[str, list[tuple[bytes, IndexEntry]]],
+    checkpoint: Checkpoint = lambda phase: None,
+) -> RepackResult:
+    """Carry out ``plan`` (see the module docstring for the order that keeps it crash-safe)."""
+    result = RepackResult()
+    writer = PackWriter(store.root, store.writer.max_pack_size, store.fsync)
+    try:
+        for pack in plan.rewrite:
+            _rewrite(store, writer, pack, by_pack.get(pack, []), result, checkpoint)
+    finally:
+        writer.close()
+    for pack in plan.remove:
+        if _unreferenced(store, pack, by_pack.get(pack, [])):
+            result.freed_bytes += _remove(store, pack)
+            result.removed += 1
+        else:
+            result.skipped.append(pack)
+    return result
+
+
+def _rewrite(
+    store: PackChunkStore, writer: PackWriter, pack: str, entries: list[tuple[bytes, IndexEntry]],
+    result: RepackResult, checkpoint: Checkpoint,
+) -> None:
+    wanted = {(e.offset, d): e for d, e in entries}
+    kinds = store.kinds()
+    copies = []
+    for location, record in scan(store.root, pack):
+        if record.type not in kinds:  # another index owns records here: leave the pack alone
+            result.skipped.append(pack)
+            return
+        old = wanted.get((location.offset, record.digest))
+        if old is not None and old == IndexEntry.of(location, record):
+            copies.append((record.digest, old, record))
+    locations = writer.append_many([r for _, _, r in copies])
+    writer.flush()  # durable before any entry names the copies
+    checkpoint("repack-copied")
+    moves = [(d, old, IndexEntry.of(loc, r)) for (d, old, r), loc in zip(copies, locations, strict=True)]
+    store.index.switch_many(moves)
+    checkpoint("repack-switched")
+    result.copied_records += len(copies)
+    written = sum(loc.length for loc in locations)
+    result.copied_bytes += written
+    if _unreferenced(store, pack, entries):
+        result.freed_bytes += _remove(store, pack) - written
+        result.rewritten += 1
+    else:
+        result.skipped.append(pack)
+
+
+def _unreferenced(store: PackChunkStore, pack: str, entries: list[tuple[bytes, IndexEntry]]) -> bool:
+    """True if no entry that named ``pack`` still does (entries only ever move out of a sealed pack)."""
+    digests = [d for d, _ in entries]
+    current = store.index.get_many(digests)
+    return all(e is None or e.pack != pack for e in current)
+
+
+def _remove(store: PackChunkStore, pack: str) -> int:
+    """Delete a pack file (its folder entry made durable); returns its size."""
+    path = pack_path(store.root, pack)
+    size = path.stat().st_size
+    store.reader.forget(pack)
+    os.unlink(path)
+    if store.fsync:
+        fsync_dir(path.parent)
+    return size

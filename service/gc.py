@@ -1,0 +1,323 @@
+"""Garbage collection: give back the space of chunks and manifests that no version references.
+
+Writers never wait: nothing here takes a lock a writer takes. A collection runs in phases and
+relies on atomic scripts at the few points where it and a writer meet:
+
+1. *mark* -- read every version of every namespace and load its manifest: the chunks each
+   namespace references (a live delta record's base is live too, transitively).
+2. *condemn* (epoch E) -- in each namespace, the chunks of its chunk index that no version
+   references (garbage, or an upload not committed yet); in the location index, every entry no
+   version references. FindMissingChunks, PutChunks and the commit take the chunks they touch off
+   the namespace's condemned hash inside their own scripts; a PutChunks that relies on a stored
+   record it did not write (or uses as a delta base) claims it off the location index's
+   condemned marks before it adds it to a namespace (:meth:`cas.packstore.PackChunkStore.publish`).
+3. wait the grace period (longer than any upload-to-commit window one expects; correctness does
+   not depend on it, only how often a slow client must upload a chunk again).
+4. *mark again*, then *sweep*: drop from each namespace's index the chunks still condemned by E
+   and not referenced now (one script per slice: a commit runs wholly before -- it resurrected
+   them -- or wholly after -- it finds them missing, and the client uploads them again).
+5. *drop*: remove the location entries still condemned by E (not claimed since) that are neither
+   referenced, nor in any namespace's chunk index after the sweep, nor a base of a record that is.
+   Manifests no version references and not saved since step 2 are deleted.
+6. *repack* (:mod:`cas.repack`): rewrite packs whose live fraction fell below the threshold.
+
+Crash safety: the state (epoch, time of condemnation) is in Redis; a collection killed after
+step 2 resumes at step 3 with the same epoch, one killed before restarts. Marks are only ever
+removed by a writer's touch (always safe) or by a sweep/drop that checks them atomically. The
+repack order is in :mod:`cas.repack`. Only chunks are deleted that no version references, so a
+kill at any point loses no version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cas import repack as packs
+from cas.errors import BackendUnavailableError, UnsupportedStoreError
+from cas.packstore import IndexEntry, PackChunkStore
+from service.metadata.condemned import CondemnedChunks
+from service.metadata.locations import RedisLocationIndex
+from service.repository import Repository
+
+log = logging.getLogger("stratus.gc")
+KILL_ENV = "STRATUS_GC_KILL_AT"  # tests: SIGKILL the server when a collection reaches this phase
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    """How a collection behaves (config keys ``gc_*``, see service/config.py)."""
+
+    grace_s: float = 3600.0
+    min_live_fraction: float = 0.5
+    min_reclaim_bytes: int = 0
+    lock_ttl_s: float = 15.0
+
+
+@dataclass
+class GcReport:
+    """What one collection found and did (a dry run only finds)."""
+
+    dry_run: bool = False
+    epoch: int = 0
+    resumed: bool = False
+    namespaces: int = 0
+    manifests_live: int = 0
+    chunks_live: int = 0
+    chunks_condemned: int = 0  # index entries condemned at the start (store-wide)
+    chunks_swept: int = 0  # namespace index entries dropped
+    chunks_dropped: int = 0  # location index entries dropped (their records are dead)
+    dropped_bytes: int = 0  # record bytes of those
+    manifests_removed: int = 0
+    packs_removed: int = 0
+    packs_rewritten: int = 0
+    copied_bytes: int = 0
+    freed_bytes: int = 0  # disk bytes given back by this collection
+    reclaimable_bytes: int = 0  # dead bytes left in packs afterwards
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Mark:
+    refs: dict[str, set[bytes]]  # namespace -> chunks its versions reference
+    manifests: set[bytes]
+
+    @property
+    def live(self) -> set[bytes]:
+        return set().union(*self.refs.values()) if self.refs else set()
+
+
+def kill_hook(phase: str) -> None:
+    """SIGKILL this process when ``$STRATUS_GC_KILL_AT`` names ``phase`` (crash tests)."""
+    if os.environ.get(KILL_ENV) == phase:
+        log.warning("killing the server at garbage collection phase %s (%s)", phase, KILL_ENV)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def with_bases(digests: Iterable[bytes], entries: dict[bytes, IndexEntry]) -> set[bytes]:
+    """``digests`` and, transitively, the delta bases their index entries name."""
+    out: set[bytes] = set()
+    todo = list(digests)
+    while todo:
+        d = todo.pop()
+        if d in out:
+            continue
+        out.add(d)
+        entry = entries.get(d)
+        if entry is not None and entry.base is not None:
+            todo.append(entry.base)
+    return out
+
+
+class GarbageCollector:
+    """Runs collections of one store (one at a time store-wide, under a Redis lock)."""
+
+    def __init__(self, repo: Repository, settings: GcSettings, checkpoint: Callable[[str], None] = kill_hook) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.marks = CondemnedChunks(repo.metadata.client, repo.metadata.prefix)
+        self.checkpoint = checkpoint
+        self._running = asyncio.Lock()
+
+    def _store(self) -> tuple[PackChunkStore, RedisLocationIndex]:
+        store = self.repo.chunks
+        if not isinstance(store, PackChunkStore) or not isinstance(store.index, RedisLocationIndex):
+            raise UnsupportedStoreError(
+                "garbage collection needs the packs layout; this data dir keeps one file per chunk "
+                "(store_format 'files'): nothing was changed"
+            )
+        return store, store.index
+
+    async def counters(self) -> tuple[int, int]:
+        """(reclaimable, reclaimed) bytes as of the last collection."""
+        state = await self.marks.state()
+        return state.get("reclaimable_bytes", 0), state.get("reclaimed_bytes", 0)
+
+    async def run(self, dry_run: bool = False) -> GcReport:
+        """One collection (see the module docstring); a dry run changes nothing."""
+        self._store()
+        async with self._running:
+            ttl = int(self.settings.lock_ttl_s * 1000)
+            await self._take_lock(ttl)
+            keeper = asyncio.create_task(self._keep_lock(ttl))
+            try:
+                return await self._collect(dry_run)
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+                await self.marks.unlock()
+
+    async def _take_lock(self, ttl_ms: int) -> None:
+        deadline = time.monotonic() + 2 * ttl_ms / 1000
+        while not await self.marks.lock(ttl_ms):
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError("gc", "another garbage collection is running on this store",
+                                              retry_after_s=ttl_ms / 1000)
+            await asyncio.sleep(0.2)
+
+    async def _keep_lock(self, ttl_ms: int) -> None:
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            if not await self.marks.renew(ttl_ms):
+                log.error("garbage collection lost its lock")
+
+    async def _collect(self, dry_run: bool) -> GcReport:
+        store, index = self._store()
+        started = time.monotonic()
+        report = GcReport(dry_run=dry_run)
+        state = await self.marks.state()
+        if dry_run:
+            return await self._estimate(store, report, started)
+        if state.get("condemned_ms"):
+            report.resumed, report.epoch, condemned_ms = True, state["epoch"], state["condemned_ms"]
+            log.info("resuming garbage collection epoch %d", report.epoch)
+        else:
+            condemned_ms = await self._condemn(index, report)
+        self.checkpoint("condemned")
+        wait = condemned_ms / 1000 + self.settings.grace_s - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._sweep(store, index, report, condemned_ms)
+        await self._repack(store, report)
+        report.seconds = time.monotonic() - started
+        log.info("garbage collection %d: %s", report.epoch, report)
+        return report
+
+    # ---- phases ------------------------------------------------------------------------------
+
+    async def _mark(self, report: GcReport) -> _Mark:
+        """Every namespace's referenced chunks (a manifest that cannot be read aborts: its chunks
+        would look unreferenced)."""
+        mark = _Mark({}, set())
+        for ns in await self._namespaces():
+            chunks: set[bytes] = set()
+            seen: set[bytes] = set()
+            async for digest in self.repo.metadata.referenced_manifests(ns):
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                manifest = await self.repo.load_manifest(digest)
+                chunks.update(ref.digest for ref in manifest.chunks)
+            mark.refs[ns] = chunks
+            mark.manifests |= seen
+        report.namespaces = len(mark.refs)
+        report.manifests_live = len(mark.manifests)
+        return mark
+
+    async def _namespaces(self) -> list[str]:
+        with_files = set(await self.repo.metadata.namespaces())
+        return sorted(with_files | set(await self.marks.chunk_namespaces()))
+
+    async def _entries(self) -> dict[bytes, IndexEntry]:
+        store, _ = self._store()
+        return await self.repo.run_blocking(lambda: dict(store.index.iterate()))
+
+    async def _condemn(self, index: RedisLocationIndex, report: GcReport) -> int:
+        """Phase 2: new epoch, old marks cleared, candidates condemned; returns the time of it."""
+        report.epoch = await self.marks.next_epoch()
+        await self.marks.clear_state("condemned_ms")
+        await self._clear_marks(index)
+        t0 = time.monotonic()
+        mark = await self._mark(report)
+        entries = await self._entries()
+        live = with_bases(mark.live, entries)
+        report.chunks_live = len(live)
+        for ns, refs in mark.refs.items():
+            candidates: list[bytes] = []
+            async for batch in self.marks.chunk_batches(ns):
+                candidates += [d for d in batch if d not in refs]
+            await self.marks.condemn(ns, list(dict.fromkeys(candidates)), report.epoch)
+        dead = [d for d in entries if d not in live]
+        report.chunks_condemned = len(dead)
+        await self.repo.run_blocking(index.condemn_many, dead, report.epoch)
+        condemned_ms = int(time.time() * 1000)
+        await self.marks.set_state(epoch=report.epoch, condemned_ms=condemned_ms)
+        report.phases["condemn"] = time.monotonic() - t0
+        return condemned_ms
+
+    async def _clear_marks(self, index: RedisLocationIndex) -> None:
+        for ns in await self._namespaces():
+            await self.marks.clear(ns)
+        await self.repo.run_blocking(index.clear_condemned)
+
+    async def _sweep(
+        self, store: PackChunkStore, index: RedisLocationIndex, report: GcReport, condemned_ms: int
+    ) -> None:
+        """Phases 4-5: sweep namespaces, drop location entries, delete manifests."""
+        t0 = time.monotonic()
+        mark = await self._mark(report)
+        held: set[bytes] = set()
+        for ns, refs in mark.refs.items():
+            condemned = [d for d in await self.marks.condemned(ns, report.epoch) if d not in refs]
+            report.chunks_swept += len(await self.marks.sweep(ns, condemned, report.epoch))
+            async for batch in self.marks.chunk_batches(ns):
+                held.update(batch)
+        self.checkpoint("swept")
+        entries = await self._entries()
+        protected = with_bases(mark.live | held, entries)
+        dead = [d for d in entries if d not in protected]
+        dropped = await self.repo.run_blocking(index.drop_condemned, dead, report.epoch)
+        report.chunks_dropped = len(dropped)
+        report.dropped_bytes = sum(e.length for _, e in dropped)
+        if dropped:
+            store.invalidate_stats()
+        self.checkpoint("dropped")
+        unused = [d for d in await self.repo.stored_manifests() if d not in mark.manifests]
+        report.manifests_removed = await self.repo.remove_manifests(unused, condemned_ms / 1000)
+        await self._clear_marks(index)
+        await self.marks.clear_state("condemned_ms")
+        report.phases["sweep"] = time.monotonic() - t0
+
+    async def _repack(self, store: PackChunkStore, report: GcReport) -> None:
+        """Phase 6: rewrite sparse packs, remove empty ones; the counters shown by ``stratus info``."""
+        t0 = time.monotonic()
+        by_pack = await self.repo.run_blocking(packs.live_entries, store)
+        usage = await self.repo.run_blocking(packs.pack_usage, store, by_pack)
+        plan = packs.plan_repack(usage, self.settings.min_live_fraction, self.settings.min_reclaim_bytes)
+        done = await self.repo.run_blocking(packs.repack, store, plan, by_pack, self.checkpoint)
+        report.packs_removed, report.packs_rewritten = done.removed, done.rewritten
+        report.copied_bytes, report.freed_bytes = done.copied_bytes, done.freed_bytes
+        report.reclaimable_bytes = max(0, plan.reclaimable - plan.planned)
+        await self.marks.add_to_state("reclaimed_bytes", max(0, done.freed_bytes))
+        await self.marks.set_state(reclaimable_bytes=report.reclaimable_bytes)
+        report.phases["repack"] = time.monotonic() - t0
+
+    async def _estimate(self, store: PackChunkStore, report: GcReport, started: float) -> GcReport:
+        """A dry run: what a collection would condemn now and what the packs hold dead."""
+        mark = await self._mark(report)
+        entries = await self._entries()
+        live = with_bases(mark.live, entries)
+        report.chunks_live = len(live)
+        dead = [d for d in entries if d not in live]
+        report.chunks_condemned = len(dead)
+        report.dropped_bytes = sum(entries[d].length for d in dead)
+        by_pack = await self.repo.run_blocking(packs.live_entries, store)
+        usage = await self.repo.run_blocking(packs.pack_usage, store, by_pack)
+        report.reclaimable_bytes = sum(u.dead for u in usage) + report.dropped_bytes
+        report.manifests_removed = sum(1 for d in await self.repo.stored_manifests() if d not in mark.manifests)
+        report.seconds = time.monotonic() - started
+        return report
+
+
+async def run_periodically(collector: GarbageCollector, interval_s: float) -> None:
+    """The server's background collection: one every ``interval_s`` (errors are logged, the loop
+    goes on); an interrupted one resumes soon after a restart."""
+    state = await collector.marks.state()
+    delay = 1.0 if state.get("condemned_ms") else interval_s
+    while True:
+        await asyncio.sleep(delay)
+        delay = interval_s
+        try:
+            await collector.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background garbage collection failed")
