@@ -23,10 +23,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cas.pack import PackWriter, fsync_dir, is_sealed, list_packs, pack_path, scan
+from cas.pack import FILE_HEADER_SIZE, SEAL_SIZE, PackWriter, fsync_dir, is_sealed, list_packs, pack_path, scan
 from cas.packstore import IndexEntry, PackChunkStore
 
 Checkpoint = Callable[[str], None]
+PACK_OVERHEAD = FILE_HEADER_SIZE + SEAL_SIZE  # bytes of a sealed pack that are no record
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,13 @@ class PackUsage:
 
     @property
     def dead(self) -> int:
-        """Bytes a rewrite would give back."""
-        return self.size - self.live
+        """Bytes of dead records (what a rewrite gives back; a new pack has a header and seal too)."""
+        return max(0, self.size - PACK_OVERHEAD - self.live)
+
+    @property
+    def live_fraction(self) -> float:
+        """Live bytes per record byte (1.0 for a pack of live records only)."""
+        return self.live / max(1, self.size - PACK_OVERHEAD)
 
 
 @dataclass(frozen=True)
@@ -59,14 +65,15 @@ def plan_repack(
     """Which packs to remove and which to rewrite (pure).
 
     A pack with no live record is removed. A pack whose live bytes are below ``min_live_fraction``
-    of its size is rewritten, emptiest first. Nothing is rewritten when the plan would give back
-    less than ``min_reclaim_bytes`` (empty packs are removed whatever the total).
+    of its record bytes is rewritten, emptiest first (with 1.0: every pack holding a dead record).
+    Nothing is rewritten when the plan would give back less than ``min_reclaim_bytes`` (empty packs
+    are removed whatever the total).
     """
     if not 0 <= min_live_fraction <= 1:
         raise ValueError(f"min_live_fraction {min_live_fraction} is outside [0, 1]")
     remove = tuple(sorted(u.pack for u in usage if u.live == 0))
-    sparse = sorted((u for u in usage if u.live and u.live < min_live_fraction * u.size),
-                    key=lambda u: (u.live / u.size, u.pack))
+    sparse = sorted((u for u in usage if u.live and u.dead and u.live_fraction < min_live_fraction),
+                    key=lambda u: (u.live_fraction, u.pack))
     freed = sum(u.size for u in usage if u.live == 0)
     rewrite: tuple[str, ...] = ()
     if freed + sum(u.dead for u in sparse) >= max(1, min_reclaim_bytes):
@@ -84,7 +91,8 @@ class RepackResult:
     copied_records: int = 0
     copied_bytes: int = 0
     freed_bytes: int = 0  # bytes of removed packs minus bytes written
-    skipped: list[str] = field(default_factory=list)  # packs left as they were (and why, in the log)
+    skipped: list[str] = field(default_factory=list)  # packs left as they were
+    new_packs: set[str] = field(default_factory=set)
 
 
 def live_entries(store: PackChunkStore) -> dict[str, list[tuple[bytes, IndexEntry]]]:
@@ -124,6 +132,7 @@ def repack(
             _rewrite(store, writer, pack, by_pack.get(pack, []), result, checkpoint)
     finally:
         writer.close()
+    result.freed_bytes -= PACK_OVERHEAD * len(result.new_packs)  # each new pack's header and seal
     for pack in plan.remove:
         if _unreferenced(store, pack, by_pack.get(pack, [])):
             result.freed_bytes += _remove(store, pack)
@@ -154,6 +163,7 @@ def _rewrite(
     store.index.switch_many(moves)
     checkpoint("repack-switched")
     result.copied_records += len(copies)
+    result.new_packs.update(loc.pack for loc in locations)
     written = sum(loc.length for loc in locations)
     result.copied_bytes += written
     if _unreferenced(store, pack, entries):

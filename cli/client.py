@@ -161,6 +161,10 @@ class StratusClient:
         """Admin role: verify the server's chunk store and mark what is damaged (CheckStore)."""
         return self._remote.call(self._remote.stub.CheckStore, pb.CheckStoreRequest(read_data=read_data))
 
+    def collect_garbage(self, dry_run: bool = False) -> pb.CollectGarbageResponse:
+        """Admin role: one garbage collection on the server (waits for it; see README)."""
+        return self._remote.call(self._remote.stub.CollectGarbage, pb.CollectGarbageRequest(dry_run=dry_run))
+
     @property
     def params(self) -> TransferParams:
         """The transfer parameters the server announced."""

@@ -146,6 +146,8 @@ class StoreStats:
     version_count: int
     stored_bytes: int = 0
     store_chunk_count: int = 0
+    reclaimable_bytes: int = 0  # dead bytes in packs after the last garbage collection
+    reclaimed_bytes: int = 0  # disk bytes given back by garbage collection so far
 
     @property
     def dedup_ratio(self) -> float:
@@ -186,7 +188,8 @@ class ServerInfo:
             stats=StoreStats(
                 chunk_count=s.chunk_count, unique_bytes=s.unique_bytes, logical_bytes=s.logical_bytes,
                 file_count=s.file_count, version_count=s.version_count, stored_bytes=s.stored_bytes,
-                store_chunk_count=s.store_chunk_count,
+                store_chunk_count=s.store_chunk_count, reclaimable_bytes=s.reclaimable_bytes,
+                reclaimed_bytes=s.reclaimed_bytes,
             ),
         )
 

@@ -74,7 +74,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StoreStats(_message.Message):
-    __slots__ = ("chunk_count", "unique_bytes", "stored_bytes", "logical_bytes", "file_count", "version_count", "store_chunk_count")
+    __slots__ = ("chunk_count", "unique_bytes", "stored_bytes", "logical_bytes", "file_count", "version_count", "store_chunk_count", "reclaimable_bytes", "reclaimed_bytes")
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,8 @@ class StoreStats(_message.Message):
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     VERSION_COUNT_FIELD_NUMBER: _ClassVar[int]
     STORE_CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMED_BYTES_FIELD_NUMBER: _ClassVar[int]
     chunk_count: int
     unique_bytes: int
     stored_bytes: int
@@ -89,7 +91,9 @@ class StoreStats(_message.Message):
     file_count: int
     version_count: int
     store_chunk_count: int
-    def __init__(self, chunk_count: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., version_count: _Optional[int] = ..., store_chunk_count: _Optional[int] = ...) -> None: ...
+    reclaimable_bytes: int
+    reclaimed_bytes: int
+    def __init__(self, chunk_count: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., version_count: _Optional[int] = ..., store_chunk_count: _Optional[int] = ..., reclaimable_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
     __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files", "manifest_deltas")
@@ -573,3 +577,47 @@ class CheckStoreResponse(_message.Message):
     awaiting_repair: int
     damaged_digests: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, chunks_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., damaged: _Optional[int] = ..., missing: _Optional[int] = ..., awaiting_repair: _Optional[int] = ..., damaged_digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class CollectGarbageResponse(_message.Message):
+    __slots__ = ("dry_run", "epoch", "resumed", "namespaces", "manifests_live", "chunks_live", "chunks_condemned", "chunks_swept", "chunks_dropped", "dropped_bytes", "manifests_removed", "packs_removed", "packs_rewritten", "copied_bytes", "freed_bytes", "reclaimable_bytes", "seconds")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    MANIFESTS_LIVE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_LIVE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_CONDEMNED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_SWEPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MANIFESTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PACKS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PACKS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    COPIED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    epoch: int
+    resumed: bool
+    namespaces: int
+    manifests_live: int
+    chunks_live: int
+    chunks_condemned: int
+    chunks_swept: int
+    chunks_dropped: int
+    dropped_bytes: int
+    manifests_removed: int
+    packs_removed: int
+    packs_rewritten: int
+    copied_bytes: int
+    freed_bytes: int
+    reclaimable_bytes: int
+    seconds: float
+    def __init__(self, dry_run: _Optional[bool] = ..., epoch: _Optional[int] = ..., resumed: _Optional[bool] = ..., namespaces: _Optional[int] = ..., manifests_live: _Optional[int] = ..., chunks_live: _Optional[int] = ..., chunks_condemned: _Optional[int] = ..., chunks_swept: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., dropped_bytes: _Optional[int] = ..., manifests_removed: _Optional[int] = ..., packs_removed: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., copied_bytes: _Optional[int] = ..., freed_bytes: _Optional[int] = ..., reclaimable_bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -129,6 +129,11 @@ class StratusStub:
                 request_serializer=proto_dot_stratus__pb2.CheckStoreRequest.SerializeToString,
                 response_deserializer=proto_dot_stratus__pb2.CheckStoreResponse.FromString,
                 _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/stratus.v1.Stratus/CollectGarbage',
+                request_serializer=proto_dot_stratus__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=proto_dot_stratus__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
 
 
 class StratusServicer:
@@ -252,6 +257,12 @@ class StratusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectGarbage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StratusServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -349,6 +360,11 @@ def add_StratusServicer_to_server(servicer, server):
                     servicer.CheckStore,
                     request_deserializer=proto_dot_stratus__pb2.CheckStoreRequest.FromString,
                     response_serializer=proto_dot_stratus__pb2.CheckStoreResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=proto_dot_stratus__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=proto_dot_stratus__pb2.CollectGarbageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -864,6 +880,33 @@ class Stratus:
             '/stratus.v1.Stratus/CheckStore',
             proto_dot_stratus__pb2.CheckStoreRequest.SerializeToString,
             proto_dot_stratus__pb2.CheckStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratus.v1.Stratus/CollectGarbage',
+            proto_dot_stratus__pb2.CollectGarbageRequest.SerializeToString,
+            proto_dot_stratus__pb2.CollectGarbageResponse.FromString,
             options,
             channel_credentials,
             insecure,

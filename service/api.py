@@ -36,6 +36,7 @@ from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
 from service.gate import Caller, Gate
+from service.gc import GarbageCollector
 from service.messages import (
     commit_manifest_from_message,
     event_message,
@@ -95,9 +96,12 @@ async def _deadline(method: str, seconds: float) -> AsyncIterator[None]:
 class StratusService(pb_grpc.StratusServicer):
     """The StratusVault API over one repository."""
 
-    def __init__(self, config: ServerConfig, repo: Repository, gate: Gate) -> None:
+    def __init__(
+        self, config: ServerConfig, repo: Repository, gate: Gate, collector: GarbageCollector | None = None
+    ) -> None:
         self.config = config
         self.repo = repo
+        self.collector = collector
         self.gate = gate
         wait = config.admission_wait_s
         self.uploads = StreamLimits("upload streams", config.max_concurrent_uploads, config.max_uploads_per_identity,
@@ -155,6 +159,7 @@ class StratusService(pb_grpc.StratusServicer):
         if caller.view is None:
             ns_stats = await self.repo.namespace_stats(caller.namespace)
         disk = await self.repo.disk_stats(DISK_STATS_WAIT) if caller.admin else None
+        reclaimable, reclaimed = await self.collector.counters() if disk and self.collector else (0, 0)
         p = self.config.chunk_params
         return pb.ServerInfoResponse(
             server_version=SERVER_VERSION,
@@ -170,6 +175,7 @@ class StratusService(pb_grpc.StratusServicer):
                 version_count=ns_stats.version_count,
                 stored_bytes=disk.stored_bytes if disk else 0,
                 store_chunk_count=disk.chunk_count if disk else 0,
+                reclaimable_bytes=reclaimable, reclaimed_bytes=reclaimed,
             ),
         )
 
@@ -569,6 +575,21 @@ class StratusService(pb_grpc.StratusServicer):
             missing=result.missing, awaiting_repair=len(result.awaiting_repair),
             damaged_digests=result.awaiting_repair[:1000],
         )
+
+    @rpc
+    async def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: Ctx
+    ) -> pb.CollectGarbageResponse:
+        caller = self._identify(context, "CollectGarbage")
+        if not caller.admin:
+            raise PermissionDeniedError(f"identity {caller.identity!r} does not hold the admin role")
+        if self.collector is None:
+            raise InvalidInputError("this server was started without garbage collection")
+        r = await self.collector.run(dry_run=request.dry_run)
+        note(freed_bytes=r.freed_bytes, dry_run=r.dry_run)
+        return pb.CollectGarbageResponse(**{
+            f.name: getattr(r, f.name) for f in pb.CollectGarbageResponse.DESCRIPTOR.fields
+        })
 
     @rpc
     async def Watch(self, request: pb.WatchRequest, context: Ctx) -> AsyncIterator[pb.Event]:

@@ -98,6 +98,15 @@ class ServerConfig:
     # and the whole file anyway, and this halves the server's CPU per byte served.
     verify_reads: bool = False
     io_threads: int = 0  # 0: twice the CPU count
+    # Garbage collection (service/gc.py, README "Garbage collection"): a background collection every
+    # gc_interval_s (0: only `stratus admin gc`); unreferenced chunks are condemned, then dropped
+    # gc_grace_s later unless a writer touched them; packs whose live bytes fall below
+    # gc_repack_live_fraction of their size are rewritten when that gives back gc_min_reclaim_bytes.
+    gc_interval_s: float = 86400.0
+    gc_grace_s: float = 3600.0
+    gc_repack_live_fraction: float = 0.5
+    gc_min_reclaim_bytes: int = 0
+    gc_lock_ttl_s: float = 15.0
     shutdown_grace_seconds: float = 10.0
 
     @property
@@ -136,6 +145,12 @@ class ServerConfig:
             raise ConfigError(f"store_format must be one of {', '.join(STORE_FORMATS)}, not {self.store_format!r}")
         if self.pack_size < 4 * self.chunk_max_size:
             raise ConfigError("pack_size must be at least four maximum chunks")
+        if self.gc_interval_s < 0 or self.gc_grace_s < 1 or self.gc_lock_ttl_s < 1 or self.gc_min_reclaim_bytes < 0:
+            raise ConfigError(
+                "gc_interval_s must be >= 0, gc_grace_s and gc_lock_ttl_s >= 1, gc_min_reclaim_bytes >= 0"
+            )
+        if not 0 <= self.gc_repack_live_fraction <= 1:
+            raise ConfigError("gc_repack_live_fraction must be between 0 and 1")
         if self.tls_dir and self.insecure:
             raise ConfigError("choose either tls_dir or insecure, not both")
         return self

@@ -40,6 +40,7 @@ from service.certs import grpc_server_credentials
 from service.config import ConfigError, ServerConfig, load_config
 from service.decoding import tolerant_handlers
 from service.gate import Gate
+from service.gc import GarbageCollector, GcSettings, run_periodically
 from service.metadata import MetadataStore
 from service.metadata.locations import RedisLocationIndex
 from service.ratelimit import RateLimiter
@@ -177,6 +178,7 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._lock: DataDirLock | None = None
         self._audit = AuditLog.disabled()
+        self._gc_task: asyncio.Task[None] | None = None
         self.store_id = ""
         self.store_format = PACKS
 
@@ -217,7 +219,11 @@ class Server:
         )
         if seeded := await seed_journal(self._repo):
             log.info("journaled the %d versions of a store written before the version journal", seeded)
-        service = StratusService(cfg, self._repo, gate)
+        collector = GarbageCollector(self._repo, GcSettings(
+            cfg.gc_grace_s, cfg.gc_repack_live_fraction, cfg.gc_min_reclaim_bytes, cfg.gc_lock_ttl_s))
+        if layout == PACKS and cfg.gc_interval_s > 0:  # the files layout is refused by `admin gc`
+            self._gc_task = asyncio.create_task(run_periodically(collector, cfg.gc_interval_s))
+        service = StratusService(cfg, self._repo, gate, collector)
         self._audit = AuditLog.open(cfg.audit_log)
         service.observers.append(self._audit.observe)
         self._grpc = grpc.aio.server(options=grpc_options(cfg))
@@ -243,6 +249,10 @@ class Server:
     async def stop(self) -> None:
         """Drain in-flight calls within the grace period, then stop everything."""
         await self._health.enter_graceful_shutdown()
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc_task
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
         if self._repo is not None:

@@ -56,6 +56,9 @@ ADMIN_EPILOG = """[bold]Examples[/bold]
 Exit code 5 when chunks are damaged or missing: they are repaired by the next upload of the same
 content (put the affected files again).
 
+  stratus admin gc --dry-run              [dim]# what a collection would give back[/dim]
+  stratus admin gc                        [dim]# collect now (takes the server's gc_grace_s)[/dim]
+
   stratus admin rebuild-index --data-dir ~/vault --redis-url redis://127.0.0.1:6379
                                           [dim]# server stopped: metadata from the data dir[/dim]
 """
@@ -199,6 +202,30 @@ def admin_check(
             rt.out.print(f"  {d}", markup=False)
     if r.awaiting_repair:
         raise typer.Exit(INTEGRITY)
+
+
+@admin_app.command("gc", epilog=ADMIN_EPILOG)
+def admin_gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what a collection would give back.")] = False,
+) -> None:
+    """Remove chunks and manifests no version references and rewrite sparse packs (writers go on)."""
+    from cli.output import human_bytes
+
+    rt = Runtime.of(ctx)
+    r = rt.client.collect_garbage(dry_run)
+    if rt.out.json:
+        rt.out.document({f.name: getattr(r, f.name) for f in r.DESCRIPTOR.fields})
+        return
+    if dry_run:
+        rt.out.done(f"{r.chunks_condemned} of {r.chunks_condemned + r.chunks_live} chunks and "
+                    f"{r.manifests_removed} manifests are unreferenced; about "
+                    f"{human_bytes(r.reclaimable_bytes)} reclaimable ({r.namespaces} namespaces)")
+        return
+    rt.out.done(f"freed {human_bytes(max(0, r.freed_bytes))} in {r.seconds:.1f}s: {r.chunks_dropped} chunks "
+                f"({human_bytes(r.dropped_bytes)}), {r.manifests_removed} manifests, {r.packs_removed} packs "
+                f"removed, {r.packs_rewritten} rewritten ({human_bytes(r.copied_bytes)} copied); "
+                f"{human_bytes(r.reclaimable_bytes)} left reclaimable" + (" (resumed)" if r.resumed else ""))
 
 
 @admin_app.command("rebuild-index", epilog=ADMIN_EPILOG)

@@ -216,6 +216,8 @@ def info(ctx: typer.Context) -> None:
                 "chunk_count": s.chunk_count, "unique_bytes": s.unique_bytes, "stored_bytes": stored,
                 "store_chunk_count": s.store_chunk_count if disk_known else None, "dedup_ratio": ratio_dedup,
                 "dedup_compression_ratio": ratio_total,
+                "reclaimable_bytes": s.reclaimable_bytes if disk_known else None,
+                "reclaimed_bytes": s.reclaimed_bytes if disk_known else None,
             },
         })
         return
@@ -237,6 +239,8 @@ def info(ctx: typer.Context) -> None:
                                             "after a restart, still being counted for a moment"),
         ("dedup ratio", f"{ratio_dedup:.2f}x" if ratio_dedup else None),
         ("dedup+compression", f"{ratio_total:.2f}x" if ratio_total else None),
+        ("garbage", f"{human_bytes(s.reclaimable_bytes)} reclaimable, {human_bytes(s.reclaimed_bytes)} reclaimed "
+                    "so far (stratus admin gc)" if disk_known else None),
     ], title="store")
 
 

@@ -1,0 +1,73 @@
+"""Garbage collection tests: servers that collect quickly, forgetting versions, reading back.
+
+``stratus forget`` is a separate feature; :func:`forget_versions` removes version records straight
+from the metadata (what a forget does to them), which is all a collection looks at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import redis
+
+from cas.errors import ServerUnavailableError
+from cas.pack import list_packs, pack_path
+from cli.client import StratusClient
+
+# Collect within seconds: grace 1 s, lock 2 s, small packs (so a few MiB make several), every pack
+# holding a dead record rewritten, no background collection unless a test asks.
+FAST_GC = {"STRATUS_GC_GRACE_S": "1", "STRATUS_GC_LOCK_TTL_S": "2", "STRATUS_GC_INTERVAL_S": "0",
+           "STRATUS_PACK_SIZE": str(1 << 20), "STRATUS_GC_REPACK_LIVE_FRACTION": "1.0"}
+
+
+def forget_versions(server: object, ns: str, path: str, keep: set[int]) -> list[int]:
+    """Delete every version record of ``path`` in ``ns`` except ``keep``; returns those deleted."""
+    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
+    try:
+        key = f"{server.prefix}:{{{ns}}}:v:{path}".encode()  # type: ignore[attr-defined]
+        gone = sorted(int(v) for v in client.hkeys(key) if int(v) not in keep)
+        if gone:
+            client.hdel(key, *[str(v) for v in gone])
+        return gone
+    finally:
+        client.close()
+
+
+def wait_condemned(server: object, ns: str, timeout: float = 30) -> None:
+    """Wait until a running collection has condemned chunks of ``ns`` (it is in its grace period)."""
+    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
+    key = f"{server.prefix}:{{{ns}}}:condemned"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    try:
+        while not client.exists(key):
+            assert time.monotonic() < deadline, "no collection condemned anything"
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def pack_bytes(data_dir: Path) -> int:
+    """Bytes of every pack file of a data dir."""
+    return sum(pack_path(data_dir, p).stat().st_size for p in list_packs(data_dir))
+
+
+def sha(data: bytes) -> str:
+    """Hex SHA-256 (what tests remember of an acknowledged version)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_clean(client: StratusClient) -> None:
+    """``stratus admin check --read-data`` has nothing to complain about."""
+    r = client.check_store(read_data=True)
+    assert (r.damaged, r.missing, r.awaiting_repair) == (0, 0, 0), r
+
+
+def gc_or_killed(client: StratusClient) -> bool:
+    """Run a collection; False if the server died during it (a crash test's kill)."""
+    try:
+        client.collect_garbage()
+    except ServerUnavailableError:
+        return False
+    return True

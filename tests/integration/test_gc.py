@@ -1,0 +1,154 @@
+"""Garbage collection and repacking against real servers (Redis and Valkey): what no version
+references goes, everything a version references stays readable, and writers are never refused
+for more than a chunk they can upload again."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import grpc
+import pytest
+from api_helpers import put_chunks
+from gc_helpers import FAST_GC, assert_clean, forget_versions, pack_bytes, wait_condemned
+from server_fixtures import RunningServer, drop_prefix, new_prefix
+from tls_fixtures import connect, tls_server
+
+from cas import codec
+from cas.digest import digest as blake3
+from cas.errors import InvalidInputError
+from cli.client import StratusClient
+from proto import stratus_pb2 as pb
+
+
+@pytest.fixture
+def gc_server(redis_url, tmp_path):
+    prefix = new_prefix()
+    running = RunningServer(tmp_path / "data", redis_url, prefix, extra_env=FAST_GC).start()
+    try:
+        yield running
+    finally:
+        running.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def history(seed: int, size: int = 3 << 20, versions: int = 4, change: float = 0.05) -> list[bytes]:
+    """Versions of a file, each changing ``change`` of the previous one in a few places."""
+    rng = random.Random(seed)
+    data = bytearray(rng.randbytes(size))
+    out = [bytes(data)]
+    for _ in range(versions - 1):
+        for _ in range(4):
+            at = rng.randrange(size)
+            span = int(size * change / 4)
+            data[at:at + span] = rng.randbytes(len(data[at:at + span]))
+        out.append(bytes(data))
+    return out
+
+
+def chunks_of(client: StratusClient, path: str, version: int = 0) -> set[bytes]:
+    req = pb.GetManifestRequest(path=path, at=pb.VersionSelector(version=version))
+    return {c.digest for c in client.stub.GetManifest(req).manifest.chunks}
+
+
+def missing(client: StratusClient, digests) -> set[bytes]:
+    return set(client.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=list(digests))).missing)
+
+
+def test_gc_reclaims_forgotten_versions_and_keeps_live_ones(gc_server):
+    with StratusClient.connect(gc_server.address, insecure=True) as c:
+        ns = c.info().namespace
+        versions = history(1)
+        for data in versions:
+            c.put_bytes(data, "db.bin")
+        c.put_bytes(b"small and kept", "keep.txt")
+        old = set().union(*(chunks_of(c, "db.bin", v) for v in (1, 2, 3)))
+        live = chunks_of(c, "db.bin", 4)
+        before = pack_bytes(gc_server.data_dir)
+        dry = c.collect_garbage(dry_run=True)
+        assert dry.chunks_condemned == 0 and pack_bytes(gc_server.data_dir) == before
+
+        forget_versions(gc_server, ns, "db.bin", keep={4})
+        dry = c.collect_garbage(dry_run=True)
+        assert dry.chunks_condemned == len(old - live) and pack_bytes(gc_server.data_dir) == before
+        r = c.collect_garbage()
+        assert r.chunks_dropped == len(old - live) and r.chunks_swept == len(old - live)
+        assert r.manifests_removed == 3
+        after = pack_bytes(gc_server.data_dir)
+        assert r.freed_bytes > 0 and before - after == r.freed_bytes
+        assert r.freed_bytes >= 0.8 * r.dropped_bytes  # the packs were rewritten, not just unindexed
+        assert missing(c, old - live) == old - live  # the namespace no longer claims them
+        assert not missing(c, live)
+        assert c.get_bytes("db.bin") == versions[3] and c.get_bytes("keep.txt") == b"small and kept"
+        assert_clean(c)
+        stats = c.info().stats
+        assert stats.reclaimed_bytes == r.freed_bytes
+        # a forgotten content comes back by uploading it again
+        c.put_bytes(versions[0], "db.bin")
+        assert c.get_bytes("db.bin") == versions[0]
+        assert_clean(c)
+
+
+def test_uncommitted_upload_is_collected_unless_a_writer_touches_it(gc_server):
+    with StratusClient.connect(gc_server.address, insecure=True) as c:
+        c.put_bytes(os.urandom(300_000), "anchor")  # something live, so the store is not empty
+        idle, touched = os.urandom(40_000), os.urandom(40_000)
+        frames = [(blake3(b), codec.encode(b, 3)) for b in (idle, touched)]
+        put_chunks(c.stub, frames)
+        collection = c.remote.stub.CollectGarbage.future(pb.CollectGarbageRequest())
+        wait_condemned(gc_server, c.info().namespace)
+        # inside the grace period, a FindMissingChunks about one of them resurrects it
+        assert not missing(c, [frames[1][0]])
+        collection.result(timeout=60)
+        assert missing(c, [frames[0][0], frames[1][0]]) == {frames[0][0]}
+        commit = pb.CommitFileRequest(path="late", manifest=pb.Manifest(
+            chunks=[pb.ChunkRef(digest=frames[1][0], length=len(touched))], size=len(touched),
+            file_digest=blake3(touched)))
+        c.stub.CommitFile(commit)
+        assert c.get_bytes("late") == touched
+        # the idle one was dropped: a commit naming it is refused with the missing chunk, never accepted
+        commit.path, commit.manifest.chunks[0].digest = "lost", frames[0][0]
+        commit.manifest.chunks[0].length, commit.manifest.file_digest = len(idle), blake3(idle)
+        commit.manifest.size = len(idle)
+        with pytest.raises(grpc.RpcError) as err:
+            c.stub.CommitFile(commit)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        c.put_bytes(idle, "lost")  # the client library uploads it again
+        assert c.get_bytes("lost") == idle
+        assert_clean(c)
+
+
+def test_chunks_shared_across_namespaces_stay_for_the_namespace_that_uses_them(redis_url, tmp_path):
+    access = '[identities.alice]\nnamespace = "a"\n[identities.bob]\nnamespace = "b"\n' \
+             '[identities.ops]\nnamespace = "ops"\nadmin = true\n'
+    with tls_server(tmp_path, redis_url, ["alice", "bob", "ops"], access=access, extra_env=FAST_GC) as server:
+        data = os.urandom(2 << 20)
+        with connect(server, "alice") as alice, connect(server, "bob") as bob, connect(server, "ops") as ops:
+            alice.put_bytes(data, "f")
+            alice.put_bytes(os.urandom(100_000), "f")
+            bob.put_bytes(data, "g")
+            shared = chunks_of(bob, "g")
+            forget_versions(server, "a", "f", keep={2})
+            r = ops.collect_garbage()
+            assert r.chunks_swept == len(shared) and r.chunks_dropped == 0  # bob still needs them
+            assert missing(alice, shared) == shared and not missing(bob, shared)
+            assert bob.get_bytes("g") == data
+            forget_versions(server, "b", "g", keep=set())
+            r = ops.collect_garbage()
+            assert r.chunks_dropped == len(shared)
+            assert missing(bob, shared) == shared
+            assert_clean(ops)
+
+
+def test_files_layout_is_refused_clearly(redis_url, tmp_path):
+    prefix = new_prefix()
+    env = {**FAST_GC, "STRATUS_STORE_FORMAT": "files"}
+    with RunningServer(tmp_path / "data", redis_url, prefix, extra_env=env).start() as server:
+        try:
+            with StratusClient.connect(server.address, insecure=True) as c:
+                c.put_bytes(b"x" * 1000, "f")
+                with pytest.raises(InvalidInputError, match="packs layout"):
+                    c.collect_garbage()
+                assert c.get_bytes("f") == b"x" * 1000
+        finally:
+            drop_prefix(redis_url, prefix)
