@@ -7,6 +7,7 @@ from the metadata (what a forget does to them), which is all a collection looks 
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import redis
 from cas.errors import ServerUnavailableError
 from cas.pack import list_packs, pack_path
 from cli.client import StratusClient
+from proto import stratus_pb2 as pb
 
 # Collect within seconds: grace 1 s, lock 2 s, small packs (so a few MiB make several), every pack
 # holding a dead record rewritten, no background collection unless a test asks.
@@ -71,3 +73,26 @@ def gc_or_killed(client: StratusClient) -> bool:
     except ServerUnavailableError:
         return False
     return True
+
+
+def history(seed: int, size: int = 3 << 20, versions: int = 4, change: float = 0.05) -> list[bytes]:
+    """Versions of a file, each changing ``change`` of the previous one in a few places."""
+    rng = random.Random(seed)
+    data = bytearray(rng.randbytes(size))
+    out = [bytes(data)]
+    for _ in range(versions - 1):
+        for _ in range(4):
+            at = rng.randrange(size)
+            span = int(size * change / 4)
+            data[at:at + span] = rng.randbytes(len(data[at:at + span]))
+        out.append(bytes(data))
+    return out
+
+
+def chunks_of(client: StratusClient, path: str, version: int = 0) -> set[bytes]:
+    req = pb.GetManifestRequest(path=path, at=pb.VersionSelector(version=version))
+    return {c.digest for c in client.stub.GetManifest(req).manifest.chunks}
+
+
+def missing(client: StratusClient, digests) -> set[bytes]:
+    return set(client.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=list(digests))).missing)

@@ -5,12 +5,11 @@ for more than a chunk they can upload again."""
 from __future__ import annotations
 
 import os
-import random
 
 import grpc
 import pytest
 from api_helpers import put_chunks
-from gc_helpers import FAST_GC, assert_clean, forget_versions, pack_bytes, wait_condemned
+from gc_helpers import FAST_GC, assert_clean, chunks_of, forget_versions, history, missing, pack_bytes, wait_condemned
 from server_fixtures import RunningServer, drop_prefix, new_prefix
 from tls_fixtures import connect, tls_server
 
@@ -30,29 +29,6 @@ def gc_server(redis_url, tmp_path):
     finally:
         running.kill()
         drop_prefix(redis_url, prefix)
-
-
-def history(seed: int, size: int = 3 << 20, versions: int = 4, change: float = 0.05) -> list[bytes]:
-    """Versions of a file, each changing ``change`` of the previous one in a few places."""
-    rng = random.Random(seed)
-    data = bytearray(rng.randbytes(size))
-    out = [bytes(data)]
-    for _ in range(versions - 1):
-        for _ in range(4):
-            at = rng.randrange(size)
-            span = int(size * change / 4)
-            data[at:at + span] = rng.randbytes(len(data[at:at + span]))
-        out.append(bytes(data))
-    return out
-
-
-def chunks_of(client: StratusClient, path: str, version: int = 0) -> set[bytes]:
-    req = pb.GetManifestRequest(path=path, at=pb.VersionSelector(version=version))
-    return {c.digest for c in client.stub.GetManifest(req).manifest.chunks}
-
-
-def missing(client: StratusClient, digests) -> set[bytes]:
-    return set(client.stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=list(digests))).missing)
 
 
 def test_gc_reclaims_forgotten_versions_and_keeps_live_ones(gc_server):
