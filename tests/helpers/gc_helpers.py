@@ -1,40 +1,30 @@
 """Garbage collection tests: servers that collect quickly, forgetting versions, reading back.
 
-``stratus forget`` is a separate feature; :func:`forget_versions` removes version records straight
-from the metadata (what a forget does to them), which is all a collection looks at.
+``stratus forget`` is a separate feature; :func:`bench.gc_stress.forget_versions` removes version
+records straight from the metadata (what a forget does to them), which is all a collection looks at.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from pathlib import Path
 
 import redis
 
+from bench.gc_stress import forget_versions
 from cas.errors import ServerUnavailableError
 from cas.pack import list_packs, pack_path
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
 
+__all__ = ["FAST_GC", "assert_clean", "chunks_of", "forget_versions", "gc_or_killed", "history", "missing",
+           "pack_bytes", "wait_condemned"]
+
 # Collect within seconds: grace 1 s, lock 2 s, small packs (so a few MiB make several), every pack
 # holding a dead record rewritten, no background collection unless a test asks.
 FAST_GC = {"STRATUS_GC_GRACE_S": "1", "STRATUS_GC_LOCK_TTL_S": "2", "STRATUS_GC_INTERVAL_S": "0",
            "STRATUS_PACK_SIZE": str(1 << 20), "STRATUS_GC_REPACK_LIVE_FRACTION": "1.0"}
-
-
-def forget_versions(server: object, ns: str, path: str, keep: set[int]) -> list[int]:
-    """Delete every version record of ``path`` in ``ns`` except ``keep``; returns those deleted."""
-    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
-    try:
-        key = f"{server.prefix}:{{{ns}}}:v:{path}".encode()  # type: ignore[attr-defined]
-        gone = sorted(int(v) for v in client.hkeys(key) if int(v) not in keep)
-        if gone:
-            client.hdel(key, *[str(v) for v in gone])
-        return gone
-    finally:
-        client.close()
 
 
 def wait_condemned(server: object, ns: str, timeout: float = 30) -> None:
@@ -53,11 +43,6 @@ def wait_condemned(server: object, ns: str, timeout: float = 30) -> None:
 def pack_bytes(data_dir: Path) -> int:
     """Bytes of every pack file of a data dir."""
     return sum(pack_path(data_dir, p).stat().st_size for p in list_packs(data_dir))
-
-
-def sha(data: bytes) -> str:
-    """Hex SHA-256 (what tests remember of an acknowledged version)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def assert_clean(client: StratusClient) -> None:
