@@ -9,7 +9,9 @@ Groups: transfer (throughput, re-upload, deltas, TLS cost), latency (Stat/ListFi
 concurrency, 1000 Watch streams), memory (peak RSS moving a 4 GiB file), peers (restic, borg,
 rsync with and without -z on the same data, every tool timed as a process; the ones not installed
 are skipped), history (8 django releases file by file: bytes on disk and time, us vs the
-peers), startup (wall time of ``stratus --help``
+peers), gc (30 daily versions of a file, 23 forgotten: bytes freed,
+time, upload throughput during the collection; restic forget --prune on the same history),
+gc_stress (writers racing collections; ``--cycles N``), startup (wall time of ``stratus --help``
 and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
 Stat p99 while one identity floods the server). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
@@ -18,6 +20,7 @@ a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -29,12 +32,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import flood, latency, memory, peers, report, servers, startup, transfer
+from bench import flood, gc, latency, memory, peers, report, servers, startup, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
-          "history": peers.run_history, "startup": startup.run, "flood": flood.run}
+          "history": peers.run_history, "startup": startup.run, "flood": flood.run,
+          "gc": gc.run, "gc_stress": gc.run_stress}
 
 
 def _log(message: str) -> None:
@@ -67,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(GROUPS), metavar="NAME",
                         help=f"run only this group (repeatable): {', '.join(GROUPS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where results go")
+    parser.add_argument("--cycles", type=int, metavar="N", help="collections of the gc_stress group")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (datasets, server data)")
     args = parser.parse_args(argv)
 
     sizes = Sizes.quick() if args.quick else Sizes.full()
+    if args.cycles:
+        sizes = dataclasses.replace(sizes, gc_cycles=args.cycles)
     names = [n for n in GROUPS if not args.only or n in args.only]
     started = time.perf_counter()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])

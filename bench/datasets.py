@@ -296,6 +296,8 @@ class Sizes:
     watchers: int
     active_clients: int
     tls_rounds: int
+    gc_file: int = 256 * MIB  # the file of the gc group's 30 daily versions
+    gc_cycles: int = 40  # collections of the gc_stress group (--cycles)
 
     @classmethod
     def full(cls) -> Sizes:
@@ -303,7 +305,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(64 * MIB, 512 * MIB, 1000, (16 * MIB,), 300, 1.0, 1000, 100, 1)
+        return cls(64 * MIB, 512 * MIB, 1000, (16 * MIB,), 300, 1.0, 1000, 100, 1, 32 * MIB, 6)
 
 
 class Workspace:

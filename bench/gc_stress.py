@@ -22,13 +22,11 @@ from cli.client import StratusClient
 BASE_SIZE = 3 << 19  # 1.5 MiB shared by every writer at the start
 
 
-def forget_versions(server: object, ns: str, path: str, keep: set[int]) -> list[int]:
-    """Delete every version record of ``path`` in ``ns`` except ``keep``; returns those deleted.
-
-    ``server`` has ``redis_url`` and ``prefix`` (a test or bench server)."""
-    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
+def forget_versions(redis_url: str, prefix: str, ns: str, path: str, keep: set[int]) -> list[int]:
+    """Delete every version record of ``path`` in ``ns`` except ``keep``; returns those deleted."""
+    client = redis.Redis.from_url(redis_url)
     try:
-        key = f"{server.prefix}:{{{ns}}}:v:{path}".encode()  # type: ignore[attr-defined]
+        key = f"{prefix}:{{{ns}}}:v:{path}".encode()
         gone = sorted(int(v) for v in client.hkeys(key) if int(v) not in keep)
         if gone:
             client.hdel(key, *[str(v) for v in gone])
@@ -96,12 +94,14 @@ def _writer(address: str, k: int, stop: threading.Event, acks: _Acks, result: St
             result.versions_written += 1
 
 
-def stress(server: object, cycles: int, writers: int = 4, keep_last: int = 2) -> StressResult:
-    """Run ``writers`` writer threads against ``server`` (plaintext, one namespace) while
+def stress(
+    address: str, redis_url: str, prefix: str, cycles: int, writers: int = 4, keep_last: int = 2
+) -> StressResult:
+    """Run ``writers`` writer threads against the server at ``address`` (plaintext, one namespace;
+    metadata at ``redis_url`` under ``prefix``) while
     ``cycles`` rounds of forget + collection run; then verify (see the module docstring)."""
     started = time.monotonic()
     result, acks, stop = StressResult(), _Acks(), threading.Event()
-    address = server.address  # type: ignore[attr-defined]
     threads = [threading.Thread(target=_writer, args=(address, k, stop, acks, result)) for k in range(writers)]
     for t in threads:
         t.start()
@@ -115,7 +115,8 @@ def stress(server: object, cycles: int, writers: int = 4, keep_last: int = 2) ->
                     old = acks.forgettable(path, keep_last)
                     if old:
                         newest = max(old)
-                        gone = forget_versions(server, ns, path, keep={v for v in range(newest + 1, newest + 10**6)})
+                        keep = set(range(newest + 1, newest + 10**6))
+                        gone = forget_versions(redis_url, prefix, ns, path, keep)
                         result.versions_forgotten += len(gone)
                 r = c.collect_garbage()
                 result.cycles += 1

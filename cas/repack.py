@@ -19,6 +19,7 @@ old pack with fewer live records (rewritten or removed by a later repack).
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,14 +123,21 @@ def pack_usage(store: PackChunkStore, by_pack: dict[str, list[tuple[bytes, Index
 
 def repack(
     store: PackChunkStore, plan: RepackPlan, by_pack: dict[str, list[tuple[bytes, IndexEntry]]],
-    checkpoint: Checkpoint = lambda phase: None,
+    checkpoint: Checkpoint = lambda phase: None, duty: float = 1.0,
 ) -> RepackResult:
-    """Carry out ``plan`` (see the module docstring for the order that keeps it crash-safe)."""
+    """Carry out ``plan`` (see the module docstring for the order that keeps it crash-safe).
+
+    ``duty`` < 1 pauses after each pack so the rewrite works at most that fraction of the time
+    (the rest of the machine goes to uploads and reads).
+    """
     result = RepackResult()
     writer = PackWriter(store.root, store.writer.max_pack_size, store.fsync)
     try:
         for pack in plan.rewrite:
+            started = time.monotonic()
             _rewrite(store, writer, pack, by_pack.get(pack, []), result, checkpoint)
+            if duty < 1:
+                time.sleep((time.monotonic() - started) * (1 - duty) / max(duty, 0.01))
     finally:
         writer.close()
     result.freed_bytes -= PACK_OVERHEAD * len(result.new_packs)  # each new pack's header and seal

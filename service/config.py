@@ -107,6 +107,7 @@ class ServerConfig:
     gc_repack_live_fraction: float = 0.5
     gc_min_reclaim_bytes: int = 0
     gc_lock_ttl_s: float = 15.0
+    gc_repack_duty: float = 0.5  # a repack pauses so it works at most this fraction of the time
     shutdown_grace_seconds: float = 10.0
 
     @property
@@ -151,6 +152,8 @@ class ServerConfig:
             )
         if not 0 <= self.gc_repack_live_fraction <= 1:
             raise ConfigError("gc_repack_live_fraction must be between 0 and 1")
+        if not 0.05 <= self.gc_repack_duty <= 1:
+            raise ConfigError("gc_repack_duty must be between 0.05 and 1")
         if self.tls_dir and self.insecure:
             raise ConfigError("choose either tls_dir or insecure, not both")
         return self

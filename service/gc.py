@@ -58,6 +58,7 @@ class GcSettings:
     min_live_fraction: float = 0.5
     min_reclaim_bytes: int = 0
     lock_ttl_s: float = 15.0
+    repack_duty: float = 0.5  # fraction of the time a repack may work (it pauses the rest)
 
 
 @dataclass
@@ -282,7 +283,9 @@ class GarbageCollector:
         by_pack = await self.repo.run_blocking(packs.live_entries, store)
         usage = await self.repo.run_blocking(packs.pack_usage, store, by_pack)
         plan = packs.plan_repack(usage, self.settings.min_live_fraction, self.settings.min_reclaim_bytes)
-        done = await self.repo.run_blocking(packs.repack, store, plan, by_pack, self.checkpoint)
+        done = await self.repo.run_blocking(
+            packs.repack, store, plan, by_pack, self.checkpoint, self.settings.repack_duty
+        )
         report.packs_removed, report.packs_rewritten = done.removed, done.rewritten
         report.copied_bytes, report.freed_bytes = done.copied_bytes, done.freed_bytes
         report.reclaimable_bytes = max(0, plan.reclaimable - plan.planned)

@@ -220,7 +220,8 @@ class Server:
         if seeded := await seed_journal(self._repo):
             log.info("journaled the %d versions of a store written before the version journal", seeded)
         collector = GarbageCollector(self._repo, GcSettings(
-            cfg.gc_grace_s, cfg.gc_repack_live_fraction, cfg.gc_min_reclaim_bytes, cfg.gc_lock_ttl_s))
+            cfg.gc_grace_s, cfg.gc_repack_live_fraction, cfg.gc_min_reclaim_bytes, cfg.gc_lock_ttl_s,
+            cfg.gc_repack_duty))
         if layout == PACKS and cfg.gc_interval_s > 0:  # the files layout is refused by `admin gc`
             self._gc_task = asyncio.create_task(run_periodically(collector, cfg.gc_interval_s))
         service = StratusService(cfg, self._repo, gate, collector)

@@ -44,7 +44,7 @@ def test_gc_reclaims_forgotten_versions_and_keeps_live_ones(gc_server):
         dry = c.collect_garbage(dry_run=True)
         assert dry.chunks_condemned == 0 and pack_bytes(gc_server.data_dir) == before
 
-        forget_versions(gc_server, ns, "db.bin", keep={4})
+        forget_versions(gc_server.redis_url, gc_server.prefix, ns, "db.bin", keep={4})
         dry = c.collect_garbage(dry_run=True)
         assert dry.chunks_condemned == len(old - live) and pack_bytes(gc_server.data_dir) == before
         r = c.collect_garbage()
@@ -104,12 +104,12 @@ def test_chunks_shared_across_namespaces_stay_for_the_namespace_that_uses_them(r
             alice.put_bytes(os.urandom(100_000), "f")
             bob.put_bytes(data, "g")
             shared = chunks_of(bob, "g")
-            forget_versions(server, "a", "f", keep={2})
+            forget_versions(server.redis_url, server.prefix, "a", "f", keep={2})
             r = ops.collect_garbage()
             assert r.chunks_swept == len(shared) and r.chunks_dropped == 0  # bob still needs them
             assert missing(alice, shared) == shared and not missing(bob, shared)
             assert bob.get_bytes("g") == data
-            forget_versions(server, "b", "g", keep=set())
+            forget_versions(server.redis_url, server.prefix, "b", "g", keep=set())
             r = ops.collect_garbage()
             assert r.chunks_dropped == len(shared)
             assert missing(bob, shared) == shared

@@ -15,7 +15,7 @@ def test_writers_never_lose_a_version_while_gc_and_repack_run(redis_url, tmp_pat
     prefix = new_prefix()
     with RunningServer(tmp_path / "data", redis_url, prefix, extra_env=FAST_GC).start() as server:
         try:
-            r = stress(server, cycles=6)
+            r = stress(server.address, server.redis_url, prefix, cycles=6)
         finally:
             drop_prefix(redis_url, prefix)
     assert r.writer_errors == [] and r.mismatches == []

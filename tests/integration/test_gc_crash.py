@@ -29,7 +29,7 @@ def test_kill_during_gc_loses_nothing_and_the_next_gc_finishes(redis_url, tmp_pa
             c.put_bytes(versions[0], "copy-of-v1")  # shares every chunk of a forgotten version
             garbage = set().union(*(chunks_of(c, "db.bin", v) for v in (1, 2, 3))) - chunks_of(c, "db.bin", 4)
             garbage -= chunks_of(c, "copy-of-v1")
-            forget_versions(doomed, ns, "db.bin", keep={4})
+            forget_versions(doomed.redis_url, doomed.prefix, ns, "db.bin", keep={4})
             before = pack_bytes(data_dir)
             assert not gc_or_killed(c)
         assert doomed.stop(timeout=10) == -signal.SIGKILL
