@@ -283,6 +283,7 @@ class PackChunkStore(ChunkStore):
         self._bases = _BaseCache(base_cache_bytes)
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
+        self._collected: frozenset[bytes] = frozenset()
         self._damaged = {
             bytes.fromhex(e.name) for e in os.scandir(self.quarantine) if len(e.name) == 64 and _HEX.issuperset(e.name)
         }
@@ -439,10 +440,17 @@ class PackChunkStore(ChunkStore):
         self.writer.close()
         self.reader.close()
 
-    def invalidate_stats(self) -> None:
-        """Count the index again on the next :meth:`stats` (after entries were removed)."""
-        with self._lock:
-            self._stats = None
+    def note_collected(self, dropped: Sequence[tuple[bytes, IndexEntry]]) -> None:
+        """Take the entries a garbage collection removed off the counters, and remember their
+        digests (replacing the previous list): a read that looked one up just before finds it
+        gone on purpose, not lost."""
+        self._collected = frozenset(d for d, _ in dropped)
+        counted = [e for d, e in dropped if d not in self._damaged]
+        self._count(-len(counted), -sum(e.frame_bytes for e in counted))
+
+    def was_collected(self, digest: bytes) -> bool:
+        """True if the last garbage collection removed ``digest``."""
+        return digest in self._collected
 
     def _count(self, chunks: int, size: int) -> None:
         with self._lock:

@@ -140,6 +140,10 @@ class ChunkStore(ABC):
         """
         return False
 
+    def was_collected(self, digest: bytes) -> bool:
+        """True if the last garbage collection removed ``digest`` on purpose (it is gone, not lost)."""
+        return False
+
     def damaged_among(self, digests: Iterable[bytes]) -> list[bytes]:
         """The digests, in order, whose stored copy is known to be damaged or missing."""
         return []

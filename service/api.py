@@ -159,7 +159,7 @@ class StratusService(pb_grpc.StratusServicer):
         if caller.view is None:
             ns_stats = await self.repo.namespace_stats(caller.namespace)
         disk = await self.repo.disk_stats(DISK_STATS_WAIT) if caller.admin else None
-        reclaimable, reclaimed = await self.collector.counters() if disk and self.collector else (0, 0)
+        reclaimable, reclaimed = await self.collector.counters() if caller.admin and self.collector else (0, 0)
         p = self.config.chunk_params
         return pb.ServerInfoResponse(
             server_version=SERVER_VERSION,

@@ -143,13 +143,15 @@ class GarbageCollector:
 
     async def run(self, dry_run: bool = False) -> GcReport:
         """One collection (see the module docstring); a dry run changes nothing."""
-        self._store()
+        store, _ = self._store()
+        if dry_run:  # changes nothing: needs no lock
+            return await self._estimate(store, GcReport(dry_run=True), time.monotonic())
         async with self._running:
             ttl = int(self.settings.lock_ttl_s * 1000)
             await self._take_lock(ttl)
             keeper = asyncio.create_task(self._keep_lock(ttl))
             try:
-                return await self._collect(dry_run)
+                return await self._collect()
             finally:
                 keeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -170,13 +172,11 @@ class GarbageCollector:
             if not await self.marks.renew(ttl_ms):
                 log.error("garbage collection lost its lock")
 
-    async def _collect(self, dry_run: bool) -> GcReport:
+    async def _collect(self) -> GcReport:
         store, index = self._store()
         started = time.monotonic()
-        report = GcReport(dry_run=dry_run)
+        report = GcReport()
         state = await self.marks.state()
-        if dry_run:
-            return await self._estimate(store, report, started)
         if state.get("condemned_ms"):
             report.resumed, report.epoch, condemned_ms = True, state["epoch"], state["condemned_ms"]
             log.info("resuming garbage collection epoch %d", report.epoch)
@@ -268,8 +268,7 @@ class GarbageCollector:
         dropped = await self.repo.run_blocking(index.drop_condemned, dead, report.epoch)
         report.chunks_dropped = len(dropped)
         report.dropped_bytes = sum(e.length for _, e in dropped)
-        if dropped:
-            store.invalidate_stats()
+        store.note_collected(dropped)
         self.checkpoint("dropped")
         unused = [d for d in await self.repo.stored_manifests() if d not in mark.manifests]
         report.manifests_removed = await self.repo.remove_manifests(unused, condemned_ms / 1000)

@@ -68,10 +68,13 @@ def open_chunk_store(
 
 def _indexed(store: ChunkStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
     """``read(digest, *args)`` of a chunk or manifest the metadata names: its absence from the disk
-    is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt."""
+    is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt,
+    unless garbage collection removed it on purpose (a read that raced it: NotFoundError)."""
     try:
         return read(digest, *args)
     except ChunkNotFoundError:
+        if store.was_collected(digest):  # a reader that raced a garbage collection: gone on purpose
+            raise NotFoundError(f"chunk {digest.hex()} was removed by garbage collection") from None
         store.mark_damaged(digest)
         raise CorruptChunkError(digest, "its file is missing from the store") from None
 

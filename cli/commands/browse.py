@@ -216,8 +216,7 @@ def info(ctx: typer.Context) -> None:
                 "chunk_count": s.chunk_count, "unique_bytes": s.unique_bytes, "stored_bytes": stored,
                 "store_chunk_count": s.store_chunk_count if disk_known else None, "dedup_ratio": ratio_dedup,
                 "dedup_compression_ratio": ratio_total,
-                "reclaimable_bytes": s.reclaimable_bytes if disk_known else None,
-                "reclaimed_bytes": s.reclaimed_bytes if disk_known else None,
+                "reclaimable_bytes": s.reclaimable_bytes, "reclaimed_bytes": s.reclaimed_bytes,
             },
         })
         return
@@ -240,7 +239,7 @@ def info(ctx: typer.Context) -> None:
         ("dedup ratio", f"{ratio_dedup:.2f}x" if ratio_dedup else None),
         ("dedup+compression", f"{ratio_total:.2f}x" if ratio_total else None),
         ("garbage", f"{human_bytes(s.reclaimable_bytes)} reclaimable, {human_bytes(s.reclaimed_bytes)} reclaimed "
-                    "so far (stratus admin gc)" if disk_known else None),
+                    "so far (stratus admin gc)" if s.reclaimable_bytes or s.reclaimed_bytes else None),
     ], title="store")
 
 

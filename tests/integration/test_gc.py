@@ -5,6 +5,7 @@ for more than a chunk they can upload again."""
 from __future__ import annotations
 
 import os
+import time
 
 import grpc
 import pytest
@@ -126,5 +127,26 @@ def test_files_layout_is_refused_clearly(redis_url, tmp_path):
                 with pytest.raises(InvalidInputError, match="packs layout"):
                     c.collect_garbage()
                 assert c.get_bytes("f") == b"x" * 1000
+        finally:
+            drop_prefix(redis_url, prefix)
+
+
+def test_background_collection_runs_by_itself(redis_url, tmp_path):
+    prefix = new_prefix()
+    env = {**FAST_GC, "STRATUS_GC_INTERVAL_S": "1"}
+    with RunningServer(tmp_path / "data", redis_url, prefix, extra_env=env).start() as server:
+        try:
+            with StratusClient.connect(server.address, insecure=True) as c:
+                ns = c.info().namespace
+                versions = history(3, size=1 << 20, versions=2, change=0.5)
+                for data in versions:
+                    c.put_bytes(data, "f")
+                forget_versions(server.redis_url, prefix, ns, "f", keep={2})
+                deadline = time.monotonic() + 60
+                while not c.info().stats.reclaimed_bytes:
+                    assert time.monotonic() < deadline, "no background collection reclaimed anything"
+                    time.sleep(0.5)
+                assert c.get_bytes("f") == versions[1]
+                assert_clean(c)
         finally:
             drop_prefix(redis_url, prefix)
