@@ -97,12 +97,33 @@ def evaluate(results: dict) -> list[dict]:
     history = _get(g, "history")
     if history:
         out += _history_targets(history)
+    out += _gc_targets(g)
     st = _get(g, "startup")
     if st:
         for key, what in (("help", "stratus --help"), ("stat", "stratus stat")):
             ms = st[key]["median_ms"]
             out.append(_target(f"{what} wall time (median of {st[key]['runs']})", _fmt(ms, "ms"),
                                f"< {st['target_ms']:g} ms", ms < st["target_ms"]))
+    return out
+
+
+def _gc_targets(g: dict) -> list[dict]:
+    out = []
+    gc = _get(g, "gc")
+    if gc:
+        out.append(_target("upload throughput during gc vs without", _fmt(gc["upload_ratio_during_gc"], "x", 2),
+                           ">= 0.7", gc["upload_ratio_during_gc"] >= 0.7))
+        out.append(_target("gc: bytes freed / bytes of forgotten-only chunks",
+                           f"{_bytes(gc['freed_bytes'])} / {_bytes(gc['expected_freed_bytes'])}",
+                           "all dead packs below the live threshold", gc["check_clean"] and gc["restored_identical"]))
+        if "restic_prune_seconds" in gc:
+            out.append(_target("gc time vs restic forget --prune", f"{gc['gc_seconds']:.1f} s vs "
+                               f"{gc['restic_prune_seconds']:.1f} s", "(comparison)", None))
+    stress = _get(g, "gc_stress")
+    if stress:
+        out.append(_target(f"gc_stress: {stress['cycles']} collections, {stress['versions_written']} versions",
+                           f"{len(stress['writer_errors'])} writer errors, {len(stress['mismatches'])} mismatches, "
+                           f"check {tuple(stress['check'])}", "0, 0, clean", stress["ok"]))
     return out
 
 
