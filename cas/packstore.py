@@ -15,9 +15,10 @@ Invariants:
   repairs never lengthen a chain nor close a cycle.
 - Records appended by a batch that is discarded, or by racing puts of one digest, stay in their
   pack unindexed: valid, verified frames that a rebuild may index (and a repack drops).
-- Garbage collection may remove index entries (service/gc.py). A batch relies on records it did
-  not write (a digest already indexed, a delta base) only after :meth:`LocationIndex.claim_many`
-  confirmed them, in :meth:`PackChunkStore.publish`; those the claim finds gone are listed in
+- Garbage collection may remove index entries (service/gc.py). In :meth:`PackChunkStore.publish`
+  a batch relies on records it did not write (a digest already indexed, a delta base) only after
+  :meth:`LocationIndex.claim_many` confirmed them, before it indexes anything, and claims every
+  entry it will name after indexing; those a claim finds gone are listed in
   :attr:`PackStaged.lost` and must not be named by the caller (its client uploads them again).
 - A repack (:mod:`cas.repack`) moves records to new packs and switches index entries with a
   compare-and-set; a read that finds its pack gone looks the entry up again and follows the move.
@@ -395,12 +396,13 @@ class PackChunkStore(ChunkStore):
             repairs = [(i, d, e) for i, d, e in batch.entries if d in self._damaged]
             fresh = [(i, d, e) for i, d, e in batch.entries if d not in self._damaged]
             written = self.index.put_many([(d, e) for _, d, e in fresh])
-            raced = [d for (_, d, _), ok in zip(fresh, written, strict=True) if not ok]
-            if raced:  # another upload indexed its copy first: rely on that one only once claimed
-                batch.lost |= {d for d, ok in zip(raced, self.index.claim_many(raced), strict=True) if not ok}
             if repairs:
                 self.index.put_many([(d, e) for _, d, e in repairs], replace=True)
                 self._clear_damaged([d for _, d, _ in repairs])
+            # Every entry the caller will name is claimed too (one round trip): a copy another upload
+            # indexed first, or a repaired entry, may carry an older collection's condemned mark.
+            named = [d for _, d, _ in batch.entries]
+            batch.lost |= {d for d, ok in zip(named, self.index.claim_many(named), strict=True) if not ok}
             for (i, _, e), ok in zip(fresh, written, strict=True):
                 flags[i] = ok
                 if ok:
@@ -412,8 +414,8 @@ class PackChunkStore(ChunkStore):
         return results
 
     def _claim(self, batch: PackStaged) -> None:
-        """Confirm the records the batch relies on without having written them (already indexed
-        digests, delta bases) with one claim; what a collection removed meanwhile goes to
+        """Before indexing: confirm the records the batch relies on without having written them
+        (already indexed digests, delta bases) with one claim; what a collection removed meanwhile goes to
         ``batch.lost``, and a delta record on a lost base is not indexed (lost too)."""
         bases = [e.base for _, _, e in batch.entries if e.base is not None]
         wanted = list(dict.fromkeys([*batch.present, *bases]))

@@ -1,0 +1,77 @@
+"""The location index's side of the garbage collection protocol, on Redis and Valkey: a claim
+takes a condemned mark off so the drop refuses, a drop makes a later claim fail so the upload
+leaves the chunk out, and a repack's switch is a compare-and-set."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+from server_fixtures import drop_prefix, new_prefix
+
+from cas import codec
+from cas.digest import digest
+from cas.packstore import PackChunkStore
+from service.metadata.locations import RedisLocationIndex
+
+
+@pytest.fixture
+def store(redis_url, tmp_path):
+    prefix = new_prefix()
+    client = redis.Redis.from_url(redis_url)
+    store = PackChunkStore(tmp_path, RedisLocationIndex(client, prefix), fsync=False)
+    try:
+        yield store
+    finally:
+        store.close()
+        client.close()
+        drop_prefix(redis_url, prefix)
+
+
+def item() -> tuple[bytes, bytes]:
+    data = os.urandom(5000)
+    return digest(data), codec.encode(data)
+
+
+def test_a_claim_saves_a_condemned_entry_from_the_drop(store):
+    d, frame = item()
+    store.put_many([(d, frame)])
+    index = store.index
+    index.condemn_many([d], 7)
+    staged = store.stage([(d, frame)])  # already indexed: not written, relied upon
+    assert staged.present == [d]
+    store.publish(staged)  # claims it
+    assert staged.lost == set()
+    assert index.drop_condemned([d], 7) == []
+    assert store.get(d) == codec.decode(frame, 1 << 20)
+
+
+def test_an_entry_dropped_after_staging_is_reported_lost_not_named(store):
+    d, frame = item()
+    store.put_many([(d, frame)])
+    index = store.index
+    index.condemn_many([d], 3)
+    staged = store.stage([(d, frame)])
+    assert [x for x, _ in index.drop_condemned([d], 3)] == [d]
+    assert index.drop_condemned([d], 3) == []  # once
+    store.publish(staged)
+    assert staged.lost == {d} and not store.has(d)
+    store.put_many([(d, frame)])  # the client's next upload writes it again
+    assert store.get(d) == codec.decode(frame, 1 << 20)
+
+
+def test_only_the_condemning_epoch_drops(store):
+    d, frame = item()
+    store.put_many([(d, frame)])
+    store.index.condemn_many([d], 5)
+    assert store.index.drop_condemned([d], 4) == []
+    assert store.has(d)
+
+
+def test_switch_is_compare_and_set(store):
+    (d, frame), (e, other) = item(), item()
+    store.put_many([(d, frame), (e, other)])
+    old, moved = store.index.get(d), store.index.get(e)
+    assert store.index.switch_many([(d, old, moved), (e, old, moved)]) == [True, False]
+    assert store.index.get(d) == moved and store.index.get(e) == moved
