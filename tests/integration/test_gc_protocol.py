@@ -1,6 +1,7 @@
-"""The location index's side of the garbage collection protocol, on Redis and Valkey: a claim
+"""Both sides of the garbage collection protocol, on Redis and Valkey. Location index: a claim
 takes a condemned mark off so the drop refuses, a drop makes a later claim fail so the upload
-leaves the chunk out, and a repack's switch is a compare-and-set."""
+leaves the chunk out, and a repack's switch is a compare-and-set. Namespace chunk index: every
+writer touch resurrects a condemned chunk, the sweep drops only untouched ones."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from server_fixtures import drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
+from cas.errors import MissingChunksError
 from cas.packstore import PackChunkStore
+from service.metadata.condemned import CondemnedChunks
 from service.metadata.locations import RedisLocationIndex
 
 
@@ -75,3 +78,27 @@ def test_switch_is_compare_and_set(store):
     old, moved = store.index.get(d), store.index.get(e)
     assert store.index.switch_many([(d, old, moved), (e, old, moved)]) == [True, False]
     assert store.index.get(d) == moved and store.index.get(e) == moved
+
+
+def _commit_fields(digests: list[bytes]) -> dict:
+    return dict(manifest_digest=os.urandom(32), size=10 * len(digests), file_digest=os.urandom(32),
+                chunk_digests=digests, chunk_count=len(digests), new_chunks=0, new_bytes=0, identity="w",
+                mode=0o644, mtime_ns=0)
+
+
+async def test_every_writer_touch_resurrects_and_the_sweep_drops_only_the_rest(metadata):
+    ns = "n"
+    asked, uploaded, committed, idle = (os.urandom(32) for _ in range(4))
+    await metadata.add_chunks(ns, [(d, 10) for d in (asked, uploaded, committed, idle)])
+    marks = CondemnedChunks(metadata.client, metadata.prefix)
+    await marks.condemn(ns, [asked, uploaded, committed, idle], 1)
+    assert await metadata.missing_chunks(ns, [asked]) == []  # FindMissingChunks
+    await metadata.add_chunks(ns, [(uploaded, 10)])  # PutChunks of a chunk it already has
+    await metadata.commit(ns, "p", **_commit_fields([committed]))
+    assert set(await marks.condemned(ns, 1)) == {idle}
+    assert await marks.sweep(ns, [asked, uploaded, committed, idle], 1) == [idle]
+    assert await metadata.missing_chunks(ns, [asked, uploaded, committed, idle]) == [idle]
+    assert (await metadata.stats(ns)).unique_bytes == 30
+    with pytest.raises(MissingChunksError):  # a commit after the sweep: the client uploads it again
+        await metadata.commit(ns, "q", **_commit_fields([idle]))
+    assert await marks.sweep(ns, [idle], 1) == []  # the sweep is idempotent

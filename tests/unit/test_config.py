@@ -42,6 +42,10 @@ def test_file_then_environment_then_flags(tmp_path: Path):
         ("this is not toml", "not valid TOML"),
         ("store_format = 'pack'\n", "store_format must be one of packs, files"),
         ("pack_size = 1000\n", "pack_size"),
+        ("gc_grace_s = 0\n", "gc_grace_s"),
+        ("gc_interval_s = -1\n", "gc_interval_s"),
+        ("gc_repack_live_fraction = 1.5\n", "gc_repack_live_fraction"),
+        ("gc_repack_duty = 0\n", "gc_repack_duty"),
     ],
 )
 def test_bad_files_are_refused_with_the_setting_named(tmp_path: Path, text: str, message: str):

@@ -24,6 +24,9 @@ def test_every_script_constant_is_a_file_with_its_includes_expanded():
     assert write.index("local function find_missing") < write.index("local kind = ARGV[1]")
     assert scripts.ADD_CHUNKS.count("local function each_slice") == 1
     assert "local function" not in scripts.READ_VERSIONS
+    # every script through which a writer relies on a chunk resurrects it (garbage collection)
+    for script in (scripts.WRITE_VERSION, scripts.ADD_CHUNKS, scripts.MISSING_CHUNKS):
+        assert script.count("local function resurrect") == 1
 
 
 @pytest.mark.parametrize("name", lua_files())
