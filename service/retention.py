@@ -72,7 +72,7 @@ async def forget_path(
         plan = plan_path([Candidate(r.version, r.created_ms, r.deleted) for r in records], policy,
                          int(time.time() * 1000))
         verdicts = [(by_number[v.version], v) for v in plan]
-        doomed = [r for r, v in verdicts if not v.keep]
+        doomed = sorted((r for r, v in verdicts if not v.keep), key=lambda r: r.version)  # oldest first
         if dry_run or not doomed:
             return PathForget(path, verdicts)
         try:
