@@ -83,10 +83,13 @@ def _commit_event(r: VersionRecord) -> Event:
                  size=r.size, time_ms=r.created_ms, identity=r.identity, manifest_digest=r.manifest_digest)
 
 
-def latest_records(entries: list[Entry]) -> dict[str, dict[str, dict[int, VersionRecord]]]:
-    """ns -> path -> version -> record, without the versions a forget removed. A version journaled
-    twice (an unchanged commit journals its head again) keeps the copy that carries the feed id."""
-    out: dict[str, dict[str, dict[int, VersionRecord]]] = defaultdict(lambda: defaultdict(dict))
+Records = dict[str, dict[str, dict[int, VersionRecord]]]
+
+
+def journaled_records(entries: list[Entry]) -> Records:
+    """ns -> path -> version -> record of every version ever journaled. A version journaled twice
+    (an unchanged commit journals its head again) keeps the copy that carries the feed id."""
+    out: Records = defaultdict(lambda: defaultdict(dict))
     for e in entries:
         if isinstance(e, ForgetEntry):
             continue
@@ -94,7 +97,14 @@ def latest_records(entries: list[Entry]) -> dict[str, dict[str, dict[int, Versio
         old = versions.get(e.record.version)
         if old is None or not (old.event_id and not e.record.event_id):
             versions[e.record.version] = e.record
-    for ns, event in forgotten_events(entries):  # a removed version number is never used again
+    return out
+
+
+def latest_records(entries: list[Entry]) -> Records:
+    """:func:`journaled_records` without the versions a forget removed (a removed version number is
+    never used again, so a removal always applies to the record it names)."""
+    out = journaled_records(entries)
+    for ns, event in forgotten_events(entries):
         versions = out[ns].get(event.path)
         if versions is not None:
             versions.pop(event.version, None)
@@ -130,10 +140,13 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
     removals: dict[str, list[Event]] = defaultdict(list)
     for ns, event in forgotten_events(entries):
         removals[ns].append(event)
+    journaled = journaled_records(entries)
     for ns, paths in sorted(latest_records(entries).items()):
         done, restored = await _rebuild_namespace(repo, ns, paths, on_disk, report.problems)
         done.forgotten = len(removals[ns])
-        feed = [_commit_event(r) for r in restored] + removals[ns]
+        # the feed as it was: the commits of the forgotten versions too, then their removals
+        gone = [journaled[ns][e.path][e.version] for e in removals[ns] if e.version in journaled[ns][e.path]]
+        feed = [_commit_event(r) for r in restored + gone] + removals[ns]
         done.feed_position = await repo.metadata.restore_feed(ns, sorted(feed, key=_event_order))
         report.namespaces[ns] = done
     store_id = read_store_id(data_dir)
