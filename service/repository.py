@@ -324,10 +324,17 @@ class Repository:
     ) -> list[Event]:
         """Remove versions of a path (one atomic script: head still ``head_version``, else
         VersionConflictError and nothing removed; a ``forgotten`` event each), then journal the
-        removals before it returns (service/journal.py), so a rebuild never brings them back."""
-        events = await self.metadata.forget(ns, path, head_version=head_version, identity=identity, versions=versions)
-        await self.journal.append_forgotten(ns, events)
-        return events
+        removals before it returns (service/journal.py), so a rebuild never brings them back. The
+        two steps are shielded from cancellation (a client going away, the server stopping): a
+        removal the script made is always journaled unless the process dies in between."""
+
+        async def remove_and_journal() -> list[Event]:
+            events = await self.metadata.forget(ns, path, head_version=head_version, identity=identity,
+                                                versions=versions)
+            await self.journal.append_forgotten(ns, events)
+            return events
+
+        return await asyncio.shield(remove_and_journal())
 
     async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
         """Append a version (one atomic script: chunks present with their lengths, head check, event)."""

@@ -42,8 +42,8 @@ class RetentionSchedule:
             self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
-        """Stop the timer; a round in progress is cancelled between two scripts (each path's
-        removal is atomic and journaled, so a cut round leaves nothing half done)."""
+        """Stop the timer; a round in progress is cut between two paths (each path's removal and its
+        journal record are shielded together, so a cut round leaves nothing half done)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
