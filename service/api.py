@@ -597,7 +597,6 @@ class StratusService(pb_grpc.StratusServicer):
             yield event_message(event)
 
 
-
 def _forget_result(outcome: PathForget) -> pb.ForgetPathResult:
     """The message of one path's forget outcome (its failure as an ItemError)."""
     return pb.ForgetPathResult(
