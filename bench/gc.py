@@ -5,8 +5,8 @@ Measured: bytes the collection freed against what the forgotten versions alone h
 run's record bytes of the chunks no kept version references), its time, the disk before and
 after, and the throughput of uploads running during the collection as a ratio of the same uploads
 without one (target >= 0.7). restic gets the same 30 days (one ``backup`` a day) and
-``forget --keep-last 7 --prune`` is timed on it. Forgetting removes StratusVault's version records
-straight from the metadata (``stratus forget`` is a feature of its own).
+``forget --keep-last 7 --prune`` is timed on it; StratusVault forgets with the same rule (the
+``Forget`` call of ``stratus forget --keep-last 7``).
 
 Also ``gc_stress`` (``--cycles N``): :mod:`bench.gc_stress` for longer than the test suite runs it.
 """
@@ -25,6 +25,7 @@ from bench import gc_stress
 from bench.datasets import MIB, Workspace, write_mixed
 from bench.servers import BenchServer, disk_usage, settle
 from cli.client import StratusClient
+from proto import stratus_pb2 as pb
 
 DAYS, KEEP, CHANGE = 30, 7, 0.05
 GRACE_S = "1"  # the minimum: the grace period is idle time, not work
@@ -85,9 +86,8 @@ def run(ws: Workspace) -> dict:
             if restic:
                 subprocess.run(["restic", "backup", "--host", "bench", "db.bin"], cwd=work, env=restic,
                                check=True, capture_output=True)
-        url, prefix = _embedded(server)
-        gc_stress.forget_versions(url, prefix, client.info().namespace, "db.bin",
-                                  keep=set(range(DAYS - KEEP + 1, DAYS + 1)))
+        removed = sum(r.removed for r in client.forget("", pb.RetentionPolicy(keep_last=KEEP)))
+        assert removed == DAYS - KEEP, f"forget removed {removed} versions"
         out["expected_freed_bytes"] = client.collect_garbage(dry_run=True).dropped_bytes
         client.close()
     finally:
