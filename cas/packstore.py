@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +189,7 @@ class PackStaged:
     count: int
     entries: list[tuple[int, bytes, IndexEntry]] = field(default_factory=list)  # item index, digest, entry
     present: list[bytes] = field(default_factory=list)  # indexed already, so not written: claimed on publish
+    packs: list[str] = field(default_factory=list)  # the pack of each appended record, until published
     lost: set[bytes] = field(default_factory=set)  # filled by publish: gone meanwhile, must not be named
 
 
@@ -285,6 +286,7 @@ class PackChunkStore(ChunkStore):
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
         self._collected: frozenset[bytes] = frozenset()
+        self._unpublished: Counter[str] = Counter()
         self._damaged = {
             bytes.fromhex(e.name) for e in os.scandir(self.quarantine) if len(e.name) == 64 and _HEX.issuperset(e.name)
         }
@@ -342,9 +344,32 @@ class PackChunkStore(ChunkStore):
             if records:
                 check_room(self.root / "packs", sum(HEADER_SIZE + len(r.payload) for r in records))
             locations = self.writer.append_many(records)
+            self._hold(staged, [loc.pack for loc in locations])  # in the same step as the append
         for (i, d), record, loc in zip(owners, records, locations, strict=True):
             staged.entries.append((i, d, IndexEntry.of(loc, record)))
         return staged
+
+    def _hold(self, staged: PackStaged, packs: list[str]) -> None:
+        """Count records appended but not yet published (or discarded) per pack: a repack must not
+        remove a pack whose records may still be indexed."""
+        with self._lock:
+            for pack in packs:
+                self._unpublished[pack] += 1
+        staged.packs += packs
+
+    def _release(self, staged: PackStaged) -> None:
+        with self._lock:
+            for pack in staged.packs:
+                self._unpublished[pack] -= 1
+                if not self._unpublished[pack]:
+                    del self._unpublished[pack]
+        staged.packs = []
+
+    def busy_packs(self) -> set[str]:
+        """Packs holding records appended but not yet published or discarded (taken in one step
+        with appends, so a record is never appended without its pack counted here)."""
+        with self._room, self._lock:
+            return set(self._unpublished)
 
     def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
         """The record for a verified frame: the smallest worthwhile delta against one of the
@@ -410,6 +435,7 @@ class PackChunkStore(ChunkStore):
             for i, _, e in repairs:
                 flags[i] = True
                 self._count(1, e.frame_bytes)
+            self._release(batch)
             results += flags
         return results
 
@@ -436,6 +462,7 @@ class PackChunkStore(ChunkStore):
     def discard(self, staged: PackStaged) -> None:
         """Forget a staged batch: its records stay in their pack, unindexed (see the module doc)."""
         staged.entries.clear()
+        self._release(staged)
 
     def close(self) -> None:
         """Seal the open pack and close every descriptor."""

@@ -10,7 +10,8 @@ Crash safety, in this order, so a kill at any point loses nothing:
 1. the copies are appended and made durable (one barrier) before any index entry names them;
 2. each entry is switched with a compare-and-set (only if it still names the old location: a
    repair or a concurrent move wins) -- a crash in between leaves both copies, either indexed;
-3. the old pack is removed only once no entry names it; a reader that looked the entry up before
+3. the old pack is removed only once no entry names any of its records and none of its records
+   awaits publishing (:meth:`cas.packstore.PackChunkStore.busy_packs`); a reader that looked the entry up before
    the switch and finds the pack gone looks it up again (:class:`cas.packstore.PackChunkStore`).
 An interrupted repack leaves at worst an unindexed copy (dead, reclaimed by a later repack) and an
 old pack with fewer live records (rewritten or removed by a later repack).
@@ -105,11 +106,12 @@ def live_entries(store: PackChunkStore) -> dict[str, list[tuple[bytes, IndexEntr
 
 
 def pack_usage(store: PackChunkStore, by_pack: dict[str, list[tuple[bytes, IndexEntry]]]) -> list[PackUsage]:
-    """Usage of every sealed pack no writer holds (the open pack and unsealed ones are skipped)."""
+    """Usage of every sealed pack no writer holds (the open pack, unsealed ones and packs with
+    records not yet published are skipped)."""
     usage = []
-    busy = store.writer.open_pack
+    busy = store.busy_packs() | {store.writer.open_pack}
     for pack in list_packs(store.root):
-        if pack == busy:
+        if pack in busy:
             continue
         try:
             if not is_sealed(store.root, pack):
@@ -122,10 +124,10 @@ def pack_usage(store: PackChunkStore, by_pack: dict[str, list[tuple[bytes, Index
 
 
 def repack(
-    store: PackChunkStore, plan: RepackPlan, by_pack: dict[str, list[tuple[bytes, IndexEntry]]],
-    checkpoint: Checkpoint = lambda phase: None, duty: float = 1.0,
+    store: PackChunkStore, plan: RepackPlan, checkpoint: Checkpoint = lambda phase: None, duty: float = 1.0,
 ) -> RepackResult:
-    """Carry out ``plan`` (see the module docstring for the order that keeps it crash-safe).
+    """Carry out ``plan`` (see the module docstring for the order that keeps it crash-safe). Which
+    records are live is read afresh from the index pack by pack: the plan's snapshot may be stale.
 
     ``duty`` < 1 pauses after each pack so the rewrite works at most that fraction of the time
     (the rest of the machine goes to uploads and reads).
@@ -135,14 +137,14 @@ def repack(
     try:
         for pack in plan.rewrite:
             started = time.monotonic()
-            _rewrite(store, writer, pack, by_pack.get(pack, []), result, checkpoint)
+            _rewrite(store, writer, pack, result, checkpoint)
             if duty < 1:
                 time.sleep((time.monotonic() - started) * (1 - duty) / max(duty, 0.01))
     finally:
         writer.close()
     result.freed_bytes -= PACK_OVERHEAD * len(result.new_packs)  # each new pack's header and seal
     for pack in plan.remove:
-        if _unreferenced(store, pack, by_pack.get(pack, [])):
+        if _unreferenced(store, pack, _pack_digests(store, pack)):
             result.freed_bytes += _remove(store, pack)
             result.removed += 1
         else:
@@ -151,19 +153,20 @@ def repack(
 
 
 def _rewrite(
-    store: PackChunkStore, writer: PackWriter, pack: str, entries: list[tuple[bytes, IndexEntry]],
-    result: RepackResult, checkpoint: Checkpoint,
+    store: PackChunkStore, writer: PackWriter, pack: str, result: RepackResult, checkpoint: Checkpoint,
 ) -> None:
-    wanted = {(e.offset, d): e for d, e in entries}
+    """Copy the records of ``pack`` the index names now (read afresh, not from the plan's snapshot),
+    switch their entries, then remove the pack if nothing names it any more."""
     kinds = store.kinds()
-    copies = []
+    records = []
     for location, record in scan(store.root, pack):
         if record.type not in kinds:  # another index owns records here: leave the pack alone
             result.skipped.append(pack)
             return
-        old = wanted.get((location.offset, record.digest))
-        if old is not None and old == IndexEntry.of(location, record):
-            copies.append((record.digest, old, record))
+        records.append((location, record))
+    current = store.index.get_many([r.digest for _, r in records])
+    copies = [(r.digest, e, r) for (loc, r), e in zip(records, current, strict=True)
+              if e is not None and e == IndexEntry.of(loc, r)]
     locations = writer.append_many([r for _, _, r in copies])
     writer.flush()  # durable before any entry names the copies
     checkpoint("repack-copied")
@@ -174,18 +177,23 @@ def _rewrite(
     result.new_packs.update(loc.pack for loc in locations)
     written = sum(loc.length for loc in locations)
     result.copied_bytes += written
-    if _unreferenced(store, pack, entries):
+    if _unreferenced(store, pack, [r.digest for _, r in records]):
         result.freed_bytes += _remove(store, pack) - written
         result.rewritten += 1
     else:
         result.skipped.append(pack)
 
 
-def _unreferenced(store: PackChunkStore, pack: str, entries: list[tuple[bytes, IndexEntry]]) -> bool:
-    """True if no entry that named ``pack`` still does (entries only ever move out of a sealed pack)."""
-    digests = [d for d, _ in entries]
-    current = store.index.get_many(digests)
-    return all(e is None or e.pack != pack for e in current)
+def _unreferenced(store: PackChunkStore, pack: str, digests: list[bytes]) -> bool:
+    """True if no index entry names ``pack`` and no record of it awaits publishing. ``digests`` are
+    every record of the pack: only they can ever be indexed there (a sealed pack takes no record)."""
+    if pack in store.busy_packs():
+        return False
+    return all(e is None or e.pack != pack for e in store.index.get_many(digests))
+
+
+def _pack_digests(store: PackChunkStore, pack: str) -> list[bytes]:
+    return [record.digest for _, record in scan(store.root, pack)]
 
 
 def _remove(store: PackChunkStore, pack: str) -> int:

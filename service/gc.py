@@ -283,7 +283,7 @@ class GarbageCollector:
         usage = await self.repo.run_blocking(packs.pack_usage, store, by_pack)
         plan = packs.plan_repack(usage, self.settings.min_live_fraction, self.settings.min_reclaim_bytes)
         done = await self.repo.run_blocking(
-            packs.repack, store, plan, by_pack, self.checkpoint, self.settings.repack_duty
+            packs.repack, store, plan, self.checkpoint, self.settings.repack_duty
         )
         report.packs_removed, report.packs_rewritten = done.removed, done.rewritten
         report.copied_bytes, report.freed_bytes = done.copied_bytes, done.freed_bytes

@@ -64,7 +64,7 @@ def test_repack_drops_dead_records_and_keeps_every_live_one(tmp_path):
     by_pack = live_entries(store)
     plan = plan_repack(pack_usage(store, by_pack), 0.9)
     assert plan.rewrite and plan.planned > 60 * 3000
-    result = repack(store, plan, by_pack)
+    result = repack(store, plan)
     assert before - pack_bytes(store) == result.freed_bytes >= 60 * 3000
     assert all(store.get(d) == codec.decode(f, 1 << 20) for d, f in live)
     assert not any(store.has(d) for d, _ in dead)
@@ -90,7 +90,7 @@ def test_repack_keeps_delta_chains_readable(tmp_path):
     store.close()
     assert any(e.base for _, e in store.index.iterate())  # the chain is made of delta records
     by_pack = live_entries(store)
-    repack(store, plan_repack(pack_usage(store, by_pack), 1.0), by_pack)
+    repack(store, plan_repack(pack_usage(store, by_pack), 1.0))
     assert all(store.get(d) == data for d, data in digests)
     assert any(e.base for _, e in store.index.iterate())
 
