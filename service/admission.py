@@ -239,17 +239,19 @@ def _count_fields(raw: bytes, limit: int) -> int:
 
 
 def _most_hints(raw: bytes) -> int:
-    """The most base hints one chunk of a serialized ChunkBatch carries (counting stops at the
-    first chunk past :data:`MAX_HINTS_PER_CHUNK`)."""
+    """The most base hints one chunk of a serialized ChunkBatch carries; counting stops at the
+    first hint past :data:`MAX_HINTS_PER_CHUNK`."""
     most = 0
     for found in _fields(raw, 0, len(raw)):
         if found is None or found[0] != _CHUNK_TAG:
             continue
         _, start, stop = found
-        hints = sum(1 for f in _fields(raw, start, min(stop, len(raw))) if f is not None and f[0] == _HINT_TAG)
+        hints = 0
+        for field in _fields(raw, start, min(stop, len(raw))):
+            hints += field is not None and field[0] == _HINT_TAG
+            if hints > MAX_HINTS_PER_CHUNK:
+                return hints
         most = max(most, hints)
-        if most > MAX_HINTS_PER_CHUNK:
-            break
     return most
 
 
