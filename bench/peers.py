@@ -341,14 +341,16 @@ def _probe(peer: Peer) -> CpuProbe:
 
 def _timed_push(peer: Peer, source: Path) -> dict:
     """One push after a settle: seconds, bytes (sent, else repository growth), the tool's details,
-    protocol bytes both ways, and the CPU seconds other processes used meanwhile."""
+    protocol bytes both ways, the CPU seconds of the tool's own server (StratusVault: server and
+    Valkey; 0 for tools without one) and the CPU seconds other processes used meanwhile."""
     before = peer.stored()
     settle()
     probe = _probe(peer)
     step = peer.push(source)
     cpu = probe.stop()
     return {"seconds": step.seconds, "bytes": _sent_or_added(step, before), "stored_after": step.stored_after,
-            **step.detail, "all_traffic": _all_traffic(step), "others_cpu": cpu["others_cpu"]}
+            **step.detail, "all_traffic": _all_traffic(step), "others_cpu": cpu["others_cpu"],
+            "server_cpu": cpu["server_cpu"] + cpu["valkey_cpu"]}
 
 
 def mixed_scenario(peer: Peer, pristine: Path) -> dict:
@@ -400,6 +402,7 @@ def versions_scenario(peer: Peer, versions: list[Path]) -> dict:
     return {"steps": steps, "stored": disk[0] if disk else None, "allocated": disk[1] if disk else None,
             "disk_parts": peer.disk_parts(),
             "seconds": sum(s["seconds"] for s in steps), "others_cpu": sum(s["others_cpu"] for s in steps),
+            "server_cpu": sum(s["server_cpu"] for s in steps),
             "logical": sum(p.stat().st_size for p in versions),
             "delta_bytes_total": sum(deltas) if deltas else None,
             "delta_traffic_total": sum(traffic) if traffic else None}
