@@ -11,7 +11,7 @@ the chunk itself.
 
 The base is the head version's manifest: the one the manifest cache holds (:mod:`cli.manifestdelta`,
 no extra call), else one GetManifest of the head, sent only when the upload has a chunk to send
-and the manifest is small (at most :data:`FETCH_MAX_BYTES` on the wire, a file of about 1.6 GiB);
+and the manifest is small (at most :data:`FETCH_MAX_BYTES` on the wire, a file of about 2 GiB);
 a bigger file uploaded from a machine without its manifest goes without hints. Hints are advisory
 and only ever attached to chunks that are sent anyway: they change neither which chunks are sent
 nor what is committed, and any failure to find a base just leaves them out.
@@ -80,8 +80,10 @@ class UploadHints:
 
 
 def small_enough(head: pb.VersionInfo, remote: Remote) -> bool:
-    """True if the head's manifest is cheap to fetch (:data:`FETCH_MAX_BYTES`)."""
-    chunks = head.size // max(1, remote.params.chunking.min_size) + 1
+    """True if the head's manifest is cheap to fetch (:data:`FETCH_MAX_BYTES`, by the mean chunk
+    size of FastCDC: about ``avg_size + min_size``)."""
+    params = remote.params.chunking
+    chunks = head.size // (params.avg_size + params.min_size) + 1
     return chunks * _MANIFEST_ENTRY_BYTES <= FETCH_MAX_BYTES
 
 
