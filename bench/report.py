@@ -115,7 +115,8 @@ def _gc_targets(g: dict) -> list[dict]:
                            ">= 0.7", gc["upload_ratio_during_gc"] >= 0.7))
         out.append(_target("gc: bytes freed / bytes of forgotten-only chunks",
                            f"{_bytes(gc['freed_bytes'])} / {_bytes(gc['expected_freed_bytes'])}",
-                           "all dead packs below the live threshold", gc["check_clean"] and gc["restored_identical"]))
+                           "(comparison; kept versions identical, check clean: "
+                           f"{gc['restored_identical'] and gc['check_clean']})", None))
         if "restic_prune_seconds" in gc:
             out.append(_target("gc time vs restic forget --prune", f"{gc['gc_seconds']:.1f} s vs "
                                f"{gc['restic_prune_seconds']:.1f} s", "(comparison)", None))
