@@ -1,5 +1,6 @@
-"""Verifying a store: ``stratus admin check`` (headers) and ``--read-data`` (decode and BLAKE3 every
-chunk) next to ``restic check`` and ``restic check --read-data`` on a repository of the same data.
+"""Verifying a store: ``stratus admin check`` (every record read, its checksum verified) and
+``--read-data`` (decode and BLAKE3 every chunk) next to ``restic check`` and ``restic check
+--read-data`` on a repository of the same data.
 
 The data is the ``mixed`` file (1 GiB; half incompressible, half text-like), uploaded once to an
 mTLS server on the pack layout (the default) whose access file gives the bench identity the admin

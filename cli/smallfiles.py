@@ -21,6 +21,7 @@ from cas.pipeline import HashedChunk
 from cli import batch
 from cli.grouping import SMALL_FILE_MAX
 from cli.manifestdelta import ManifestCache
+from cli.pacing import RateLimitBudget, retry_rate_limited
 from cli.remote import Remote
 from cli.results import Version
 from cli.upload import (
@@ -70,9 +71,10 @@ def _prepare(remote: Remote, local: str, path: str) -> _Prepared:
     return _Prepared(outcome, builder.build(blake3_digest(data)), chunks, st.st_mode & 0o777, st.st_mtime_ns)
 
 
-def _send(remote: Remote, prepared: list[_Prepared]) -> None:
+def _send(remote: Remote, prepared: list[_Prepared], budget: RateLimitBudget) -> None:
     """Find and send the group's missing chunks on one call; each chunk is counted for the first
-    file that holds it. Raises if the call fails (that dooms the whole group)."""
+    file that holds it. A rate-limited PutChunks is sent again within ``budget``; other failures
+    are raised (that dooms the whole group)."""
     first: dict[bytes, tuple[HashedChunk, _Prepared]] = {}
     for p in prepared:
         for c in p.chunks:
@@ -80,18 +82,25 @@ def _send(remote: Remote, prepared: list[_Prepared]) -> None:
     missing = find_missing(remote, list(first))
     if not missing:
         return
-    sender = _Sender(remote, remote.params, _Meter(None), track=True)
-    try:
-        sender.submit([first[d][0] for d in first if d in missing])
-        sender.finish()
-    except BaseException:
-        sender.abort()
-        raise
+    # Asked once: a retry sends the same chunks again (see cli.upload._resend_missing for why).
+    sender = retry_rate_limited(lambda: _send_chunks(remote, [first[d][0] for d in first if d in missing]), budget)
     assert sender.frames is not None
     for d, size in sender.frames.items():
         owner = first[d][1].outcome
         owner.chunks_sent += 1
         owner.bytes_sent += size
+
+
+def _send_chunks(remote: Remote, chunks: list[HashedChunk]) -> _Sender:
+    """One PutChunks call carrying ``chunks``."""
+    sender = _Sender(remote, remote.params, _Meter(None), track=True)
+    try:
+        sender.submit(chunks)
+        sender.finish()
+    except BaseException:
+        sender.abort()
+        raise
+    return sender
 
 
 def upload_group(
@@ -115,20 +124,23 @@ def upload_group(
         outcomes.append(p.outcome)
         prepared.append(p)
     if prepared:
-        _send(remote, prepared)
-        _commit(remote, prepared, sign_key, cache)
+        budget = RateLimitBudget()
+        _send(remote, prepared, budget)
+        _commit(remote, prepared, sign_key, cache, budget)
     if advance is not None:
         advance(sum(o.bytes_read for o in outcomes))
     return outcomes
 
 
-def _commit(remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None) -> None:
+def _commit(
+    remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None, budget: RateLimitBudget
+) -> None:
     requests = [
         commit_request(p.outcome.remote, p.manifest, mode=p.mode, mtime_ns=p.mtime_ns, sign_key=sign_key)
         for p in prepared
     ]
     with committing():
-        answers = batch.commit_many(remote, requests)
+        answers = batch.commit_many(remote, requests, budget)
     for p, answer in zip(prepared, answers, strict=True):
         o = p.outcome
         if isinstance(answer, MissingChunksError):
