@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import grpc
 import pytest
+from cli_helpers import write_random
 from server_fixtures import RunningServer, drop_prefix, new_prefix
 
-from cas.errors import LimitExceededError
+from cas.errors import LimitExceededError, RateLimitedError
 from cli.client import StratusClient
 from cli.smallfiles import upload_group
 from proto import stratus_pb2 as pb
@@ -75,6 +77,43 @@ def test_a_group_of_small_files_waits_out_the_rate_limit(limited, tmp_path):
         assert client.get_bytes("tree/f3.txt") == (folder / "f3.txt").read_bytes()
     assert _attempts(limited, "CommitFiles")[-1] == "OK"
     assert EXHAUSTED in _attempts(limited, "PutChunks") + _attempts(limited, "CommitFiles")
+
+
+@pytest.fixture
+def paced(redis_url, tmp_path):
+    """20 uploaded chunks per second, a 64-chunk burst, streams refused when pacing would keep a
+    message waiting over 1 s: the fourth ~32-chunk message of a stream is refused mid-way. Each
+    message is made durable on its own, so what came before the refusal stays."""
+    running = _server(redis_url, tmp_path, {
+        "STRATUS_UPLOAD_CHUNKS_PER_SECOND": "20", "STRATUS_UPLOAD_CHUNKS_BURST": "64",
+        "STRATUS_MAX_CHUNKS_PER_MESSAGE": "64", "STRATUS_STREAM_IDLE_TIMEOUT_S": "1",
+        "STRATUS_FLUSH_BYTES": str(1 << 20)})
+    yield running
+    running.stop()
+    drop_prefix(redis_url, running.prefix)
+
+
+def test_a_stream_refused_mid_way_sends_the_rest_after_the_delay(paced, tmp_path):
+    source = write_random(tmp_path / "big.bin", 8 << 20)
+    with StratusClient.connect(paced.address, insecure=True) as client:
+        outcome = client.put_file(source, "big.bin")
+        assert outcome.status == "uploaded"
+        assert client.get_bytes("big.bin") == source.read_bytes()
+    statuses = _attempts(paced, "PutChunks")
+    # The first call starts with a full budget: its refusal came mid-way, after messages were taken.
+    assert statuses[0] == EXHAUSTED and statuses[-1] == "OK", statuses
+
+
+def test_a_pipe_refused_mid_way_fails_with_the_refusal(paced):
+    read, write = os.pipe()
+    data = os.urandom(8 << 20)
+    writer = threading.Thread(target=lambda: (os.write(write, data), os.close(write)))
+    writer.start()
+    with StratusClient.connect(paced.address, insecure=True) as client, os.fdopen(read, "rb") as pipe:
+        with pytest.raises(RateLimitedError):  # what was sent cannot be read again
+            client.put_stream(pipe, "piped.bin")
+    writer.join()
+    assert _attempts(paced, "CommitFile") == []
 
 
 def test_a_limit_that_waiting_cannot_lift_fails_at_once(redis_url, tmp_path):
