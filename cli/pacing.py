@@ -1,12 +1,13 @@
 """Waiting out the server's rate limit in the upload engines, within a bound.
 
 A call refused with :class:`RateLimitedError` was refused before it had any effect (the server
-checks the caller's budget before it runs a call, and paces an upload stream's messages before it
-reads them), and the server says when a retry can succeed. So retrying after that delay is safe
-for any call, writes included: a CommitFile (with or without ``if_version``) runs as if the
-refused try had never been made, and PutChunks stores content-addressed chunks, which a second
-send cannot change. This differs from a lost connection (UNAVAILABLE), after which a commit may
-or may not have happened and is never resent (:class:`cas.errors.CommitUnansweredError`).
+checks the caller's budget before it runs a call), except a PutChunks stream refused between two
+messages, whose earlier messages may be stored; and the server says when a retry can succeed.
+So retrying after that delay is safe for the writes too: a CommitFile (with or without
+``if_version``) runs as if the refused try had never been made, and PutChunks stores
+content-addressed chunks, which a second send cannot change. This differs from a lost
+connection (UNAVAILABLE), after which a commit may or may not have happened and is never resent
+(:class:`cas.errors.CommitUnansweredError`).
 
 The gRPC channel retries the read-only calls itself (cli/remote.py); this module serves the
 writes. Every operation (one file, or one group of small files) may wait at most
