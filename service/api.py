@@ -27,11 +27,12 @@ from cas.errors import (
     RateLimitedError,
 )
 from cas.manifest import Manifest, ManifestBuilder
+from cas.packstore import Hints
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
-from service.admission import ByteBudget, OversizeBatch, StreamLimits
+from service.admission import MAX_HINTS_PER_CHUNK, ByteBudget, OversizeBatch, StreamLimits
 from service.batches import BatchCalls, item_error
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
@@ -78,6 +79,16 @@ def _check_digests(digests: list[bytes], limit: int) -> list[bytes]:
     for d in digests:
         digest.check_digest(d)
     return digests
+
+
+def _checked_hints(batch: pb.ChunkBatch) -> Hints:
+    """digest -> its base hints, for the chunks of ``batch`` that carry any (each a valid digest;
+    their count per chunk was bounded on the wire)."""
+    hints: dict[bytes, list[bytes]] = {}
+    for chunk in batch.chunks:
+        if chunk.base_hints:
+            hints[chunk.digest] = [digest.check_digest(h) for h in chunk.base_hints]
+    return hints
 
 
 @contextlib.asynccontextmanager
@@ -166,7 +177,7 @@ class StratusService(pb_grpc.StratusServicer):
             max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
             max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
             max_manifest_chunks=self.config.max_manifest_chunks, max_batch_files=self.config.max_batch_files,
-            manifest_deltas=True,
+            manifest_deltas=True, delta_hints=self.repo.takes_hints,
             stats=pb.StoreStats(
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
@@ -198,11 +209,11 @@ class StratusService(pb_grpc.StratusServicer):
                     # Every chunk received costs parsing: charged before the limits are checked.
                     over = isinstance(batch, OversizeBatch)
                     self.chunk_rate.charge(caller.share, batch.counted if over else len(batch.chunks))
-                    chunks = self._checked_batch(batch)
+                    chunks, hints = self._checked_batch(batch)
                     # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
                     if pending is not None:
                         await pending
-                    pending = await self._charged(caller.share, chunks, upload.add(chunks))
+                    pending = await self._charged(caller.share, chunks, upload.add(chunks, hints))
                 if pending is not None:
                     await pending
                 result = await upload.finish()
@@ -296,14 +307,20 @@ class StratusService(pb_grpc.StratusServicer):
                     "the stream was closed"
                 )
 
-    def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> list[tuple[bytes, bytes]]:
-        """Refuse a message whose verification would cost more than one message may, before any work.
+    def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> tuple[list[tuple[bytes, bytes]], Hints]:
+        """Refuse a message whose verification would cost more than one message may, before any
+        work; returns its (digest, frame) pairs and the base hints of the chunks that have some.
 
         Bounded: at most ``max_chunks_per_message`` chunks, of which at most
         ``max_small_chunks_per_message`` are smaller than ``chunk_min_size`` (a chunker only makes
-        those at the end of a file), declaring at most ``max_message_raw_bytes`` uncompressed bytes.
+        those at the end of a file), declaring at most ``max_message_raw_bytes`` uncompressed bytes;
+        at most :data:`MAX_HINTS_PER_CHUNK` base hints per chunk, each a digest (else INVALID_ARGUMENT).
         """
         cfg = self.config
+        if isinstance(batch, OversizeBatch) and batch.hints:
+            raise InvalidInputError(
+                f"a chunk carries {batch.hints} base_hints; the limit is {MAX_HINTS_PER_CHUNK}"
+            )
         if isinstance(batch, OversizeBatch) or len(batch.chunks) > cfg.max_chunks_per_message:
             raise LimitExceededError(
                 f"more than {cfg.max_chunks_per_message} chunks in one PutChunks message "
@@ -322,7 +339,7 @@ class StratusService(pb_grpc.StratusServicer):
                 f"one PutChunks message declares {sum(lengths)} uncompressed bytes; the limit is "
                 f"{cfg.max_message_raw_bytes} (setting max_message_raw_bytes)"
             )
-        return chunks
+        return chunks, _checked_hints(batch)
 
     def _checked_chunk(self, chunk: pb.ChunkData) -> tuple[bytes, bytes]:
         digest.check_digest(chunk.digest)

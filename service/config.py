@@ -109,6 +109,9 @@ class ServerConfig:
     # index in Redis/Valkey) or "files" (one file per chunk). A data dir keeps the layout it has.
     store_format: str = "packs"
     pack_size: int = 32 * MIB  # a pack is sealed once it reaches this size
+    # Store an uploaded chunk as a similarity delta against a base the client hints at
+    # (ChunkData.base_hints; packs layout only). False: hints are ignored and not announced.
+    delta_hints: bool = True
 
     max_message_bytes: int = 64 * MIB  # bounds CommitFile manifests: ~1.6M chunks, ~100 GiB files
     batch_bytes: int = 2 * MIB

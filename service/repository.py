@@ -30,7 +30,7 @@ from cas.errors import (
     NotFoundError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
-from cas.packstore import LocationIndex, PackChunkStore
+from cas.packstore import Hints, LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
 from service.journal import Journal
@@ -116,12 +116,15 @@ class Repository:
         verify_reads: bool = False,
         threads: int = 0,
         chunks: ChunkStore | None = None,
+        delta_hints: bool = True,
     ) -> None:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
         self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
         self.verify_reads = verify_reads
+        # Only pack stores keep delta records; the files layout stores every chunk whole.
+        self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
@@ -469,8 +472,12 @@ class ChunkUpload:
         self._pending_bytes = 0
         self.received = self.stored = self.frame_bytes = 0
 
-    async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
-        """Verify and stage one batch; publish what is staged once enough has gathered."""
+    async def add(self, chunks: Sequence[tuple[bytes, bytes]], hints: Hints | None = None) -> None:
+        """Verify and stage one batch; publish what is staged once enough has gathered.
+
+        ``hints`` (digest -> base digests) are passed to the store only where the caller's own
+        chunk index (and view) holds the base, see :meth:`_own_hints`.
+        """
         loop = asyncio.get_running_loop()
         pool = self.repo.pool
         items = [(d, bytes(f)) for d, f in chunks]
@@ -479,7 +486,8 @@ class ChunkUpload:
         slices = [items[i:i + step] for i in range(0, len(items), step)]
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
         lengths = [n for part in verified for n in part]
-        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part) for part in slices))
+        bases = await self._own_hints(hints or {})
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases) for part in slices))
         if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
             return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
@@ -493,9 +501,22 @@ class ChunkUpload:
     def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
         return [self.repo.verify(d, f) for d, f in items]
 
-    def _stage(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write temp files for ``items`` (on a worker thread) and record them, unless discarded."""
-        staged = self.repo.chunks.stage(items)
+    async def _own_hints(self, hints: Hints) -> Hints:
+        """The hints whose base is in the caller's own chunk index (and chunk view): one batched
+        metadata check per message, whatever the hints name. Any other hint is dropped without a
+        trace: whether a digest is stored for another namespace must not change what the caller
+        sees, and a hint it may use only names content it could read anyway."""
+        if not hints or not self.repo.takes_hints:
+            return {}
+        named = list(dict.fromkeys(b for bases in hints.values() for b in bases))
+        not_held = await self.repo._not_held(self.ns, named, self.view)
+        own = {d: [b for b in bases if b not in not_held] for d, bases in hints.items()}
+        return {d: bases for d, bases in own.items() if bases}
+
+    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints) -> None:
+        """Write ``items`` (on a worker thread), as deltas against ``bases`` where that pays, and
+        record them, unless discarded."""
+        staged = self.repo.chunks.stage(items, bases=bases)
         with self._lock:
             if not self._closed:
                 self._staged.append(staged)
