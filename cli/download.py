@@ -47,7 +47,7 @@ from cli.fetch import CallFailed, Fetcher, fetch_one
 from cli.grouping import is_fatal
 from cli.localdir import Folder, LocalTarget
 from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, touch_fd, write_all
-from cli.plan import Source, Step, fetch_windows, plan_files
+from cli.plan import BaseRef, OldChunks, Source, Step, fetch_windows, plan_files
 from cli.remote import Advance, ProgressFn, Remote, cumulative
 from cli.results import Version
 from cli.statecache import FileState
@@ -78,6 +78,7 @@ class GetOutcome:
     chunks_reused: int = 0
     chunks_fetched: int = 0
     bytes_fetched: int = 0  # frame bytes received from the server
+    chunks_delta: int = 0  # of chunks_fetched, those that came as delta frames against the old copy
     error: BaseException | None = None
     state: FileState | None = None  # the local file as the download left it (from an fstat), for the state cache
 
@@ -156,7 +157,9 @@ class FilePlan:
     ``target`` None means the job's writer (a stream). ``local`` maps digests to (offset, length,
     source) in ``sources`` (0: the old copy, 1: a killed download's temp file), each an open fd or
     the reusable bytes read while planning; every chunk taken from them is verified by digest first.
-    ``pending`` until the file is written or has failed.
+    ``old`` lists the old copy's other chunks (in ``sources[0]``'s coordinates): delta bases to
+    propose for fetched chunks, verified by digest when read. ``pending`` until the file is written
+    or has failed.
     """
 
     version: Version
@@ -165,13 +168,14 @@ class FilePlan:
     target: LocalTarget | None = None
     local: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
     sources: list[int | bytes | None] = field(default_factory=lambda: [None, None])
+    old: OldChunks | None = None
     pending: bool = True
 
     def fail(self, error: BaseException) -> None:
         """Settle the file as failed (nothing of it was written)."""
         o = self.outcome
         o.status, o.error, self.pending = "failed", error, False
-        o.chunks_total = o.chunks_reused = o.chunks_fetched = o.bytes_fetched = 0
+        o.chunks_total = o.chunks_reused = o.chunks_fetched = o.bytes_fetched = o.chunks_delta = 0
 
     def close(self) -> None:
         """Close the local files (idempotent)."""
@@ -183,9 +187,10 @@ class FilePlan:
 
 def plan_local(
     params: ChunkParams, version: Version, manifest: Manifest, target: LocalTarget | None,
-    pipeline: Pipeline | None = None,
+    pipeline: Pipeline | None = None, *, bases: bool = False,
 ) -> FilePlan:
-    """Stage 1 for one file: what the old copy at ``target`` and its ``.NAME.svpart`` already hold.
+    """Stage 1 for one file: what the old copy at ``target`` and its ``.NAME.svpart`` already hold
+    (and, with ``bases``, the old copy's other chunks, to propose as delta bases).
 
     Both are opened with O_NOFOLLOW relative to the folder's fd, only when they are regular files;
     the temp file's name is removed at once (its fd is read). When the old copy already is this
@@ -203,6 +208,8 @@ def plan_local(
         with folder:
             plan.sources[0] = folder.open_regular(target.name)
             plan.sources[1] = take_partial(folder, target.name)
+        if bases and plan.sources[0] is not None:
+            plan.old = OldChunks()
         _index(plan, params, pipeline)
     except BaseException:
         plan.close()
@@ -220,14 +227,14 @@ def _index(plan: FilePlan, params: ChunkParams, pipeline: Pipeline | None) -> No
     wanted = set(plan.manifest.unique_digests())
     if isinstance(old, int):
         hasher = new_hasher()
-        plan.local.update(index_local_file(old, params, wanted, hasher, pipeline))
+        plan.local.update(index_local_file(old, params, wanted, hasher, pipeline, plan.old))
         if os.fstat(old).st_size == plan.manifest.size and hasher.digest() == plan.manifest.file_digest:
             _settle_up_to_date(plan, old)
             return
     if isinstance(part, int):
         found = index_local_file(part, params, wanted - plan.local.keys(), pipeline=pipeline)
         plan.local.update({d: (offset, length, 1) for d, (offset, length) in found.items()})
-    if sum(at[1] for at in plan.local.values()) <= LOCAL_IN_MEMORY:
+    if sum(at[1] for at in plan.local.values()) + (plan.old.nbytes if plan.old else 0) <= LOCAL_IN_MEMORY:
         _read_local_chunks(plan)
 
 
@@ -243,7 +250,8 @@ def _settle_up_to_date(plan: FilePlan, fd: int) -> None:
 
 
 def _read_local_chunks(plan: FilePlan) -> None:
-    """Copy the few reusable local chunks into memory and close the local files (still verified when used)."""
+    """Copy the few reusable local chunks (and delta bases) into memory and close the local files
+    (still verified when used)."""
     buffer = bytearray()
     local: dict[bytes, tuple[int, ...]] = {}
     for d, (offset, length, *source) in plan.local.items():
@@ -251,8 +259,30 @@ def _read_local_chunks(plan: FilePlan) -> None:
         if data is not None:
             local[d] = (len(buffer), length)
             buffer += data
+    old = None
+    if plan.old:
+        old = OldChunks()
+        for ref in plan.old:
+            data = _read_source(plan.sources[0], ref.offset, ref.length)
+            if data is not None:
+                old.add(len(buffer), ref.length, ref.digest)
+                buffer += data
     plan.close()
-    plan.sources, plan.local = [bytes(buffer), None], local
+    plan.sources, plan.local, plan.old = [bytes(buffer), None], local, old
+
+
+def _base_reader(plans: Sequence[FilePlan]) -> Callable[[int, BaseRef], bytes | None]:
+    """``read(file number, base)``: the base's bytes from that plan's old copy, or None when they
+    no longer hash to the base's digest (the old copy changed since it was indexed)."""
+
+    def read(number: int, ref: BaseRef) -> bytes | None:
+        try:
+            data = _read_source(plans[number].sources[0], ref.offset, ref.length)
+        except OSError:
+            return None
+        return data if data is not None and blake3_digest(data) == ref.digest else None
+
+    return read
 
 
 def _read_source(source: int | bytes | None, offset: int, length: int) -> bytes | None:
@@ -296,14 +326,15 @@ def _assemble(
     """Write the file's bytes in order to ``sink`` (an fd or a binary writer), each chunk verified, then
     check its size and whole-file BLAKE3. A local chunk that no longer hashes to its digest is fetched."""
     o = plan.outcome
-    o.chunks_reused = o.chunks_fetched = o.bytes_fetched = 0
+    o.chunks_reused = o.chunks_fetched = o.bytes_fetched = o.chunks_delta = 0
     hasher = new_hasher()
     written = 0
     for step in steps:
         if step.source is Source.FETCH:
-            data, frame = fetcher.take(step.window, step.digest)
+            data, frame, was_delta = fetcher.take(step.window, step.digest)
             o.chunks_fetched += frame > 0
             o.chunks_reused += frame == 0
+            o.chunks_delta += was_delta
             o.bytes_fetched += frame
         elif step.source is Source.REPEAT:
             assert isinstance(sink, int)
@@ -363,9 +394,9 @@ def fetch_and_write(
     todo = [p for p in plans if p.pending]
     if not todo:
         return
-    steps = partial(plan_files, [(p.manifest.chunks, p.local) for p in todo], repeat_from_output=writer is None,
+    steps = partial(plan_files, [(p.manifest.chunks, p.local, p.old) for p in todo], repeat_from_output=writer is None,
                     window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS)
-    fetcher = Fetcher(remote, fetch_windows(steps()))
+    fetcher = Fetcher(remote, fetch_windows(steps()), _base_reader(todo))
     cursor = _Cursor(steps())
     alone: list[FilePlan] = []
     try:
@@ -480,11 +511,12 @@ def _get_planned(
     A file that cannot be planned (a symlink where a folder is expected, say) fails alone.
     """
     plans: list[FilePlan] = []
+    bases = remote.info().delta_downloads
     try:
         with Pipeline(remote.params.chunking) as pipeline:
             for version, manifest, target in files:
                 try:
-                    plans.append(plan_local(remote.params.chunking, version, manifest, target, pipeline))
+                    plans.append(plan_local(remote.params.chunking, version, manifest, target, pipeline, bases=bases))
                 except (CasError, OSError) as exc:
                     if is_fatal(exc):
                         raise

@@ -77,6 +77,7 @@ class GetStats:
     chunks_total: int = 0
     chunks_reused: int = 0
     chunks_fetched: int = 0
+    chunks_delta: int = 0  # of chunks_fetched, those sent as delta frames against the old local copy
     seconds: float = 0.0
 
     def account(self, outcome: GetOutcome) -> None:
@@ -89,6 +90,7 @@ class GetStats:
         self.bytes_fetched += outcome.bytes_fetched
         self.chunks_reused += outcome.chunks_reused
         self.chunks_fetched += outcome.chunks_fetched
+        self.chunks_delta += outcome.chunks_delta
         self.chunks_total += outcome.chunks_total
 
 

@@ -163,7 +163,7 @@ class StratusService(pb_grpc.StratusServicer):
             max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
             max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
             max_manifest_chunks=self.config.max_manifest_chunks, max_batch_files=self.config.max_batch_files,
-            manifest_deltas=True,
+            manifest_deltas=True, delta_downloads=self.config.delta_downloads,
             stats=pb.StoreStats(
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
@@ -370,9 +370,34 @@ class StratusService(pb_grpc.StratusServicer):
     async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> None:
         caller = self._enter_chunks(context, "GetChunks", write=False)
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
-        await self._send_all(context, caller, "GetChunks", self._chunk_batches(caller, digests))
+        bases = self._proposed_bases(request)
+        await self._send_all(context, caller, "GetChunks", self._chunk_batches(caller, digests, bases))
 
-    async def _chunk_batches(self, caller: Caller, digests: list[bytes]) -> AsyncIterator[pb.ChunkBatch]:
+    def _proposed_bases(self, request: pb.GetChunksRequest) -> dict[bytes, bytes]:
+        """digest -> proposed delta base (the first proposal per digest), empty when the server
+        setting ``delta_downloads`` is off. Only the form is checked here; whether the caller holds
+        the base is :meth:`Repository.read_frames`'s business."""
+        limit = self.config.max_find_digests
+        _check_digests([b.base for b in request.bases], limit)
+        _check_digests([b.digest for b in request.bases], limit)
+        if not self.config.delta_downloads:
+            return {}
+        bases: dict[bytes, bytes] = {}
+        for proposal in request.bases:
+            bases.setdefault(proposal.digest, proposal.base)
+        return bases
+
+    def _affordable(self, caller: Caller, part: list[bytes], bases: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """The proposals of one window that the caller's upload chunk budget pays for (one token per
+        delta), all or none: when the budget is short the window goes out in plain frames."""
+        proposals = {d: bases[d] for d in part if d in bases}
+        if proposals and self.chunk_rate.acquire(caller.share, len(proposals)) > 0:
+            return {}
+        return proposals
+
+    async def _chunk_batches(
+        self, caller: Caller, digests: list[bytes], bases: dict[bytes, bytes]
+    ) -> AsyncIterator[pb.ChunkBatch]:
         async with self.downloads.slot(caller.share):
             # Read the next window while the current one is on the wire, so disk, hashing and
             # network overlap; at most two windows are in memory.
@@ -382,14 +407,16 @@ class StratusService(pb_grpc.StratusServicer):
             def read(n: int) -> asyncio.Future | None:
                 if n >= len(parts):
                     return None
-                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, parts[n], caller.view))
+                proposals = self._affordable(caller, parts[n], bases)
+                return asyncio.ensure_future(
+                    self.repo.read_frames(caller.namespace, parts[n], caller.view, proposals))
 
             ahead = read(0)
             try:
                 for n, part in enumerate(parts):
-                    frames = await ahead
+                    answers = await ahead
                     ahead = read(n + 1)
-                    chunks = [pb.ChunkData(digest=d, frame=f) for d, f in zip(part, frames, strict=True)]
+                    chunks = [pb.ChunkData(digest=d, frame=f, base=b) for d, (f, b) in zip(part, answers, strict=True)]
                     yield pb.ChunkBatch(chunks=chunks)
             finally:
                 if ahead is not None:
