@@ -8,12 +8,12 @@ missing) is :class:`CallFailed` for every chunk not yet arrived. Chunks that fai
 reported to the server when the fetch ends (ReportDamagedChunks), which verifies its copies again
 and marks the damaged ones, so the next upload of that content repairs them.
 
-Delta downloads: a window proposes, for some digests, a chunk of the old local copy as delta base
-(cli/plan.py); the server may answer such a digest with a delta frame against it (ChunkData.base).
-The base's bytes are read from the old copy and checked against the base digest before use; when
-they no longer match (the old copy changed) the chunk is fetched again as a plain frame. A delta
-frame against anything but the proposed base, or one that does not decode to the digest, is a
-corrupt chunk like any other.
+Delta downloads: a window proposes, for some digests, chunks of the old local copy as delta bases
+(cli/plan.py); the server may answer such a digest with a delta frame against them (ChunkData.base
+names the first). The bases' bytes are read from the old copy and each is checked against its
+digest before use; when one no longer matches (the old copy changed) the chunk is fetched again as
+a plain frame. A delta frame naming another base than the first proposed, or one that does not
+decode to the digest, is a corrupt chunk like any other.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from proto import stratus_pb2 as pb
 QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
 POOL_DECODE_BYTES = 1024 * 1024  # batches from this size on are decoded on a small thread pool
 _END = object()
-Proposals = dict[bytes, tuple[int, BaseRef]]  # digest -> (file number, proposed base)
+Proposals = dict[bytes, tuple[int, tuple[BaseRef, ...]]]  # digest -> (file number, proposed bases)
 BaseReader = Callable[[int, BaseRef], "bytes | None"]  # (file number, base) -> its verified bytes, or None
 
 
@@ -136,7 +136,7 @@ class Fetcher:
     def _fetch_window(self, window: FetchWindow, pool: ThreadPoolExecutor) -> None:
         pending = dict(window.uses)
         bases = window.bases if self._read_base is not None else {}
-        proposals = [pb.DeltaBase(digest=d, base=ref.digest) for d, (_, ref) in bases.items()]
+        proposals = [pb.DeltaBase(digest=d, base=ref.digest) for d, (_, refs) in bases.items() for ref in refs]
         call = self._remote.stub.GetChunks(pb.GetChunksRequest(digests=window.digests, bases=proposals))
         self._call = call
         if self._stop.is_set():
@@ -164,12 +164,14 @@ class Fetcher:
         base = None
         if chunk.base:
             proposed = bases.get(chunk.digest)
-            if proposed is None or proposed[1].digest != chunk.base:
+            if proposed is None or proposed[1][0].digest != chunk.base:
                 return CorruptChunkError(chunk.digest, "a delta frame against a base this client did not propose")
             assert self._read_base is not None
-            base = self._read_base(*proposed)
-            if base is None:
+            number, refs = proposed
+            parts = [self._read_base(number, ref) for ref in refs]
+            if any(part is None for part in parts):
                 return _STALE
+            base = b"".join(parts)  # type: ignore[arg-type]
         data = _decoded(chunk.digest, chunk.frame, self._max_size, base)
         if isinstance(data, CorruptChunkError):
             self._corrupt.add(bytes(chunk.digest))  # set.add: safe from the decoding threads

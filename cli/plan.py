@@ -72,6 +72,17 @@ class OldChunks:
             return self._ref(i)
         return None
 
+    def overlapping(self, start: int, end: int, limit: int) -> tuple[BaseRef, ...]:
+        """The chunks with bytes in ``[start, end)``, in offset order, at most ``limit`` (the ones
+        nearest ``start``)."""
+        i = max(0, bisect_right(self._offsets, start) - 1)
+        found: list[BaseRef] = []
+        while i < len(self) and self._offsets[i] < end and len(found) < limit:
+            if self._offsets[i] + self._lengths[i] > start:
+                found.append(self._ref(i))
+            i += 1
+        return tuple(found)
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -85,20 +96,22 @@ class Step:
     window: int = -1
     source_file: int = 0  # LOCAL: which local file (0: the old copy, 1: a partial download's temp file)
     file: int = 0  # which file of the plan the chunk belongs to
-    base: BaseRef | None = None  # FETCH: a chunk of the old copy to propose as delta base
+    bases: tuple[BaseRef, ...] = ()  # FETCH: chunks of the old copy to propose as delta bases
 
 
 @dataclass(slots=True)
 class FetchWindow:
     """One GetChunks request: distinct digests in first-use order and how often each is used, and
-    the delta base proposed for some of them (digest -> (file number, base), the first use's)."""
+    the delta bases proposed for some of them (digest -> (file number, bases), the first use's)."""
 
     index: int
     digests: list[bytes]
     uses: dict[bytes, int]
     nbytes: int
-    bases: dict[bytes, tuple[int, BaseRef]] = field(default_factory=dict)
+    bases: dict[bytes, tuple[int, tuple[BaseRef, ...]]] = field(default_factory=dict)
 
+
+MAX_BASES = 4  # delta bases proposed for one chunk (the server refuses more)
 
 Files = Sequence[
     tuple[Sequence[ChunkRef], Mapping[bytes, tuple[int, ...]]]
@@ -106,10 +119,11 @@ Files = Sequence[
 ]
 
 
-def _base_for(old: OldChunks | None, expected: int, length: int) -> BaseRef | None:
-    """The old chunk covering the middle of where a chunk of ``length`` bytes is expected in the
-    old copy (``expected``: just after the old bytes the previous chunk matched)."""
-    return old.covering(expected + length // 2) if old else None
+def _bases_for(old: OldChunks | None, expected: int, length: int) -> tuple[BaseRef, ...]:
+    """The old chunks where a chunk of ``length`` bytes is expected in the old copy (``expected``:
+    just after the old bytes the previous chunk matched): those overlapping that range, at most
+    :data:`MAX_BASES` (an edit that moved a cut point makes one new chunk of two old ones)."""
+    return old.overlapping(expected, expected + length, MAX_BASES) if old else ()
 
 
 def plan_files(files: Files, *, repeat_from_output: bool, window_bytes: int, window_chunks: int) -> Iterator[Step]:
@@ -125,8 +139,8 @@ def plan_files(files: Files, *, repeat_from_output: bool, window_bytes: int, win
     inputs agree, which lets the fetching thread and the writing thread walk the same plan
     independently.
 
-    A fetched chunk gets as delta base the old chunk (of ``old chunks``, those the new version does
-    not reuse) at the position the chunk is expected in the old copy: just after the old bytes the
+    A fetched chunk gets as delta bases the old chunks (of ``old chunks``, those the new version does
+    not reuse) at the place the chunk is expected in the old copy: just after the old bytes the
     previous chunk came from (a chunk reused from the old copy re-aligns the two files, so an
     insertion or a cut point that moved does not lose the track).
     """
@@ -156,7 +170,8 @@ def plan_files(files: Files, *, repeat_from_output: bool, window_bytes: int, win
                         window_size = 0
                     in_window.add(d)
                     window_size += n
-                yield Step(offset, d, n, Source.FETCH, window=window, file=number, base=_base_for(old, expected, n))
+                yield Step(offset, d, n, Source.FETCH, window=window, file=number,
+                           bases=_bases_for(old, expected, n))
                 written.setdefault(d, offset)
             offset += n
             expected += n
@@ -185,8 +200,8 @@ def fetch_windows(steps: Iterator[Step]) -> Iterator[FetchWindow]:
             current.digests.append(step.digest)
             current.uses[step.digest] = 0
             current.nbytes += step.length
-            if step.base is not None:
-                current.bases[step.digest] = (step.file, step.base)
+            if step.bases:
+                current.bases[step.digest] = (step.file, step.bases)
         current.uses[step.digest] += 1
     if current is not None:
         yield current

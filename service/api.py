@@ -35,6 +35,7 @@ from service.batches import BatchCalls
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
+from service.deltadownload import MAX_DELTA_BASES
 from service.gate import Caller, Gate
 from service.messages import (
     commit_manifest_from_message,
@@ -373,30 +374,34 @@ class StratusService(pb_grpc.StratusServicer):
         bases = self._proposed_bases(request)
         await self._send_all(context, caller, "GetChunks", self._chunk_batches(caller, digests, bases))
 
-    def _proposed_bases(self, request: pb.GetChunksRequest) -> dict[bytes, bytes]:
-        """digest -> proposed delta base (the first proposal per digest), empty when the server
-        setting ``delta_downloads`` is off. Only the form is checked here; whether the caller holds
-        the base is :meth:`Repository.read_frames`'s business."""
+    def _proposed_bases(self, request: pb.GetChunksRequest) -> dict[bytes, tuple[bytes, ...]]:
+        """digest -> its proposed delta bases in request order; empty when the server setting
+        ``delta_downloads`` is off. Only the form is checked here (INVALID_ARGUMENT for a malformed
+        digest or more than MAX_DELTA_BASES bases for one digest); whether the caller holds the
+        bases is :meth:`Repository.read_frames`'s business."""
         limit = self.config.max_find_digests
         _check_digests([b.base for b in request.bases], limit)
         _check_digests([b.digest for b in request.bases], limit)
-        if not self.config.delta_downloads:
-            return {}
-        bases: dict[bytes, bytes] = {}
+        bases: dict[bytes, tuple[bytes, ...]] = {}
         for proposal in request.bases:
-            bases.setdefault(proposal.digest, proposal.base)
-        return bases
+            bases[proposal.digest] = (*bases.get(proposal.digest, ()), proposal.base)
+            if len(bases[proposal.digest]) > MAX_DELTA_BASES:
+                raise InvalidInputError(f"more than {MAX_DELTA_BASES} delta bases for chunk {proposal.digest.hex()}")
+        return bases if self.config.delta_downloads else {}
 
-    def _affordable(self, caller: Caller, part: list[bytes], bases: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    def _affordable(
+        self, caller: Caller, part: list[bytes], bases: dict[bytes, tuple[bytes, ...]]
+    ) -> dict[bytes, tuple[bytes, ...]]:
         """The proposals of one window that the caller's upload chunk budget pays for (one token per
-        delta), all or none: when the budget is short the window goes out in plain frames."""
+        base), all or none: when the budget is short the window goes out in plain frames."""
         proposals = {d: bases[d] for d in part if d in bases}
-        if proposals and self.chunk_rate.acquire(caller.share, len(proposals)) > 0:
+        cost = sum(len(b) for b in proposals.values())
+        if cost and self.chunk_rate.acquire(caller.share, cost) > 0:
             return {}
         return proposals
 
     async def _chunk_batches(
-        self, caller: Caller, digests: list[bytes], bases: dict[bytes, bytes]
+        self, caller: Caller, digests: list[bytes], bases: dict[bytes, tuple[bytes, ...]]
     ) -> AsyncIterator[pb.ChunkBatch]:
         async with self.downloads.slot(caller.share):
             # Read the next window while the current one is on the wire, so disk, hashing and

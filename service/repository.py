@@ -213,17 +213,19 @@ class Repository:
         return absent
 
     async def read_frames(
-        self, ns: str, digests: list[bytes], view: str | None = None, bases: Mapping[bytes, bytes] | None = None
+        self, ns: str, digests: list[bytes], view: str | None = None,
+        bases: Mapping[bytes, tuple[bytes, ...]] | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """(frame, base) of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
 
         The error is the same whether a chunk is stored nowhere, only in other namespaces or only
         outside ``view``. Every frame is at least header-checked (fully verified with
         ``verify_reads``); a damaged or missing copy is marked damaged and raises
-        CorruptChunkError (DATA_LOSS). ``bases`` proposes, per digest, a chunk to send it as a delta
-        against (service/deltadownload.py): a proposal is used only when that base is in ``ns``'s
-        chunk index (and ``view``) and is not the digest itself, else it is dropped without a
-        trace, so the answer is the plain frame with base ``b""`` exactly as without it.
+        CorruptChunkError (DATA_LOSS). ``bases`` proposes, per digest, chunks to send it as a delta
+        against (service/deltadownload.py); the answer's base is then the first of them. A proposal
+        is used only when all its bases are in ``ns``'s chunk index (and ``view``) and none is the
+        digest itself, else it is dropped whole without a trace, so the answer is the plain frame
+        with base ``b""`` exactly as without it.
         """
         not_held = await self._not_held(ns, digests, view)
         absent = [d for d in dict.fromkeys(digests) if d in not_held]
@@ -235,23 +237,25 @@ class Repository:
             await asyncio.gather(*(loop.run_in_executor(self.pool, self._answer, d, usable.get(d)) for d in digests))
         )
 
-    async def _held_bases(self, ns: str, bases: Mapping[bytes, bytes], view: str | None) -> dict[bytes, bytes]:
-        """The proposals whose base ``ns`` (and ``view``) holds and that are not the chunk itself."""
-        proposals = {d: b for d, b in bases.items() if b != d}
+    async def _held_bases(
+        self, ns: str, bases: Mapping[bytes, tuple[bytes, ...]], view: str | None
+    ) -> dict[bytes, tuple[bytes, ...]]:
+        """The proposals whose bases ``ns`` (and ``view``) all hold, none of them the chunk itself."""
+        proposals = {d: b for d, b in bases.items() if b and d not in b}
         if not proposals:
             return {}
-        not_held = await self._not_held(ns, list(set(proposals.values())), view)
-        return {d: b for d, b in proposals.items() if b not in not_held}
+        not_held = await self._not_held(ns, list({x for b in proposals.values() for x in b}), view)
+        return {d: b for d, b in proposals.items() if not not_held.intersection(b)}
 
-    def _answer(self, digest: bytes, base: bytes | None) -> tuple[bytes, bytes]:
-        """(frame, base) for one chunk on a worker thread: a delta against ``base`` when it pays."""
-        if base is not None and not self.verify_reads and (stored := self.deltas.stored(digest, base)) is not None:
-            return stored, base
+    def _answer(self, digest: bytes, bases: tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """(frame, first base) for one chunk on a worker thread: a delta against ``bases`` when it pays."""
+        if bases and not self.verify_reads and (stored := self.deltas.stored(digest, bases)) is not None:
+            return stored, bases[0]
         frame = _indexed(self.chunks, self.chunks.get_frame, digest, self.verify_reads)
-        if base is not None:
-            found = self.deltas.frame(digest, base, frame)
+        if bases:
+            found = self.deltas.frame(digest, bases, frame)
             if found is not None:
-                return found, base
+                return found, bases[0]
         return frame, b""
 
     async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
