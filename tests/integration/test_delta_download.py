@@ -219,3 +219,29 @@ def test_a_prefix_grantee_gets_deltas_only_against_chunks_of_its_view(redis_url,
         reader.stub.GetManifest(pb.GetManifestRequest(path="reports/old.bin"))
         (got,) = answers(reader, [wanted], {wanted: (base,)})
         assert got[2] == base and len(got[1]) < len(plain[0][1]) / 4
+
+
+def test_deltas_stop_when_the_callers_chunk_budget_is_spent(redis_url, tmp_path):
+    # A budget of 64 tokens that does not refill in the test's time; each proposed base costs one.
+    env = {"STRATUS_UPLOAD_CHUNKS_PER_SECOND": "0.001", "STRATUS_UPLOAD_CHUNKS_BURST": "64",
+           "STRATUS_MAX_CHUNKS_PER_MESSAGE": "64"}
+    key_prefix = new_prefix()
+    running = RunningServer(tmp_path / "server", redis_url, key_prefix, extra_env=env).start()
+    try:
+        with StratusClient.connect(running.address, insecure=True) as writer:
+            old = os.urandom(40_000)
+            new = old[:10_000] + os.urandom(4096) + old[14_096:]
+            writer.put_bytes(old, "f/old.bin")
+            writer.put_bytes(new, "f/new.bin")
+            (base,) = chunk_digests(writer, old)
+            (wanted,) = chunk_digests(writer, new)
+        # A connection of its own: a plaintext caller's budget is per connection.
+        with StratusClient.connect(running.address, insecure=True) as reader:
+            plain = answers(reader, [wanted], {})
+            kinds = [answers(reader, [wanted], {wanted: (base,) * 4})[0][2] for _ in range(20)]
+            assert kinds == [base] * 16 + [b""] * 4  # 16 x 4 tokens, then plain frames
+            assert answers(reader, [wanted], {wanted: (base,)}) == plain
+            assert answers(reader, [wanted], {}) == plain  # plain requests cost nothing and still work
+    finally:
+        running.stop()
+        drop_prefix(redis_url, key_prefix)
