@@ -40,6 +40,7 @@ from cas.errors import (
     SignatureError,
 )
 from cas.manifest import ChunkRef, Manifest
+from cas.manifestpieces import apply_pieces
 from cas.paths import normalize_path
 from cas.pipeline import Pipeline
 from cli.batch import get_manifests
@@ -52,9 +53,11 @@ from cli.remote import Advance, ProgressFn, Remote, cumulative
 from cli.results import Version
 from cli.statecache import FileState
 from proto import stratus_pb2 as pb
+from proto.pieces import pieces_from_message
 
 FETCH_WINDOW_BYTES = 64 * 1024 * 1024  # per GetChunks call; fewer calls, better overlap
 FETCH_WINDOW_CHUNKS = 1024
+MAX_EXPANDED_CHUNKS = 1 << 24  # a manifest delta from a server that announces no manifest limit
 LOCAL_IN_MEMORY = 1024 * 1024  # reusable local bytes up to this are read while planning: a group keeps no file open
 
 
@@ -125,12 +128,32 @@ def receive(
 
 
 def fetch_manifest(
-    remote: Remote, path: str, version: int | None, as_of_ms: int | None, verify_key: object = None
+    remote: Remote, path: str, version: int | None, as_of_ms: int | None, verify_key: object = None,
+    base: Manifest | None = None,
 ) -> tuple[Version, Manifest]:
-    """GetManifest of a version (head, ``version`` or the newest at ``as_of_ms``), checked by :func:`receive`."""
+    """GetManifest of a version (head, ``version`` or the newest at ``as_of_ms``), checked by :func:`receive`.
+
+    ``base``: a manifest of a version of ``path`` the client holds (its local copy's), offered so the
+    server may answer in the delta form (pieces of ``base``), which is expanded here before the check.
+    """
     at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
-    resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
+    request = pb.GetManifestRequest(path=path, at=at, base_manifest_digest=base.digest() if base else b"")
+    resp = remote.call(remote.stub.GetManifest, request)
+    if resp.base_manifest_digest:
+        _expand(path, resp, base, remote.params.max_manifest_chunks or MAX_EXPANDED_CHUNKS)
     return receive(path, resp, remote.params.chunking.max_size, verify_key)
+
+
+def _expand(path: str, resp: pb.GetManifestResponse, base: Manifest | None, max_chunks: int) -> None:
+    """Replace the delta form of ``resp`` by the full chunk list (IntegrityError when it does not fit)."""
+    if base is None or resp.base_manifest_digest != base.digest():
+        raise IntegrityError(f"{path}: the server answered against a base manifest this client did not offer")
+    try:
+        chunks = apply_pieces(base.chunks, pieces_from_message(resp.pieces), max_chunks)
+    except CasError as exc:
+        raise IntegrityError(f"{path}: the server sent an invalid manifest delta: {exc}") from None
+    resp.manifest.chunks.extend(pb.ChunkRef(digest=ref.digest, length=ref.length) for ref in chunks)
+    resp.ClearField("pieces")
 
 
 def verify_signature(path: str, info: pb.VersionInfo, manifest: Manifest, verify_key: object) -> None:
@@ -156,8 +179,8 @@ class FilePlan:
 
     ``target`` None means the job's writer (a stream). ``local`` maps digests to (offset, length,
     source) in ``sources`` (0: the old copy, 1: a killed download's temp file), each an open fd or
-    the reusable bytes read while planning; every chunk taken from them is verified by digest first.
-    ``old`` lists the old copy's other chunks (in ``sources[0]``'s coordinates): delta bases to
+    the reusable ranges read while planning (:class:`LocalExtracts`, same offsets); every chunk taken
+    from them is verified by digest first. ``old`` lists the old copy's other chunks: delta bases to
     propose for fetched chunks, verified by digest when read. ``pending`` until the file is written
     or has failed.
     """
@@ -167,7 +190,7 @@ class FilePlan:
     outcome: GetOutcome
     target: LocalTarget | None = None
     local: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
-    sources: list[int | bytes | None] = field(default_factory=lambda: [None, None])
+    sources: list[int | LocalExtracts | None] = field(default_factory=lambda: [None, None])
     old: OldChunks | None = None
     pending: bool = True
 
@@ -251,24 +274,32 @@ def _settle_up_to_date(plan: FilePlan, fd: int) -> None:
 
 def _read_local_chunks(plan: FilePlan) -> None:
     """Copy the few reusable local chunks (and delta bases) into memory and close the local files
-    (still verified when used)."""
-    buffer = bytearray()
-    local: dict[bytes, tuple[int, ...]] = {}
-    for d, (offset, length, *source) in plan.local.items():
-        data = _read_source(plan.sources[source[0] if source else 0], offset, length)
-        if data is not None:
-            local[d] = (len(buffer), length)
-            buffer += data
-    old = None
-    if plan.old:
-        old = OldChunks()
-        for ref in plan.old:
-            data = _read_source(plan.sources[0], ref.offset, ref.length)
-            if data is not None:
-                old.add(len(buffer), ref.length, ref.digest)
-                buffer += data
+    (still verified when used). They keep their offsets: planning sees the same file either way."""
+    copies = [LocalExtracts(), LocalExtracts()]
+    for offset, length, *source in plan.local.values():
+        number = source[0] if source else 0
+        copies[number].add(offset, _read_source(plan.sources[number], offset, length))
+    for ref in plan.old or ():
+        copies[0].add(ref.offset, _read_source(plan.sources[0], ref.offset, ref.length))
     plan.close()
-    plan.sources, plan.local, plan.old = [bytes(buffer), None], local, old
+    plan.sources = [copies[0], copies[1]]
+
+
+class LocalExtracts:
+    """Byte ranges of a local file held in memory, read back by their offset in the file."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[int, bytes] = {}
+
+    def add(self, offset: int, data: bytes | None) -> None:
+        """Keep ``data`` (None: the file was shorter, nothing to keep) found at ``offset``."""
+        if data is not None:
+            self._ranges[offset] = data
+
+    def read(self, offset: int, length: int) -> bytes | None:
+        """The ``length`` bytes kept at ``offset``, or None."""
+        data = self._ranges.get(offset)
+        return data if data is not None and len(data) == length else None
 
 
 def _base_reader(plans: Sequence[FilePlan]) -> Callable[[int, BaseRef], bytes | None]:
@@ -285,12 +316,11 @@ def _base_reader(plans: Sequence[FilePlan]) -> Callable[[int, BaseRef], bytes | 
     return read
 
 
-def _read_source(source: int | bytes | None, offset: int, length: int) -> bytes | None:
+def _read_source(source: int | LocalExtracts | None, offset: int, length: int) -> bytes | None:
     """``length`` bytes at ``offset`` of a local source; None when it is shorter (it changed)."""
     if isinstance(source, int):
         return read_exact(source, length, offset)
-    data = source[offset : offset + length] if source is not None else b""
-    return data if len(data) == length else None
+    return source.read(offset, length) if source is not None else None
 
 
 def _mode(version: Version) -> int | None:
@@ -434,18 +464,21 @@ def get_file(
     verify_key: object = None,
     progress: ProgressFn | None = None,
     keep: Callable[[Manifest], None] | None = None,
+    base_manifest: Manifest | None = None,
 ) -> GetOutcome:
     """Download a version into ``local_path``, reusing the chunks a previous local copy already has.
 
     ``local_path`` is a path (its parent, named by the caller, may be a symlink and is followed) or
     a :class:`LocalTarget` below an opened destination root, whose folders are entered without
     following symlinks (cli/localdir.py). ``keep`` is given the version's manifest once the file is
-    in place (a manifest cache). Nothing is written before the manifest (and signature) checked out.
+    in place (a manifest cache); ``base_manifest`` (the local copy's version's, say) lets the server
+    send the manifest as a delta of it. Nothing is written before the manifest (and signature)
+    checked out.
     """
     path = normalize_path(remote_path)
     if not isinstance(local_path, LocalTarget) and Path(local_path).is_dir():
         raise InvalidInputError(f"{local_path} is a directory; give the file name to write")
-    info, manifest = fetch_manifest(remote, path, version, as_of_ms, verify_key)
+    info, manifest = fetch_manifest(remote, path, version, as_of_ms, verify_key, base_manifest)
     advance = cumulative(progress, info.size)
     if isinstance(local_path, LocalTarget):
         (outcome,) = _get_planned(remote, [(info, manifest, local_path)], advance)

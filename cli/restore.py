@@ -182,7 +182,8 @@ class Downloader:
         report.stats.files_listed = 1
         report.stats.bytes_total = info.size
         item = RestoreItem(info, dest)
-        if self._is_current(item, self._cached({info.path: info}, info.path).get(info.path)):
+        entry = self._cached({info.path: info}, info.path).get(info.path)
+        if self._is_current(item, entry):
             report.add(GetOutcome(info.path, str(dest), "skipped", info, info.size))
         else:
             self._emit("start", info.size, 1, f"get {info.path}")
@@ -190,7 +191,8 @@ class Downloader:
                 with Folder.open_root(dest.parent) as root:
                     outcome = self.client.get_file(info.path, LocalTarget(root, (), dest.name, dest),
                                                    version=info.version, verify_key=self.options.verify_key,
-                                                   progress=self._file_progress())
+                                                   progress=self._file_progress(),
+                                                   base_manifest_digest=entry.manifest_digest if entry else b"")
             finally:
                 self._emit("file")
             report.add(outcome)

@@ -332,20 +332,26 @@ class VersionSelector(_message.Message):
     def __init__(self, version: _Optional[int] = ..., as_of_ms: _Optional[int] = ...) -> None: ...
 
 class GetManifestRequest(_message.Message):
-    __slots__ = ("path", "at")
+    __slots__ = ("path", "at", "base_manifest_digest")
     PATH_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     path: str
     at: VersionSelector
-    def __init__(self, path: _Optional[str] = ..., at: _Optional[_Union[VersionSelector, _Mapping]] = ...) -> None: ...
+    base_manifest_digest: bytes
+    def __init__(self, path: _Optional[str] = ..., at: _Optional[_Union[VersionSelector, _Mapping]] = ..., base_manifest_digest: _Optional[bytes] = ...) -> None: ...
 
 class GetManifestResponse(_message.Message):
-    __slots__ = ("version", "manifest")
+    __slots__ = ("version", "manifest", "base_manifest_digest", "pieces")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    BASE_MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
     version: VersionInfo
     manifest: Manifest
-    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ...) -> None: ...
+    base_manifest_digest: bytes
+    pieces: _containers.RepeatedCompositeFieldContainer[ManifestPiece]
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., base_manifest_digest: _Optional[bytes] = ..., pieces: _Optional[_Iterable[_Union[ManifestPiece, _Mapping]]] = ...) -> None: ...
 
 class GetManifestsRequest(_message.Message):
     __slots__ = ("files",)

@@ -26,10 +26,12 @@ from cas.errors import (
     RateLimitedError,
 )
 from cas.manifest import Manifest, ManifestBuilder
+from cas.manifestpieces import pieces_between
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+from proto.pieces import pieces_message
 from service.admission import ByteBudget, OversizeBatch, StreamLimits
 from service.batches import BatchCalls
 from service.calls import note, rpc
@@ -361,7 +363,31 @@ class StratusService(pb_grpc.StratusServicer):
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         manifest = await self.repo.load_manifest(record.manifest_digest)
         await show_manifest(self.repo, caller, manifest)
-        return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
+        full = pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
+        delta = await self._manifest_delta(caller, path, manifest, request.base_manifest_digest)
+        if delta is not None:
+            delta.version.CopyFrom(full.version)
+            if delta.ByteSize() < full.ByteSize():
+                return delta
+        return full
+
+    async def _manifest_delta(
+        self, caller: Caller, path: str, manifest: Manifest, base_digest: bytes
+    ) -> pb.GetManifestResponse | None:
+        """GetManifest's delta form against ``base_digest`` (without the version), or None when that
+        is not the manifest of a version of ``path`` in the caller's namespace: a client learns
+        nothing it could not read already (ListVersions), and an unusable base costs the full form."""
+        if not self.config.delta_downloads or len(base_digest) != digest.DIGEST_SIZE:
+            return None
+        try:
+            await self.committer.check_base(caller.namespace, path, base_digest)
+        except NotFoundError:
+            return None
+        base = await self.repo.load_manifest(base_digest)
+        return pb.GetManifestResponse(
+            manifest=pb.Manifest(size=manifest.size, file_digest=manifest.file_digest),
+            base_manifest_digest=base_digest, pieces=pieces_message(pieces_between(base.chunks, manifest.chunks)),
+        )
 
     @rpc
     async def GetManifests(self, request: pb.GetManifestsRequest, context: Ctx) -> pb.GetManifestsResponse:

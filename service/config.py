@@ -100,6 +100,7 @@ class ServerConfig:
     # GetChunks answers a chunk with a delta frame against chunks the client says it holds (and the
     # caller's namespace holds) when that is clearly smaller; each base proposed costs the caller one
     # token of its upload_chunks_per_second budget, and a window is sent plain when that is short.
+    # GetManifest answers in the delta form against the manifest the client holds (same switch).
     delta_downloads: bool = True
     io_threads: int = 0  # 0: twice the CPU count
     shutdown_grace_seconds: float = 10.0

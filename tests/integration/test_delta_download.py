@@ -17,6 +17,7 @@ from tls_fixtures import connect, tls_server
 from bench.datasets import scattered_edits
 from cas import delta
 from cas.digest import digest
+from cas.errors import IntegrityError
 from cas.pipeline import Pipeline
 from cli import download
 from cli.client import StratusClient
@@ -24,6 +25,12 @@ from cli.localdir import Folder, LocalTarget
 from proto import stratus_pb2 as pb
 
 SIZE = 4 * MIB
+ONE_CHUNK = 15_000  # below the servers' minimum chunk size (16 KiB): always exactly one chunk
+
+
+def edited(data: bytes, at: int) -> bytes:
+    """``data`` with 1 KiB of new random bytes at ``at``."""
+    return data[:at] + os.urandom(1024) + data[at + 1024:]
 
 
 def new_chunk_bytes(client: StratusClient, old: bytes, new: bytes) -> int:
@@ -103,6 +110,8 @@ def test_a_server_with_delta_downloads_off_sends_plain_frames(redis_url, tmp_pat
             got = c.get_file("f/data.bin", local)
             assert local.read_bytes() == v2 and got.chunks_delta == 0
             assert got.bytes_fetched >= new_chunk_bytes(c, v1, v2)  # random bytes: frames ~ chunks
+            first = next(v.manifest_digest for v in c.list_versions("f/data.bin") if v.version == 1)
+            assert not manifest_answer(c, "f/data.bin", first).base_manifest_digest  # the full form
     finally:
         running.stop()
         drop_prefix(redis_url, key_prefix)
@@ -131,11 +140,11 @@ def answers(client: StratusClient, digests: list[bytes], bases: dict[bytes, tupl
 
 def test_only_bases_the_caller_holds_are_used_and_others_leave_no_trace(tenants, tmp_path):
     with connect(tenants, "alice") as alice, connect(tenants, "bob") as bob:
-        base_data = bytearray(os.urandom(40_000))  # below the minimum chunk size: one chunk each
-        wanted_data = bytes(base_data[:20_000] + os.urandom(4096) + base_data[24_096:])
+        base_data = os.urandom(ONE_CHUNK)
+        wanted_data = edited(base_data, 5000)
         alice.put_bytes(bytes(base_data), "a/old.bin")
         alice.put_bytes(wanted_data, "a/new.bin")
-        bobs = bytes(base_data[:30_000] + os.urandom(4096) + base_data[34_096:])  # like `wanted`, bob's only
+        bobs = edited(base_data, 9000)  # like `wanted`, bob's only
         bob.put_bytes(bobs, "b/secret.bin")
         (held,) = chunk_digests(alice, bytes(base_data))
         (wanted,) = chunk_digests(alice, wanted_data)
@@ -148,7 +157,7 @@ def test_only_bases_the_caller_holds_are_used_and_others_leave_no_trace(tenants,
 
         (got,) = answers(alice, [wanted], {wanted: (held,)})
         assert got[2] == held and len(got[1]) < len(plain[0][1]) / 4
-        assert delta.decode_verified(wanted, got[1], bytes(base_data), alice.params.chunking.max_size) == wanted_data
+        assert delta.decode_verified(wanted, got[1], base_data, alice.params.chunking.max_size) == wanted_data
 
 
 def test_malformed_proposals_are_refused(tenants):
@@ -206,8 +215,8 @@ access = "read"
 def test_a_prefix_grantee_gets_deltas_only_against_chunks_of_its_view(redis_url, tmp_path):
     with tls_server(tmp_path, redis_url, ["owner", "reader"], access=GRANTS) as running, \
             connect(running, "owner") as owner, connect(running, "reader", namespace="team") as reader:
-        old = os.urandom(40_000)
-        new = old[:10_000] + os.urandom(4096) + old[14_096:]
+        old = os.urandom(ONE_CHUNK)
+        new = edited(old, 5000)
         owner.put_bytes(old, "secret/old.bin")  # the same bytes as reports/old.bin, outside the grant
         owner.put_bytes(new, "reports/new.bin")
         (base,) = chunk_digests(owner, old)
@@ -229,8 +238,8 @@ def test_deltas_stop_when_the_callers_chunk_budget_is_spent(redis_url, tmp_path)
     running = RunningServer(tmp_path / "server", redis_url, key_prefix, extra_env=env).start()
     try:
         with StratusClient.connect(running.address, insecure=True) as writer:
-            old = os.urandom(40_000)
-            new = old[:10_000] + os.urandom(4096) + old[14_096:]
+            old = os.urandom(ONE_CHUNK)
+            new = edited(old, 5000)
             writer.put_bytes(old, "f/old.bin")
             writer.put_bytes(new, "f/new.bin")
             (base,) = chunk_digests(writer, old)
@@ -245,3 +254,45 @@ def test_deltas_stop_when_the_callers_chunk_budget_is_spent(redis_url, tmp_path)
     finally:
         running.stop()
         drop_prefix(redis_url, key_prefix)
+
+
+# ---- the manifest as a delta of the one the client holds ----------------------------------------------
+
+
+def manifest_answer(client: StratusClient, path: str, base: bytes) -> pb.GetManifestResponse:
+    return client.stub.GetManifest(pb.GetManifestRequest(path=path, base_manifest_digest=base))
+
+
+def test_get_manifest_answers_as_pieces_of_a_version_of_the_same_path(client, prefix, tmp_path):
+    remote = prefix + "data.bin"
+    v1, v2 = two_versions(client, remote, tmp_path)
+    client.put_bytes(v1, prefix + "copy.bin")  # the same manifest as v1, but another path
+    versions = client.list_versions(remote)
+    old_digest = next(v.manifest_digest for v in versions if v.version == 1)
+    full = manifest_answer(client, remote, b"")
+    assert not full.base_manifest_digest and not full.pieces and len(full.manifest.chunks) > 40
+    delta_form = manifest_answer(client, remote, old_digest)
+    assert delta_form.base_manifest_digest == old_digest and not delta_form.manifest.chunks
+    assert delta_form.ByteSize() * 2 < full.ByteSize() and delta_form.version == full.version
+    # The client side expands it and checks it against the version's manifest digest.
+    base = download.fetch_manifest(client.remote, remote, 1, None)[1]
+    assert download.fetch_manifest(client.remote, remote, None, None, base=base) == \
+        download.fetch_manifest(client.remote, remote, None, None)
+    for unusable in (digest(os.urandom(8)), b"short", digest(b"")):
+        assert manifest_answer(client, remote, unusable) == full
+    other = prefix + "other.bin"
+    client.put_bytes(os.urandom(1000), other)
+    other_digest = manifest_answer(client, other, b"").version.manifest_digest
+    assert manifest_answer(client, remote, other_digest) == full  # another path's manifest is no base
+
+
+def test_a_manifest_delta_against_a_base_not_offered_is_refused(client, prefix, tmp_path):
+    remote = prefix + "data.bin"
+    two_versions(client, remote, tmp_path)
+    with pytest.raises(IntegrityError):
+        download._expand(remote, manifest_answer(client, remote, b""), None, 1 << 20)
+    v1 = download.fetch_manifest(client.remote, remote, 1, None)[1]
+    answer = client.stub.GetManifest(pb.GetManifestRequest(path=remote, base_manifest_digest=v1.digest()))
+    answer.base_manifest_digest = digest(b"not the base")
+    with pytest.raises(IntegrityError):
+        download._expand(remote, answer, v1, 1 << 20)
