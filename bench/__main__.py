@@ -9,12 +9,14 @@ Groups: transfer (throughput, re-upload, deltas, TLS cost), latency (Stat/ListFi
 concurrency, 1000 Watch streams), memory (peak RSS moving a 4 GiB file), peers (restic, borg,
 rsync with and without -z on the same data, every tool timed as a process; the ones not installed
 are skipped), history (8 django releases file by file: bytes on disk and time, us vs the
-peers), gc (30 daily versions of a file, 23 forgotten: bytes freed,
+peers), get_over_old (a download over an old copy after 10 scattered 4 KiB edits: bytes vs rsync and
+rsync -z, with and without delta downloads), gc (30 daily versions of a file, 23 forgotten: bytes freed,
 time, upload throughput during the collection; restic forget --prune on the same history),
 gc_stress (writers racing collections; ``--cycles N``), startup (wall time of ``stratus --help``
 and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
 Stat p99 while one identity floods the server), forget (``stratus forget`` vs ``restic forget``, reads
-before and after a forget). ``--quick`` shrinks everything to
+before and after a forget), check (``stratus admin check`` and ``--read-data`` vs ``restic check`` on
+the 1 GiB mixed file). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
 """
 
@@ -33,13 +35,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import flood, forget, gc, latency, memory, peers, report, servers, startup, transfer
+from bench import check, flood, forget, gc, latency, memory, peers, report, servers, startup, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
-          "history": peers.run_history, "startup": startup.run, "flood": flood.run, "forget": forget.run,
-          "gc": gc.run, "gc_stress": gc.run_stress}
+          "history": peers.run_history, "get_over_old": peers.run_get_over_old, "startup": startup.run,
+          "flood": flood.run, "forget": forget.run, "check": check.run, "gc": gc.run, "gc_stress": gc.run_stress}
 
 
 def _log(message: str) -> None:
