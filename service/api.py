@@ -358,7 +358,7 @@ class StratusService(pb_grpc.StratusServicer):
         path = normalize_path(request.path)
         caller = self._enter(context, "GetManifest", path)
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
-        manifest = await self.repo.load_manifest(record.manifest_digest)
+        manifest = await self.repo.manifest(record)
         await show_manifest(self.repo, caller, manifest)
         return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
 
@@ -474,7 +474,7 @@ class StratusService(pb_grpc.StratusServicer):
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         if request.offset > record.size:
             raise InvalidInputError(f"offset {request.offset} is past the end of {path} ({record.size} bytes)")
-        manifest = await self.repo.load_manifest(record.manifest_digest)
+        manifest = await self.repo.manifest(record)
         await self._send_all(context, caller, "Download", self._pieces(record, manifest, request.offset, caller))
 
     async def _pieces(

@@ -38,8 +38,8 @@ from service.binding import read_store_id, write_store_id
 from service.config import ServerConfig
 from service.journal import JournalEntry, encode_entry, read_all
 from service.metadata import MetadataStore, VersionRecord
-from service.metadata.locations import RedisLocationIndex
-from service.repository import Repository, open_chunk_store, store_layout
+from service.metadata.locations import named_index
+from service.repository import Repository, open_stores, store_layout
 
 
 class RebuildRefusedError(CasError):
@@ -99,8 +99,9 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
             "(stop the server; use a fresh Redis/Valkey or key prefix)"
         )
     report = RebuildReport()
-    if isinstance(repo.chunks, PackChunkStore):  # the chunk location index, from the packs alone
+    if isinstance(repo.chunks, PackChunkStore):  # the location indexes, from the packs alone
         await repo.run_blocking(repo.chunks.rebuild_index)
+        await repo.run_blocking(repo.manifests.rebuild_index)
     entries, report.problems = await repo.run_blocking(read_all, data_dir / "journal")
     report.journal_records = len(entries)
     on_disk = set(await repo.run_blocking(lambda: list(repo.chunks.iterate())))
@@ -155,7 +156,7 @@ async def _index_manifest(
     """Add the chunks of ``rec``'s manifest to ``chunks``; False (and a problem) if it is unreadable."""
     where = f"{ns}:{rec.path} version {rec.version}"
     try:
-        manifest = await repo.load_manifest(rec.manifest_digest)
+        manifest = await repo.manifest(rec)
     except CasError as exc:
         problems.append(f"{where}: manifest {rec.manifest_digest.hex()} cannot be read ({exc}); version not restored")
         return False
@@ -203,12 +204,13 @@ async def rebuild_offline(config: ServerConfig) -> RebuildReport:
     redis = metadata_client(url)
     locations = location_client(url, 4)
     layout = store_layout(config.data_dir, config.store_format)
-    chunks = await asyncio.to_thread(
-        open_chunk_store, config.data_dir, layout, config.chunk_params,
-        lambda: RedisLocationIndex(locations, config.redis_prefix), config.pack_size,
+    chunks, manifests = await asyncio.to_thread(
+        open_stores, config.data_dir, layout, config.chunk_params,
+        lambda name: named_index(locations, config.redis_prefix, name), config.pack_size,
     )
     repo = Repository(
-        config.data_dir, MetadataStore(redis, prefix=config.redis_prefix), config.chunk_params, chunks=chunks
+        config.data_dir, MetadataStore(redis, prefix=config.redis_prefix), config.chunk_params, chunks=chunks,
+        manifests=manifests,
     )
     try:
         return await rebuild_index(repo, config.data_dir)

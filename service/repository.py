@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cas import codec
 from cas.chunker import ChunkParams
@@ -34,11 +34,11 @@ from cas.packstore import LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
 from service.journal import Journal
+from service.manifests import ManifestStore, from_inline, inline_form, open_manifest_store
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
+from service.metadata.store import HeadMoved, PutVersion
 
 log = logging.getLogger("stratus.server")
-# Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
-MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
 PACKS, FILES = "packs", "files"
 
@@ -66,7 +66,17 @@ def open_chunk_store(
     return PackChunkStore(data_dir, index(), max_chunk_size=params.max_size, max_pack_size=pack_size)
 
 
-def _indexed(store: ChunkStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
+def open_stores(
+    data_dir: Path, layout: str, params: ChunkParams, index: Callable[[str], LocationIndex], pack_size: int
+) -> tuple[ChunkStore, ManifestStore]:
+    """The chunk and manifest stores of ``data_dir`` in ``layout`` (blocking: opening packs cuts
+    torn tails). ``index(name)`` makes a pack location index: "chunks" or "manifests"."""
+    chunks = open_chunk_store(data_dir, layout, params, lambda: index("chunks"), pack_size)
+    packs = layout == PACKS
+    return chunks, open_manifest_store(data_dir, packs, index("manifests") if packs else None)
+
+
+def _indexed(store: ChunkStore | ManifestStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
     """``read(digest, *args)`` of a chunk or manifest the metadata names: its absence from the disk
     is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt."""
     try:
@@ -116,11 +126,12 @@ class Repository:
         verify_reads: bool = False,
         threads: int = 0,
         chunks: ChunkStore | None = None,
+        manifests: ManifestStore | None = None,
     ) -> None:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
-        self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
+        self.manifests = manifests or open_manifest_store(data_dir, packs=False)
         self.verify_reads = verify_reads
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
@@ -136,6 +147,7 @@ class Repository:
         self.pool.shutdown(wait=True)
         self.journal.close()
         self.chunks.close()
+        self.manifests.close()
 
     async def disk_stats(self, wait: float) -> StoreStats | None:
         """Chunks and bytes on disk (all namespaces), without ever blocking the event loop.
@@ -288,8 +300,6 @@ class Repository:
         return [d for d, ok in zip(digests, held, strict=True)
                 if d not in known and not ok and self.chunks.mark_damaged(d)]
 
-    # ---- manifests ------------------------------------------------------------------------
-
     # ---- metadata: what the handlers ask of it (they reach storage and metadata only through here) ----
 
     async def namespace_stats(self, ns: str) -> NamespaceStats:
@@ -319,9 +329,10 @@ class Repository:
         await self.journal_versions(ns, [record])
         return record
 
-    async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
-        """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
-        return await self.metadata.commit(ns, path, **record)
+    async def commit_group(self, ns: str, puts: Sequence[PutVersion]) -> list[VersionRecord | HeadMoved | Exception]:
+        """Append versions of distinct paths, each on its own (one script call: chunks present with
+        their lengths, head checks, events); see :meth:`MetadataStore.commit_group`."""
+        return await self.metadata.commit_group(ns, puts)
 
     async def journal_versions(self, ns: str, records: Sequence[VersionRecord]) -> None:
         """Make committed versions durable in the data dir's journal (one barrier for all of them);
@@ -350,35 +361,34 @@ class Repository:
         """The digests a confined caller's chunk view lacks (request order)."""
         return await self.metadata.missing_chunks(ns, list(digests), view)
 
-    async def save_manifest(self, manifest: Manifest) -> bytes:
-        """Store a manifest under its digest (idempotent) and return the digest."""
-        raw = manifest.to_bytes()
-        digest = manifest.digest()
-        frame = await self.run_blocking(codec.encode, raw, 1)
-        await self.run_blocking(self.manifests.put, digest, frame)
-        return digest
+    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[tuple[bytes, bytes]]:
+        """(digest, inline encoding or b"") per manifest, in order (service/manifests.py).
 
-    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[bytes]:
-        """Store many manifests with one durability barrier for all; returns their digests in order."""
-
-        def save() -> list[bytes]:
-            digests = [m.digest() for m in manifests]
-            unique = {d: m for d, m in zip(digests, manifests, strict=True)}
-            self.manifests.put_many([(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()])
-            return digests
-
-        return await self.run_blocking(save)
+        The manifests too large to travel inline are stored first, with one durability barrier
+        for all of them, so a version record never names a manifest a crash could lose."""
+        inline = [inline_form(m) for m in manifests]
+        stored = [m for m, raw in zip(manifests, inline, strict=True) if not raw]
+        if stored:
+            await self.run_blocking(self.manifests.put_many, stored)
+        return [(m.digest(), raw) for m, raw in zip(manifests, inline, strict=True)]
 
     async def load_manifest(self, digest: bytes) -> Manifest:
-        """Load and verify the manifest named by ``digest``."""
+        """Load and verify the stored manifest named by ``digest`` (not an inline one)."""
         raw = await self.run_blocking(_indexed, self.manifests, self.manifests.get, digest)
         return Manifest.from_bytes(raw)
 
+    async def manifest(self, record: VersionRecord) -> Manifest:
+        """The verified manifest of a version that is not a delete marker: inline in the record,
+        else stored."""
+        if record.manifest:
+            return from_inline(record.manifest_digest, record.manifest)
+        return await self.load_manifest(record.manifest_digest)
+
     async def manifest_of(self, record: VersionRecord | None) -> Manifest | None:
-        """The manifest of a version, or None for no version or a tombstone."""
+        """The manifest of a version, or None for no version or a delete marker."""
         if record is None or record.deleted:
             return None
-        return await self.load_manifest(record.manifest_digest)
+        return await self.manifest(record)
 
     # ---- versions ---------------------------------------------------------------------------
 
