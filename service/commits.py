@@ -35,6 +35,7 @@ Piece = tuple[int, int] | ChunkRef
 # Commit script calls per batch at most: against the believed heads, against the heads found,
 # then unchecked (see Committer._write_all).
 _ROUNDS = 3
+_RECORD_BYTES = 2048  # a journal record without its inline manifest, generously
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class Committer:
                     outcomes[i] = CommitOutcome(heads[i], unchanged=True)  # type: ignore[arg-type]
                 else:
                     puts.append((i, put))
-            replies = await self.repo.commit_group(ns, [p for _, p in puts]) if puts else []
+            replies = await self._commit_group(ns, [p for _, p in puts])
             pending = []
             for (i, _), reply in zip(puts, replies, strict=True):
                 if isinstance(reply, HeadMoved):
@@ -221,6 +222,14 @@ class Committer:
                 break
         assert all(o is not None for o in outcomes), "the last round is unchecked, so every file has an outcome"
         return outcomes  # type: ignore[return-value]
+
+    async def _commit_group(self, ns: str, puts: Sequence[PutVersion]) -> list[VersionRecord | HeadMoved | Exception]:
+        """Run the commit script for ``puts`` once the journal has room for their records."""
+        if not puts:
+            return []
+        # A record is its JSON body (the inline manifest in base64) and a few hundred bytes more.
+        self.repo.journal.check_room(sum(_RECORD_BYTES + 2 * len(p.manifest) for p in puts))
+        return await self.repo.commit_group(ns, puts)
 
     async def _expanded(self, ns: str, c: CommitRequest | BaseException) -> CommitRequest | BaseException:
         return c if isinstance(c, BaseException) else await self.expand(ns, c)

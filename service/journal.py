@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cas.errors import StorageFullError
 from cas.pack import fsync_dir
 from service.metadata import VersionRecord
 from service.metadata.records import record_fields, record_from_fields
@@ -56,6 +57,7 @@ MAGIC = b"SVJ1"
 _HEADER = struct.Struct(">4sII")
 SEGMENT_BYTES = 64 << 20
 MAX_RECORD_BYTES = 16 << 20
+JOURNAL_MARGIN_BYTES = 64 << 10  # free space a commit leaves at least, beyond its own records
 SUFFIX = ".log"
 
 
@@ -184,6 +186,18 @@ class Journal:
             os.fsync(f.fileno())
         os.replace(temp, self.folder / f"{0:08d}{SUFFIX}")
         fsync_dir(self.folder)
+
+    def check_room(self, nbytes: int) -> None:
+        """Refuse (StorageFullError) when the journal's file system lacks ``nbytes`` plus a margin.
+
+        Called before a commit script runs: a version is written to Redis/Valkey before it is
+        journaled, so a journal append that fails on a full disk would leave a version readers see
+        but no client was told of. Commits may use the free-space reserve that chunk writes keep
+        (cas.store.check_room), so this asks only for the bytes themselves.
+        """
+        st = os.statvfs(self.folder)
+        if st.f_bavail * st.f_frsize < nbytes + JOURNAL_MARGIN_BYTES:
+            raise StorageFullError()
 
     def close(self) -> None:
         """Close the segment file (appends after this fail)."""
