@@ -141,7 +141,7 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._seq = 0
-        self._pending: list[bytes] = []
+        self._pending: list[tuple[str, Sequence[VersionRecord]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.cut_bytes = self._open()
@@ -227,18 +227,22 @@ class Journal:
         if not records:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending += [encode_entry(ns, r) for r in records]
+        self._pending.append((ns, records))
         self._waiters.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         await asyncio.shield(future)
 
+    def _encode_and_write(self, pending: Sequence[tuple[str, Sequence[VersionRecord]]]) -> None:
+        """Encode (on the worker thread, off the event loop) and write durably."""
+        self.write_durably([encode_entry(ns, r) for ns, records in pending for r in records])
+
     async def _flush(self) -> None:
         while self._pending:
-            blobs, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
             try:
-                await self._run(self.write_durably, blobs)
+                await self._run(self._encode_and_write, pending)
             except Exception as exc:  # noqa: BLE001 - handed to every append that shared the write
                 for w in waiters:
                     if not w.done():
@@ -247,4 +251,3 @@ class Journal:
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
-
