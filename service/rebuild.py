@@ -37,8 +37,8 @@ from cas.packstore import PackChunkStore
 from service.binding import read_store_id, write_store_id
 from service.config import ServerConfig
 from service.journal import JournalEntry, encode_entry, read_all
-from service.metadata import MetadataStore, VersionRecord
-from service.metadata.locations import named_index
+from service.metadata import VersionRecord
+from service.offline import offline_metadata
 from service.repository import Repository, open_stores, store_layout
 
 
@@ -185,40 +185,16 @@ async def seed_journal(repo: Repository) -> int:
 
 
 async def rebuild_offline(config: ServerConfig) -> RebuildReport:
-    """Rebuild the metadata of ``config``'s store with the server stopped: takes the data dir's
-    lock (DataDirBusyError while a server runs on it) and, without ``redis_url``, runs the
-    embedded Valkey itself, as the server would."""
-    from service.server import location_client, metadata_client
-    from service.valkey import DataDirLock, EmbeddedValkey
-
-    lock: DataDirLock | None = None
-    valkey: EmbeddedValkey | None = None
-    if config.redis_url:
-        lock = DataDirLock(config.data_dir)
-        lock.acquire()
-        url = config.redis_url
-    else:
-        valkey = EmbeddedValkey(config.data_dir)
-        valkey.start()
-        url = valkey.url
-    redis = metadata_client(url)
-    locations = location_client(url, 4)
-    layout = store_layout(config.data_dir, config.store_format)
-    chunks, manifests = await asyncio.to_thread(
-        open_stores, config.data_dir, layout, config.chunk_params,
-        lambda name: named_index(locations, config.redis_prefix, name), config.pack_size,
-    )
-    repo = Repository(
-        config.data_dir, MetadataStore(redis, prefix=config.redis_prefix), config.chunk_params, chunks=chunks,
-        manifests=manifests,
-    )
-    try:
-        return await rebuild_index(repo, config.data_dir)
-    finally:
-        repo.close()
-        locations.close()
-        await redis.aclose()
-        if valkey is not None:
-            valkey.stop()
-        if lock is not None:
-            lock.release()
+    """Rebuild the metadata of ``config``'s store with the server stopped (service/offline.py)."""
+    async with offline_metadata(config) as offline:
+        layout = store_layout(config.data_dir, config.store_format)
+        chunks, manifests = await asyncio.to_thread(
+            open_stores, config.data_dir, layout, config.chunk_params, offline.index, config.pack_size
+        )
+        repo = Repository(
+            config.data_dir, offline.metadata, config.chunk_params, chunks=chunks, manifests=manifests
+        )
+        try:
+            return await rebuild_index(repo, config.data_dir)
+        finally:
+            repo.close()

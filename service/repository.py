@@ -41,14 +41,20 @@ from service.metadata.store import HeadMoved, PutVersion
 log = logging.getLogger("stratus.server")
 T = TypeVar("T")
 PACKS, FILES = "packs", "files"
+MIGRATING = "MIGRATING"  # in the data dir while a migration to packs is unfinished
 
 
 def store_layout(data_dir: Path, wanted: str) -> str:
     """The chunk layout of ``data_dir``: the one it already has, else ``wanted`` (a new data dir).
 
     A data dir holding ``chunks/`` (one file per chunk, the layout before packs) keeps it until it
-    is migrated; one holding ``packs/`` refuses to be served as files (its chunks would vanish).
+    is migrated (``stratus admin migrate``, service/migrate.py); one holding ``packs/`` refuses to
+    be served as files (its chunks would vanish), and one whose migration has not finished
+    (``MIGRATING``) refuses to be served at all.
     """
+    if (data_dir / MIGRATING).exists():
+        raise ConfigError(f"data dir {data_dir} is being migrated to packs; run `stratus admin migrate "
+                          f"--data-dir {data_dir}` again to finish it")
     if (data_dir / "packs").is_dir():
         if wanted == FILES:
             raise ConfigError(f"store_format is 'files' but data dir {data_dir} holds packs; "

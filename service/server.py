@@ -44,7 +44,7 @@ from service.metadata import MetadataStore
 from service.metadata.locations import RedisLocationIndex, named_index
 from service.ratelimit import RateLimiter
 from service.rebuild import seed_journal
-from service.repository import PACKS, Repository, open_stores, store_layout
+from service.repository import FILES, PACKS, Repository, open_stores, store_layout
 from service.valkey import DataDirLock, EmbeddedValkey
 
 log = logging.getLogger("stratus.server")
@@ -199,6 +199,9 @@ class Server:
         layout = store_layout(cfg.data_dir, cfg.store_format)
         log.info("chunk store: %s in %s%s", layout, cfg.data_dir,
                  "" if layout == cfg.store_format else " (the layout this data dir already has)")
+        if layout == FILES and cfg.store_format == PACKS:
+            log.warning("data dir %s keeps one file per chunk; to move it to packs, stop the server and run "
+                        "`stratus admin migrate --data-dir %s` (resumable; see README)", cfg.data_dir, cfg.data_dir)
 
         def index(name: str) -> RedisLocationIndex:
             if self._locations is None:
