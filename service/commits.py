@@ -151,9 +151,7 @@ class Committer:
         A path given twice fails on its later entries: concurrent commits of one path would each
         diff against the same head.
         """
-        expanded = await asyncio.gather(
-            *(self._expanded(ns, c) for c in batch), return_exceptions=True
-        )
+        expanded = await self._expanded(ns, batch)
         results: list[CommitOutcome | BaseException] = list(expanded)
         seen: set[str] = set()
         ready: list[tuple[int, CommitRequest]] = []
@@ -231,8 +229,17 @@ class Committer:
         self.repo.journal.check_room(sum(_RECORD_BYTES + 2 * len(p.manifest) for p in puts))
         return await self.repo.commit_group(ns, puts)
 
-    async def _expanded(self, ns: str, c: CommitRequest | BaseException) -> CommitRequest | BaseException:
-        return c if isinstance(c, BaseException) else await self.expand(ns, c)
+    async def _expanded(
+        self, ns: str, batch: Sequence[CommitRequest | BaseException]
+    ) -> list[CommitRequest | BaseException]:
+        """The batch with every delta expanded (concurrently), or replaced by the error that refused it."""
+        out = list(batch)
+        deltas = [(n, c) for n, c in enumerate(batch)
+                  if isinstance(c, CommitRequest) and isinstance(c.manifest, ManifestDelta)]
+        found = await asyncio.gather(*(self.expand(ns, c) for _, c in deltas), return_exceptions=True)
+        for (n, _), c in zip(deltas, found, strict=True):
+            out[n] = c
+        return out
 
     async def _put(
         self, identity: str, c: CommitRequest, head: VersionRecord | None, manifest_digest: bytes, inline: bytes,

@@ -38,9 +38,9 @@ MAX_MANIFEST_BYTES = 1 << 30
 MANIFEST_FOLDER = "manifests"
 
 
-def inline_form(manifest: Manifest) -> bytes:
-    """The encoding to keep in the version record, or b"" when the manifest is stored instead."""
-    raw = manifest.to_bytes()
+def inline_form(raw: bytes) -> bytes:
+    """What the version record keeps of a manifest encoded as ``raw``: all of it, or b"" when the
+    manifest is stored instead."""
     return raw if len(raw) <= INLINE_MANIFEST_BYTES else b""
 
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 from cas import codec
 from cas.chunker import ChunkParams
 from cas.diff import ManifestDiff, diff_manifests
+from cas.digest import digest as blake3
 from cas.errors import (
     ChunkNotFoundError,
     ChunkTooLargeError,
@@ -372,11 +373,12 @@ class Repository:
 
         The manifests too large to travel inline are stored first, with one durability barrier
         for all of them, so a version record never names a manifest a crash could lose."""
-        inline = [inline_form(m) for m in manifests]
-        stored = [m for m, raw in zip(manifests, inline, strict=True) if not raw]
+        encoded = [m.to_bytes() for m in manifests]
+        inline = [inline_form(raw) for raw in encoded]
+        stored = [m for m, kept in zip(manifests, inline, strict=True) if not kept]
         if stored:
             await self.run_blocking(self.manifests.put_many, stored)
-        return [(m.digest(), raw) for m, raw in zip(manifests, inline, strict=True)]
+        return [(blake3(raw), kept) for raw, kept in zip(encoded, inline, strict=True)]
 
     async def load_manifest(self, digest: bytes) -> Manifest:
         """Load and verify the stored manifest named by ``digest`` (not an inline one)."""
