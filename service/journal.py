@@ -14,6 +14,14 @@ The payload is UTF-8 JSON: ``{"ns": ..., "event": <change-feed id>, "record": {.
 version, created_ms, identity, deleted, manifest and file digests, size, mode, mtime, signature,
 signer key, ...). Segments roll over at ``SEGMENT_BYTES``; a segment is append-only.
 
+A forget (service/retention.py) appends one record per removed version instead:
+``{"ns": ..., "event": <id of its "forgotten" feed event>, "forgotten": {"path", "version",
+"size", "time_ms", "identity", "manifest"}}``. The rebuild leaves such a version out, so versions a
+forget removed stay removed when the metadata is recreated. A forget runs its script first and
+appends afterwards, answering only after the fsync, like a commit: were the server to crash in
+between and Redis be lost as well, a rebuild would bring back versions whose forget was never
+acknowledged (running the forget again removes them).
+
 Order and crash cases. A commit runs the metadata script first and appends the record it returns
 (with the version number and time the script chose) afterwards; the answer waits for the
 journal's fsync. So:
@@ -50,7 +58,7 @@ from typing import Any
 
 from cas.errors import StorageFullError
 from cas.pack import fsync_dir
-from service.metadata import VersionRecord
+from service.metadata import Event, VersionRecord
 from service.metadata.records import record_fields, record_from_fields
 
 MAGIC = b"SVJ1"
@@ -70,24 +78,50 @@ class JournalEntry:
     record: VersionRecord
 
 
-def encode_entry(ns: str, record: VersionRecord) -> bytes:
-    """The framed bytes of one journal record (header + JSON payload)."""
-    payload = json.dumps(
-        {"ns": ns, "event": record.event_id, "record": record_fields(record)},
-        separators=(",", ":"), ensure_ascii=False,
-    ).encode("utf-8", "surrogatepass")
+@dataclass(frozen=True)
+class ForgetEntry:
+    """One version a forget removed: its ``forgotten`` change-feed event (``cursor`` is its id)."""
+
+    ns: str
+    event: Event
+
+
+Entry = JournalEntry | ForgetEntry
+
+
+def _frame(d: dict[str, Any]) -> bytes:
+    payload = json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def _decode_payload(payload: bytes) -> JournalEntry:
+def encode_entry(ns: str, record: VersionRecord) -> bytes:
+    """The framed bytes of one journal record (header + JSON payload)."""
+    return _frame({"ns": ns, "event": record.event_id, "record": record_fields(record)})
+
+
+def encode_forget(ns: str, event: Event) -> bytes:
+    """The framed bytes of the record of one version a forget removed."""
+    return _frame({"ns": ns, "event": event.cursor, "forgotten": {
+        "path": event.path, "version": event.version, "size": event.size, "time_ms": event.time_ms,
+        "identity": event.identity, "manifest": event.manifest_digest.hex(),
+    }})
+
+
+def _decode_payload(payload: bytes) -> Entry:
     d: dict[str, Any] = json.loads(payload)
+    if "forgotten" in d:
+        f = d["forgotten"]
+        return ForgetEntry(ns=d["ns"], event=Event(
+            cursor=d["event"], kind="forgotten", path=f["path"], version=int(f["version"]), size=int(f["size"]),
+            time_ms=int(f["time_ms"]), identity=f["identity"], manifest_digest=bytes.fromhex(f["manifest"]),
+        ))
     return JournalEntry(ns=d["ns"], event_id=d["event"], record=record_from_fields(d["record"], d["event"]))
 
 
-def scan(data: bytes) -> tuple[list[JournalEntry], int, str]:
+def scan(data: bytes) -> tuple[list[Entry], int, str]:
     """Entries of one segment's bytes, the length of its valid prefix, and why it stops there
     ("" when every byte is a whole, intact record)."""
-    out: list[JournalEntry] = []
+    out: list[Entry] = []
     pos = 0
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
@@ -116,10 +150,10 @@ def segments(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix == SUFFIX and p.stem.isdigit())
 
 
-def read_all(folder: Path) -> tuple[list[JournalEntry], list[str]]:
+def read_all(folder: Path) -> tuple[list[Entry], list[str]]:
     """Every entry of every segment in order, and the damage found (a torn tail of the last
     segment is not damage: it was never acknowledged)."""
-    entries: list[JournalEntry] = []
+    entries: list[Entry] = []
     problems: list[str] = []
     files = segments(folder)
     for n, seg in enumerate(files):
@@ -141,7 +175,7 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._seq = 0
-        self._pending: list[tuple[str, Sequence[VersionRecord]]] = []
+        self._pending: list[Callable[[], list[bytes]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.cut_bytes = self._open()
@@ -224,18 +258,27 @@ class Journal:
 
     async def append(self, ns: str, records: Sequence[VersionRecord]) -> None:
         """Make ``records`` of namespace ``ns`` durable; returns once they are on disk."""
-        if not records:
-            return
+        if records:
+            await self._append(lambda: [encode_entry(ns, r) for r in records])
+
+    async def append_forgotten(self, ns: str, events: Sequence[Event]) -> None:
+        """Make the removals a forget made (their ``forgotten`` events) durable."""
+        if events:
+            await self._append(lambda: [encode_forget(ns, e) for e in events])
+
+    async def _append(self, encode: Callable[[], list[bytes]]) -> None:
+        """Queue ``encode`` (run on the worker thread that writes, off the event loop) for the next
+        group write; returns once its records are on disk."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((ns, records))
+        self._pending.append(encode)
         self._waiters.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         await asyncio.shield(future)
 
-    def _encode_and_write(self, pending: Sequence[tuple[str, Sequence[VersionRecord]]]) -> None:
-        """Encode (on the worker thread, off the event loop) and write durably."""
-        self.write_durably([encode_entry(ns, r) for ns, records in pending for r in records])
+    def _encode_and_write(self, pending: Sequence[Callable[[], list[bytes]]]) -> None:
+        """Encode the queued records and write them durably, in the order they were queued."""
+        self.write_durably([blob for encode in pending for blob in encode()])
 
     async def _flush(self) -> None:
         while self._pending:

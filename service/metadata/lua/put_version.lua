@@ -1,10 +1,12 @@
 -- #include find_missing.lua
+-- #include timeline.lua
 -- Writes one version (a put or a delete marker) of one path; shared by write_version.lua (one
 -- file) and write_versions.lua (a group of files in one call). Returns the reply of that file:
 -- {'ok', record, feed id} or {'moved', head, head record (false if none)} or
 -- {'conflict'|'notfound', head} or {'missing', digests} or
 -- {'badlength', digest, stored, given}; anything but 'ok' changes nothing.
--- k: files, head, versions, events, chunks, stats (key names)
+-- k: files, head, versions, events, chunks, stats, timeline (key names; the timeline zset is
+--    kept current once a forget created it)
 -- a: 1 kind ('put'|'delete'), 2 path, 3 if_version ('' = any), 4 expected head version ('' =
 --    unchecked: the version the caller diffed against; another head answers 'moved'),
 --    5 record body (JSON object), 6 size, 7 concatenated 32-byte chunk digests,
@@ -69,6 +71,7 @@ local function put_version(k, a, now)
   local deleted = '0'
   if kind == 'delete' then deleted = '1' end
   redis.call('HSET', k.versions, vs, rec)
+  if redis.call('EXISTS', k.timeline) == 1 then redis.call('ZADD', k.timeline, ts, timeline_member(vs)) end
   redis.call('HSET', k.head, 'version', vs, 'created_ms', ts, 'deleted', deleted)
   redis.call('ZADD', k.files, 0, a[2])
   redis.call('HINCRBY', k.stats, 'version_count', 1)
