@@ -24,14 +24,13 @@ from dataclasses import dataclass, replace
 
 from cas import signing
 from cas.diff import diff_manifests
-from cas.errors import ChunkTooLargeError, InvalidInputError, ManifestError, MissingChunksError, NotFoundError
-from cas.manifest import ChunkRef, Manifest
+from cas.errors import InvalidInputError, ManifestError, MissingChunksError, NotFoundError
+from cas.manifest import Manifest
+from cas.manifestpieces import Piece, apply_pieces
 from service.metadata import VersionRecord
 from service.metadata.store import HeadMoved, PutVersion
 from service.repository import Repository
 
-# A run of the base manifest (start, count), or a chunk given literally.
-Piece = tuple[int, int] | ChunkRef
 # Commit script calls per batch at most: against the believed heads, against the heads found,
 # then unchecked (see Committer._write_all).
 _ROUNDS = 3
@@ -46,32 +45,6 @@ class ManifestDelta:
     pieces: tuple[Piece, ...]
     size: int
     file_digest: bytes
-
-
-def apply_pieces(base: Sequence[ChunkRef], pieces: Sequence[Piece], max_chunks: int) -> list[ChunkRef]:
-    """The chunk list ``pieces`` describe over ``base``; ManifestError for a run outside the base.
-
-    The running count is checked before each run is copied, so a hostile delta cannot make the
-    server allocate more than ``max_chunks`` references.
-    """
-    chunks: list[ChunkRef] = []
-    for piece in pieces:
-        if isinstance(piece, ChunkRef):
-            added = 1
-        else:
-            start, count = piece
-            if count < 1 or start + count > len(base):
-                raise ManifestError(
-                    f"manifest run {start}+{count} is outside the base manifest's {len(base)} chunks"
-                )
-            added = count
-        if len(chunks) + added > max_chunks:
-            raise ChunkTooLargeError(f"the delta expands to more than {max_chunks} chunks, the limit")
-        if isinstance(piece, ChunkRef):
-            chunks.append(piece)
-        else:
-            chunks.extend(base[piece[0] : piece[0] + piece[1]])
-    return chunks
 
 
 @dataclass(frozen=True)
@@ -107,15 +80,15 @@ class Committer:
         delta = c.manifest
         if isinstance(delta, Manifest):
             return c
-        base = await self.repo.manifest(await self._base_record(ns, c.path, delta.base_digest))
+        base = await self.repo.manifest(await self.base_record(ns, c.path, delta.base_digest))
         chunks = apply_pieces(base.chunks, delta.pieces, self.max_manifest_chunks)
         total = sum(ref.length for ref in chunks)
         if total != delta.size:
             raise ManifestError(f"manifest size {delta.size} does not equal the sum of its chunk lengths ({total})")
         return replace(c, manifest=Manifest(chunks=tuple(chunks), size=delta.size, file_digest=delta.file_digest))
 
-    async def _base_record(self, ns: str, path: str, base_digest: bytes) -> VersionRecord:
-        """The version of ``path`` whose manifest is ``base_digest`` (NotFoundError if none)."""
+    async def base_record(self, ns: str, path: str, base_digest: bytes) -> VersionRecord:
+        """The version of ``path`` in ``ns`` whose manifest is ``base_digest`` (NotFoundError if none)."""
         # The head is the usual base; the whole history is read only when it is not.
         head = await self.repo.head(ns, path)
         if head is not None and not head.deleted and head.manifest_digest == base_digest:

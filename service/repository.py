@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,10 @@ from cas.errors import (
     NotFoundError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
-from cas.packstore import LocationIndex, PackChunkStore
+from cas.packstore import Hints, LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
+from service.deltadownload import DeltaFrames
 from service.journal import Journal
 from service.manifests import ManifestStore, from_inline, inline_form, open_manifest_store
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
@@ -134,12 +135,16 @@ class Repository:
         threads: int = 0,
         chunks: ChunkStore | None = None,
         manifests: ManifestStore | None = None,
+        delta_hints: bool = True,
     ) -> None:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
         self.manifests = manifests or open_manifest_store(data_dir, packs=False)
         self.verify_reads = verify_reads
+        # Only pack stores keep delta records; the files layout stores every chunk whole.
+        self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
+        self.deltas = DeltaFrames(self.chunks, params.max_size)
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
@@ -229,25 +234,51 @@ class Repository:
             absent.update(await self.metadata.missing_chunks(ns, digests, view))
         return absent
 
-    async def read_frames(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
-        """Frames of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
+    async def read_frames(
+        self, ns: str, digests: list[bytes], view: str | None = None,
+        bases: Mapping[bytes, tuple[bytes, ...]] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """(frame, base) of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
 
         The error is the same whether a chunk is stored nowhere, only in other namespaces or only
         outside ``view``. Every frame is at least header-checked (fully verified with
         ``verify_reads``); a damaged or missing copy is marked damaged and raises
-        CorruptChunkError (DATA_LOSS).
+        CorruptChunkError (DATA_LOSS). ``bases`` proposes, per digest, chunks to send it as a delta
+        against (service/deltadownload.py); the answer's base is then the first of them. A proposal
+        is used only when all its bases are in ``ns``'s chunk index (and ``view``) and none is the
+        digest itself, else it is dropped whole without a trace, so the answer is the plain frame
+        with base ``b""`` exactly as without it.
         """
         not_held = await self._not_held(ns, digests, view)
         absent = [d for d in dict.fromkeys(digests) if d in not_held]
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
+        usable = await self._held_bases(ns, bases or {}, view)
         loop = asyncio.get_running_loop()
         return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(self.pool, _indexed, self.chunks, self.chunks.get_frame, d, self.verify_reads)
-                  for d in digests)
-            )
+            await asyncio.gather(*(loop.run_in_executor(self.pool, self._answer, d, usable.get(d)) for d in digests))
         )
+
+    async def _held_bases(
+        self, ns: str, bases: Mapping[bytes, tuple[bytes, ...]], view: str | None
+    ) -> dict[bytes, tuple[bytes, ...]]:
+        """The proposals whose bases ``ns`` (and ``view``) all hold, none of them the chunk itself."""
+        proposals = {d: b for d, b in bases.items() if b and d not in b}
+        if not proposals:
+            return {}
+        not_held = await self._not_held(ns, list({x for b in proposals.values() for x in b}), view)
+        return {d: b for d, b in proposals.items() if not not_held.intersection(b)}
+
+    def _answer(self, digest: bytes, bases: tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """(frame, first base) for one chunk on a worker thread: a delta against ``bases`` when it pays."""
+        if bases and not self.verify_reads and (stored := self.deltas.stored(digest, bases)) is not None:
+            return stored, bases[0]
+        frame = _indexed(self.chunks, self.chunks.get_frame, digest, self.verify_reads)
+        if bases:
+            found = self.deltas.frame(digest, bases, frame)
+            if found is not None:
+                return found, bases[0]
+        return frame, b""
 
     async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
         """Re-verify the chunks a client found damaged; per digest (request order), True if its
@@ -487,8 +518,12 @@ class ChunkUpload:
         self._pending_bytes = 0
         self.received = self.stored = self.frame_bytes = 0
 
-    async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
-        """Verify and stage one batch; publish what is staged once enough has gathered."""
+    async def add(self, chunks: Sequence[tuple[bytes, bytes]], hints: Hints | None = None) -> None:
+        """Verify and stage one batch; publish what is staged once enough has gathered.
+
+        ``hints`` (digest -> base digests) are passed to the store only where the caller's own
+        chunk index (and view) holds the base, see :meth:`_own_hints`.
+        """
         loop = asyncio.get_running_loop()
         pool = self.repo.pool
         items = [(d, bytes(f)) for d, f in chunks]
@@ -497,7 +532,8 @@ class ChunkUpload:
         slices = [items[i:i + step] for i in range(0, len(items), step)]
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
         lengths = [n for part in verified for n in part]
-        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part) for part in slices))
+        bases = await self._own_hints(hints or {})
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases) for part in slices))
         if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
             return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
@@ -511,9 +547,22 @@ class ChunkUpload:
     def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
         return [self.repo.verify(d, f) for d, f in items]
 
-    def _stage(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write temp files for ``items`` (on a worker thread) and record them, unless discarded."""
-        staged = self.repo.chunks.stage(items)
+    async def _own_hints(self, hints: Hints) -> Hints:
+        """The hints whose base is in the caller's own chunk index (and chunk view): one batched
+        metadata check per message, whatever the hints name. Any other hint is dropped without a
+        trace: whether a digest is stored for another namespace must not change what the caller
+        sees, and a hint it may use only names content it could read anyway."""
+        if not hints or not self.repo.takes_hints:
+            return {}
+        named = list(dict.fromkeys(b for bases in hints.values() for b in bases))
+        not_held = await self.repo._not_held(self.ns, named, self.view)
+        own = {d: [b for b in bases if b not in not_held] for d, bases in hints.items()}
+        return {d: bases for d, bases in own.items() if bases}
+
+    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints) -> None:
+        """Write ``items`` (on a worker thread), as deltas against ``bases`` where that pays, and
+        record them, unless discarded."""
+        staged = self.repo.chunks.stage(items, bases=bases)
         with self._lock:
             if not self._closed:
                 self._staged.append(staged)

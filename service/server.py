@@ -217,6 +217,7 @@ class Server:
         self._repo = Repository(
             cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,
             verify_reads=cfg.verify_reads, threads=threads, chunks=chunks, manifests=manifests,
+            delta_hints=cfg.delta_hints,
         )
         self.store_id = await bind_store(
             cfg.data_dir, self._repo.metadata, (self._repo.chunks, self._repo.manifests)
