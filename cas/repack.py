@@ -25,7 +25,18 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cas.pack import FILE_HEADER_SIZE, SEAL_SIZE, PackWriter, fsync_dir, is_sealed, list_packs, pack_path, scan
+from cas.pack import (
+    FILE_HEADER_SIZE,
+    SEAL_SIZE,
+    PackWriter,
+    Record,
+    RecordType,
+    fsync_dir,
+    is_sealed,
+    list_packs,
+    pack_path,
+    scan,
+)
 from cas.packstore import IndexEntry, PackChunkStore
 
 Checkpoint = Callable[[str], None]
@@ -97,26 +108,46 @@ class RepackResult:
     new_packs: set[str] = field(default_factory=set)
 
 
-def live_entries(store: PackChunkStore) -> dict[str, list[tuple[bytes, IndexEntry]]]:
-    """The index entries of every pack (one pass over the index)."""
+Stores = PackChunkStore | Sequence[PackChunkStore]
+
+
+def _listed(stores: Stores) -> list[PackChunkStore]:
+    """The stores sharing one pack folder (chunks, manifests), each owning some record types."""
+    return [stores] if isinstance(stores, PackChunkStore) else list(stores)
+
+
+def _owner(stores: list[PackChunkStore], kind: RecordType) -> PackChunkStore | None:
+    return next((s for s in stores if kind in s.kinds()), None)
+
+
+def live_entries(stores: Stores) -> dict[str, list[tuple[bytes, IndexEntry]]]:
+    """The index entries of every pack (one pass over each store's index)."""
     by_pack: dict[str, list[tuple[bytes, IndexEntry]]] = defaultdict(list)
-    for d, entry in store.index.iterate():
-        by_pack[entry.pack].append((d, entry))
+    for store in _listed(stores):
+        for d, entry in store.index.iterate():
+            by_pack[entry.pack].append((d, entry))
     return by_pack
 
 
-def pack_usage(store: PackChunkStore, by_pack: dict[str, list[tuple[bytes, IndexEntry]]]) -> list[PackUsage]:
-    """Usage of every sealed pack no writer holds (the open pack, unsealed ones and packs with
+def _busy(stores: list[PackChunkStore]) -> set[str]:
+    """Packs a writer of any of the stores holds (open, or with records not yet published)."""
+    return set().union(*(s.busy_packs() | {s.writer.open_pack} for s in stores))
+
+
+def pack_usage(stores: Stores, by_pack: dict[str, list[tuple[bytes, IndexEntry]]]) -> list[PackUsage]:
+    """Usage of every sealed pack no writer holds (the open packs, unsealed ones and packs with
     records not yet published are skipped)."""
+    listed = _listed(stores)
+    root = listed[0].root
     usage = []
-    busy = store.busy_packs() | {store.writer.open_pack}
-    for pack in list_packs(store.root):
+    busy = _busy(listed)
+    for pack in list_packs(root):
         if pack in busy:
             continue
         try:
-            if not is_sealed(store.root, pack):
+            if not is_sealed(root, pack):
                 continue
-            size = pack_path(store.root, pack).stat().st_size
+            size = pack_path(root, pack).stat().st_size
         except FileNotFoundError:
             continue
         usage.append(PackUsage(pack, size, sum(e.length for _, e in by_pack.get(pack, ()))))
@@ -124,28 +155,32 @@ def pack_usage(store: PackChunkStore, by_pack: dict[str, list[tuple[bytes, Index
 
 
 def repack(
-    store: PackChunkStore, plan: RepackPlan, checkpoint: Checkpoint = lambda phase: None, duty: float = 1.0,
+    stores: Stores, plan: RepackPlan, checkpoint: Checkpoint = lambda phase: None, duty: float = 1.0,
 ) -> RepackResult:
     """Carry out ``plan`` (see the module docstring for the order that keeps it crash-safe). Which
-    records are live is read afresh from the index pack by pack: the plan's snapshot may be stale.
+    records are live is read afresh from the indexes pack by pack: the plan's snapshot may be stale.
+    ``stores`` share one pack folder; each record is live or not in the index of the store owning
+    its type, and its copy is switched there.
 
     ``duty`` < 1 pauses after each pack so the rewrite works at most that fraction of the time
     (the rest of the machine goes to uploads and reads).
     """
+    listed = _listed(stores)
     result = RepackResult()
-    writer = PackWriter(store.root, store.writer.max_pack_size, store.fsync)
+    writer = PackWriter(listed[0].root, listed[0].writer.max_pack_size, listed[0].fsync)
     try:
         for pack in plan.rewrite:
             started = time.monotonic()
-            _rewrite(store, writer, pack, result, checkpoint)
+            _rewrite(listed, writer, pack, result, checkpoint)
             if duty < 1:
                 time.sleep((time.monotonic() - started) * (1 - duty) / max(duty, 0.01))
     finally:
         writer.close()
     result.freed_bytes -= PACK_OVERHEAD * len(result.new_packs)  # each new pack's header and seal
     for pack in plan.remove:
-        if _unreferenced(store, pack, _pack_digests(store, pack)):
-            result.freed_bytes += _remove(store, pack)
+        records = [record for _, record in scan(listed[0].root, pack)]
+        if _unreferenced(listed, pack, records):
+            result.freed_bytes += _remove(listed, pack)
             result.removed += 1
         else:
             result.skipped.append(pack)
@@ -153,55 +188,62 @@ def repack(
 
 
 def _rewrite(
-    store: PackChunkStore, writer: PackWriter, pack: str, result: RepackResult, checkpoint: Checkpoint,
+    stores: list[PackChunkStore], writer: PackWriter, pack: str, result: RepackResult, checkpoint: Checkpoint,
 ) -> None:
-    """Copy the records of ``pack`` the index names now (read afresh, not from the plan's snapshot),
+    """Copy the records of ``pack`` an index names now (read afresh, not from the plan's snapshot),
     switch their entries, then remove the pack if nothing names it any more."""
-    kinds = store.kinds()
-    records = []
-    for location, record in scan(store.root, pack):
-        if record.type not in kinds:  # another index owns records here: leave the pack alone
-            result.skipped.append(pack)
-            return
-        records.append((location, record))
-    current = store.index.get_many([r.digest for _, r in records])
-    copies = [(r.digest, e, r) for (loc, r), e in zip(records, current, strict=True)
-              if e is not None and e == IndexEntry.of(loc, r)]
-    locations = writer.append_many([r for _, _, r in copies])
+    records = list(scan(stores[0].root, pack))
+    if any(_owner(stores, r.type) is None for _, r in records):  # a record no index here owns
+        result.skipped.append(pack)
+        return
+    copies = []  # (owner, digest, old entry, record)
+    for store in stores:
+        mine = [(loc, r) for loc, r in records if r.type in store.kinds()]
+        current = store.index.get_many([r.digest for _, r in mine])
+        copies += [(store, r.digest, e, r) for (loc, r), e in zip(mine, current, strict=True)
+                   if e is not None and e == IndexEntry.of(loc, r)]
+    locations = writer.append_many([r for *_, r in copies])
     writer.flush()  # durable before any entry names the copies
     checkpoint("repack-copied")
-    moves = [(d, old, IndexEntry.of(loc, r)) for (d, old, r), loc in zip(copies, locations, strict=True)]
-    store.index.switch_many(moves)
+    for store in stores:
+        moves = [(d, old, IndexEntry.of(loc, r))
+                 for (owner, d, old, r), loc in zip(copies, locations, strict=True) if owner is store]
+        if moves:
+            store.index.switch_many(moves)
     checkpoint("repack-switched")
     result.copied_records += len(copies)
     result.new_packs.update(loc.pack for loc in locations)
     written = sum(loc.length for loc in locations)
     result.copied_bytes += written
-    if _unreferenced(store, pack, [r.digest for _, r in records]):
-        result.freed_bytes += _remove(store, pack) - written
+    if _unreferenced(stores, pack, [r for _, r in records]):
+        result.freed_bytes += _remove(stores, pack) - written
         result.rewritten += 1
     else:
         result.skipped.append(pack)
 
 
-def _unreferenced(store: PackChunkStore, pack: str, digests: list[bytes]) -> bool:
-    """True if no index entry names ``pack`` and no record of it awaits publishing. ``digests`` are
-    every record of the pack: only they can ever be indexed there (a sealed pack takes no record)."""
-    if pack in store.busy_packs():
+def _unreferenced(stores: list[PackChunkStore], pack: str, records: list[Record]) -> bool:
+    """True if no index entry names ``pack`` and no record of it awaits publishing. ``records`` are
+    every record of the pack: only they can ever be indexed there (a sealed pack takes no record);
+    a record of a type no store owns keeps the pack."""
+    if pack in set().union(*(s.busy_packs() for s in stores)):
         return False
-    return all(e is None or e.pack != pack for e in store.index.get_many(digests))
+    if any(_owner(stores, r.type) is None for r in records):
+        return False
+    for store in stores:
+        digests = [r.digest for r in records if r.type in store.kinds()]
+        if any(e is not None and e.pack == pack for e in store.index.get_many(digests)):
+            return False
+    return True
 
 
-def _pack_digests(store: PackChunkStore, pack: str) -> list[bytes]:
-    return [record.digest for _, record in scan(store.root, pack)]
-
-
-def _remove(store: PackChunkStore, pack: str) -> int:
+def _remove(stores: list[PackChunkStore], pack: str) -> int:
     """Delete a pack file (its folder entry made durable); returns its size."""
-    path = pack_path(store.root, pack)
+    path = pack_path(stores[0].root, pack)
     size = path.stat().st_size
-    store.reader.forget(pack)
+    for store in stores:
+        store.reader.forget(pack)
     os.unlink(path)
-    if store.fsync:
+    if stores[0].fsync:
         fsync_dir(path.parent)
     return size

@@ -18,8 +18,14 @@ relies on atomic scripts at the few points where it and a writer meet:
    them -- or wholly after -- it finds them missing, and the client uploads them again).
 5. *drop*: remove the location entries still condemned by E (not claimed since) that are neither
    referenced, nor in any namespace's chunk index after the sweep, nor a base of a record that is.
-   Manifests no version references and not saved since step 2 are deleted.
-6. *repack* (:mod:`cas.repack`): rewrite packs whose live fraction fell below the threshold.
+   Manifests: an inline one lives in its version record and goes with it. A manifest pack record
+   (own location index, service/manifests.py) no version names is condemned in step 2 and dropped
+   here if still condemned and still unnamed: a save claims its record back before the commit
+   that names it (a dropped one is written again), and save and commit are one server call, far
+   shorter than the grace period. Manifest files of ``DATA/manifests/`` (stores written before
+   packs held manifests; new saves never go there) no version names are deleted.
+6. *repack* (:mod:`cas.repack`): rewrite packs whose live fraction fell below the threshold
+   (chunk and manifest records alike, each live by its own index).
 
 Crash safety: the state (epoch, time of condemnation) is in Redis; a collection killed after
 step 2 resumes at step 3 with the same epoch, one killed before restarts. Marks are only ever
@@ -136,6 +142,18 @@ class GarbageCollector:
             )
         return store, store.index
 
+    def _manifest_records(self) -> tuple[PackChunkStore, RedisLocationIndex] | None:
+        """The store of the manifests kept as pack records (same pack folder, own index), if any."""
+        store = self.repo.manifests.store
+        if isinstance(store, PackChunkStore) and isinstance(store.index, RedisLocationIndex):
+            return store, store.index
+        return None
+
+    def _pack_stores(self) -> list[PackChunkStore]:
+        """Every store writing to the pack folder (a repack owes each record to its own index)."""
+        manifests = self._manifest_records()
+        return [self._store()[0], *([manifests[0]] if manifests else [])]
+
     async def counters(self) -> tuple[int, int]:
         """(reclaimable, reclaimed) bytes as of the last collection."""
         state = await self.marks.state()
@@ -201,14 +219,15 @@ class GarbageCollector:
         for ns in await self._namespaces():
             chunks: set[bytes] = set()
             seen: set[bytes] = set()
-            async for digest in self.repo.metadata.referenced_manifests(ns):
-                if digest in seen:
+            async for record in self.repo.metadata.referenced_manifests(ns):
+                if record.manifest_digest in seen:
                     continue
-                seen.add(digest)
-                manifest = await self.repo.load_manifest(digest)
+                seen.add(record.manifest_digest)
+                if not record.manifest:  # stored, not inline in the record
+                    mark.manifests.add(record.manifest_digest)
+                manifest = await self.repo.manifest(record)
                 chunks.update(ref.digest for ref in manifest.chunks)
             mark.refs[ns] = chunks
-            mark.manifests |= seen
         report.namespaces = len(mark.refs)
         report.manifests_live = len(mark.manifests)
         return mark
@@ -239,15 +258,43 @@ class GarbageCollector:
         dead = [d for d in entries if d not in live]
         report.chunks_condemned = len(dead)
         await self.repo.run_blocking(index.condemn_many, dead, report.epoch)
+        await self._condemn_manifests(mark, report.epoch)
         condemned_ms = int(time.time() * 1000)
         await self.marks.set_state(epoch=report.epoch, condemned_ms=condemned_ms)
         report.phases["condemn"] = time.monotonic() - t0
         return condemned_ms
 
+    async def _condemn_manifests(self, mark: _Mark, epoch: int) -> None:
+        """Condemn the manifest records no version names (a save claims them back, see
+        :meth:`service.manifests.ManifestStore.put_many`)."""
+        records = self._manifest_records()
+        if records is None:
+            return
+        store, index = records
+        stored = await self.repo.run_blocking(lambda: [d for d, _ in store.index.iterate()])
+        await self.repo.run_blocking(index.condemn_many, [d for d in stored if d not in mark.manifests], epoch)
+
+    async def _drop_manifests(self, mark: _Mark, epoch: int) -> int:
+        """Drop the manifest records still condemned by ``epoch`` that no version names now;
+        returns how many went (their bytes go with the next repack)."""
+        records = self._manifest_records()
+        if records is None:
+            return 0
+        store, index = records
+        stored = await self.repo.run_blocking(lambda: [d for d, _ in store.index.iterate()])
+        dropped = await self.repo.run_blocking(
+            index.drop_condemned, [d for d in stored if d not in mark.manifests], epoch
+        )
+        store.note_collected(dropped)
+        return len(dropped)
+
     async def _clear_marks(self, index: RedisLocationIndex) -> None:
         for ns in await self._namespaces():
             await self.marks.clear(ns)
         await self.repo.run_blocking(index.clear_condemned)
+        records = self._manifest_records()
+        if records is not None:
+            await self.repo.run_blocking(records[1].clear_condemned)
 
     async def _sweep(
         self, store: PackChunkStore, index: RedisLocationIndex, report: GcReport, condemned_ms: int
@@ -270,8 +317,9 @@ class GarbageCollector:
         report.dropped_bytes = sum(e.length for _, e in dropped)
         store.note_collected(dropped)
         self.checkpoint("dropped")
+        report.manifests_removed = await self._drop_manifests(mark, report.epoch)
         unused = [d for d in await self.repo.stored_manifests() if d not in mark.manifests]
-        report.manifests_removed = await self.repo.remove_manifests(unused, condemned_ms / 1000)
+        report.manifests_removed += await self.repo.remove_manifests(unused, condemned_ms / 1000)
         await self._clear_marks(index)
         await self.marks.clear_state("condemned_ms")
         report.phases["sweep"] = time.monotonic() - t0
@@ -279,11 +327,12 @@ class GarbageCollector:
     async def _repack(self, store: PackChunkStore, report: GcReport) -> None:
         """Phase 6: rewrite sparse packs, remove empty ones; the counters shown by ``stratus info``."""
         t0 = time.monotonic()
-        by_pack = await self.repo.run_blocking(packs.live_entries, store)
-        usage = await self.repo.run_blocking(packs.pack_usage, store, by_pack)
+        stores = self._pack_stores()
+        by_pack = await self.repo.run_blocking(packs.live_entries, stores)
+        usage = await self.repo.run_blocking(packs.pack_usage, stores, by_pack)
         plan = packs.plan_repack(usage, self.settings.min_live_fraction, self.settings.min_reclaim_bytes)
         done = await self.repo.run_blocking(
-            packs.repack, store, plan, self.checkpoint, self.settings.repack_duty
+            packs.repack, stores, plan, self.checkpoint, self.settings.repack_duty
         )
         report.packs_removed, report.packs_rewritten = done.removed, done.rewritten
         report.copied_bytes, report.freed_bytes = done.copied_bytes, done.freed_bytes
@@ -301,10 +350,13 @@ class GarbageCollector:
         dead = [d for d in entries if d not in live]
         report.chunks_condemned = len(dead)
         report.dropped_bytes = sum(entries[d].length for d in dead)
-        by_pack = await self.repo.run_blocking(packs.live_entries, store)
-        usage = await self.repo.run_blocking(packs.pack_usage, store, by_pack)
+        stores = self._pack_stores()
+        by_pack = await self.repo.run_blocking(packs.live_entries, stores)
+        usage = await self.repo.run_blocking(packs.pack_usage, stores, by_pack)
         report.reclaimable_bytes = sum(u.dead for u in usage) + report.dropped_bytes
-        report.manifests_removed = sum(1 for d in await self.repo.stored_manifests() if d not in mark.manifests)
+        stored = await self.repo.run_blocking(lambda: [d for s in stores[1:] for d, _ in s.index.iterate()])
+        stored += await self.repo.stored_manifests()
+        report.manifests_removed = sum(1 for d in stored if d not in mark.manifests)
         report.seconds = time.monotonic() - started
         return report
 

@@ -19,8 +19,10 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
     P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
     P:loc:{<hhhh>}      HASH    chunk location index of a pack store, one bucket per first two
                                 digest bytes (hex in the hash tag): digest[2:] -> IndexEntry bytes
+    P:manifests:loc:{<hhhh>} HASH  the same for the manifests stored as pack records
+                                (service/manifests.py), apart so the chunk index lists chunks only
     P:cond:{<hhhh>}     HASH    condemned entries of the location bucket with the same hash tag:
-                                digest[2:] -> GC epoch
+                                digest[2:] -> GC epoch (P:manifests:cond:{<hhhh>}: of the manifests)
     P:gc                HASH    garbage collection state: epoch, condemned_ms, reclaimed_bytes, ...
     P:gc:lock           STRING  held by the one server collecting (expires unless renewed)
 
@@ -62,6 +64,11 @@ def gc_state(prefix: str) -> str:
 def gc_lock(prefix: str) -> str:
     """The garbage collection lock under ``prefix``."""
     return f"{prefix}:gc:lock"
+
+
+def manifest_index_prefix(prefix: str) -> str:
+    """The prefix of the location index of manifests stored in packs (see the schema above)."""
+    return f"{prefix}:manifests"
 
 
 def location_pattern(prefix: str) -> str:

@@ -9,6 +9,7 @@ import time
 
 import grpc
 import pytest
+import redis
 from api_helpers import put_chunks
 from gc_helpers import FAST_GC, assert_clean, chunks_of, forget_versions, history, missing, pack_bytes, wait_condemned
 from server_fixtures import RunningServer, drop_prefix, new_prefix
@@ -19,6 +20,8 @@ from cas.digest import digest as blake3
 from cas.errors import InvalidInputError
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
+from service.metadata.keys import manifest_index_prefix
+from service.metadata.locations import RedisLocationIndex
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def test_gc_reclaims_forgotten_versions_and_keeps_live_ones(gc_server):
         assert 0 < dry.chunks_condemned <= len(old - live) and pack_bytes(gc_server.data_dir) == before
         r = c.collect_garbage()
         assert r.chunks_dropped == dry.chunks_condemned and r.chunks_swept == len(old - live)
-        assert r.manifests_removed == 3
+        assert r.manifests_removed == 0  # small manifests are inline: they went with their records
         after = pack_bytes(gc_server.data_dir)
         assert r.freed_bytes > 0 and before - after == r.freed_bytes
         assert missing(c, old - live) == old - live  # the namespace no longer claims them
@@ -63,6 +66,34 @@ def test_gc_reclaims_forgotten_versions_and_keeps_live_ones(gc_server):
         # a forgotten content comes back by uploading it again
         c.put_bytes(versions[0], "db.bin")
         assert c.get_bytes("db.bin") == versions[0]
+        assert_clean(c)
+
+
+def manifest_records(server: RunningServer) -> set[bytes]:
+    """Digests of the manifests stored as pack records (their location index)."""
+    client = redis.Redis.from_url(server.redis_url)
+    try:
+        index = RedisLocationIndex(client, manifest_index_prefix(server.prefix))
+        return {d for d, _ in index.iterate()}
+    finally:
+        client.close()
+
+
+def test_gc_drops_manifest_records_no_version_names_and_keeps_the_rest_readable(gc_server):
+    with StratusClient.connect(gc_server.address, insecure=True) as c:
+        ns = c.info().namespace
+        big = [os.urandom(12 << 20) for _ in range(3)]  # ~190 chunks each: stored manifests
+        for data in big:
+            c.put_bytes(data, "big.bin")
+        assert len(manifest_records(gc_server)) == 3
+        forget_versions(gc_server.redis_url, gc_server.prefix, ns, "big.bin", keep={3})
+        assert c.collect_garbage(dry_run=True).manifests_removed == 2
+        r = c.collect_garbage()
+        assert r.manifests_removed == 2 and r.freed_bytes > 20 << 20
+        assert len(manifest_records(gc_server)) == 1
+        assert c.get_bytes("big.bin") == big[2]
+        c.put_bytes(big[0], "big.bin")  # a forgotten manifest is stored again by its next upload
+        assert c.get_bytes("big.bin", version=4) == big[0] and len(manifest_records(gc_server)) == 2
         assert_clean(c)
 
 

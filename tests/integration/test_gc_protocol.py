@@ -14,8 +14,11 @@ from server_fixtures import drop_prefix, new_prefix
 from cas import codec
 from cas.digest import digest
 from cas.errors import MissingChunksError
+from cas.manifest import ChunkRef, Manifest
 from cas.packstore import PackChunkStore
+from service.manifests import open_manifest_store
 from service.metadata.condemned import CondemnedChunks
+from service.metadata.keys import manifest_index_prefix
 from service.metadata.locations import RedisLocationIndex
 
 
@@ -102,3 +105,43 @@ async def test_every_writer_touch_resurrects_and_the_sweep_drops_only_the_rest(m
     with pytest.raises(MissingChunksError):  # a commit after the sweep: the client uploads it again
         await metadata.commit(ns, "q", **_commit_fields([idle]))
     assert await marks.sweep(ns, [idle], 1) == []  # the sweep is idempotent
+
+
+@pytest.fixture
+def manifests(redis_url, tmp_path):
+    prefix = new_prefix()
+    client = redis.Redis.from_url(redis_url)
+    index = RedisLocationIndex(client, manifest_index_prefix(prefix))
+    store = open_manifest_store(tmp_path, packs=True, index=index)
+    try:
+        yield store, index
+    finally:
+        store.close()
+        client.close()
+        drop_prefix(redis_url, prefix)
+
+
+def big_manifest() -> Manifest:
+    data = os.urandom(64)
+    refs = [ChunkRef(digest(os.urandom(8)), 65536) for _ in range(200)]
+    return Manifest(chunks=tuple(refs), size=200 * 65536, file_digest=digest(data))
+
+
+def test_saving_a_condemned_manifest_record_claims_it_back_from_the_drop(manifests):
+    store, index = manifests
+    m = big_manifest()
+    [d] = store.put_many([m])
+    index.condemn_many([d], 5)
+    store.put_many([m])  # the save before a commit that names it
+    assert index.drop_condemned([d], 5) == []
+    assert Manifest.from_bytes(store.get(d)) == m
+
+
+def test_saving_a_manifest_whose_record_was_dropped_writes_it_again(manifests):
+    store, index = manifests
+    m = big_manifest()
+    [d] = store.put_many([m])
+    index.condemn_many([d], 6)
+    assert [x for x, _ in index.drop_condemned([d], 6)] == [d]
+    store.put_many([m])
+    assert index.get(d) is not None and Manifest.from_bytes(store.get(d)) == m

@@ -9,7 +9,7 @@ import pytest
 
 from cas import codec
 from cas.digest import digest
-from cas.pack import list_packs, pack_path
+from cas.pack import RecordType, list_packs, pack_path
 from cas.packstore import PackChunkStore
 from cas.repack import PACK_OVERHEAD, PackUsage, live_entries, pack_usage, plan_repack, repack
 
@@ -100,3 +100,47 @@ def test_the_open_pack_is_never_repacked(tmp_path):
     store.discard(store.stage([item(os.urandom(5000))]))
     store.put_many([item(os.urandom(5000))])
     assert pack_usage(store, live_entries(store)) == []  # unsealed, still being written
+
+
+def _shared_stores(root) -> tuple[PackChunkStore, PackChunkStore]:
+    """A chunk store and a manifest store writing to one pack folder (as service/manifests.py has it)."""
+    chunks = PackChunkStore(root, fsync=False, max_pack_size=64 * 1024)
+    manifests = PackChunkStore(root, fsync=False, max_pack_size=64 * 1024, kind=RecordType.MANIFEST)
+    return chunks, manifests
+
+
+def _fill(store: PackChunkStore, live: int, dead: int) -> list[tuple[bytes, bytes]]:
+    kept = [item(os.urandom(3000)) for _ in range(live)]
+    for i in range(0, live, 4):  # live and dead records interleaved in every pack
+        store.put_many(kept[i:i + 4])
+        store.discard(store.stage([item(os.urandom(3000)) for _ in range(dead * 4 // live)]))
+    store.close()
+    return kept
+
+
+def test_repack_copies_live_manifest_records_and_switches_them_in_their_own_index(tmp_path):
+    chunks, manifests = _shared_stores(tmp_path)
+    live_chunks, live_manifests = _fill(chunks, 20, 40), _fill(manifests, 20, 40)
+    before = pack_bytes(chunks)
+    stores = [chunks, manifests]
+    plan = plan_repack(pack_usage(stores, live_entries(stores)), 0.9)
+    result = repack(stores, plan)
+    assert result.copied_records == 40 and before - pack_bytes(chunks) == result.freed_bytes >= 80 * 3000
+    assert all(manifests.get(d) == codec.decode(f, 1 << 20) for d, f in live_manifests)
+    assert all(chunks.get(d) == codec.decode(f, 1 << 20) for d, f in live_chunks)
+    assert plan_repack(pack_usage(stores, live_entries(stores)), 0.9).rewrite == ()
+    again = _shared_stores(tmp_path)  # the packs alone rebuild both indexes (no dead record left)
+    assert sorted(d for d, _ in again[1].index.iterate()) == sorted(d for d, _ in live_manifests)
+    assert all(again[1].get(d) == codec.decode(f, 1 << 20) for d, f in live_manifests)
+    assert all(again[0].get(d) == codec.decode(f, 1 << 20) for d, f in live_chunks)
+
+
+def test_a_repack_that_knows_only_chunks_leaves_manifest_packs_alone(tmp_path):
+    chunks, manifests = _shared_stores(tmp_path)
+    live_manifests = _fill(manifests, 20, 40)
+    before = pack_bytes(chunks)
+    plan = plan_repack(pack_usage(chunks, live_entries(chunks)), 1.0)
+    assert plan.remove  # no chunk index entry names the manifest packs
+    result = repack(chunks, plan)
+    assert result.removed == 0 and pack_bytes(chunks) == before
+    assert all(manifests.get(d) == codec.decode(f, 1 << 20) for d, f in live_manifests)
