@@ -60,6 +60,7 @@ Hints = Mapping[bytes, bytes | Sequence[bytes]]
 # Writes keep chains within the policy's max_depth; reads only refuse what no write can make (a
 # cycle, or a corrupt index), so a store opened with a smaller max_depth still reads everything.
 MAX_READ_DEPTH = 255
+REENCODE_LEVEL = 3  # zstd level of a record re-encoded plain by a garbage collection (cas/repack.py)
 _MAX_MOVES = 4  # a read follows at most this many repacks of one record
 
 
@@ -479,6 +480,10 @@ class PackChunkStore(ChunkStore):
         counted = [e for d, e in dropped if d not in self._damaged]
         self._count(-len(counted), -sum(e.frame_bytes for e in counted))
 
+    def note_reencoded(self, switched: Sequence[tuple[IndexEntry, IndexEntry]]) -> None:
+        """Count the (old, new) entries a garbage collection switched to re-encoded records."""
+        self._count(0, sum(new.frame_bytes - old.frame_bytes for old, new in switched))
+
     def was_collected(self, digest: bytes) -> bool:
         """True if the last garbage collection removed ``digest``."""
         return digest in self._collected
@@ -528,7 +533,14 @@ class PackChunkStore(ChunkStore):
         if base_data is None:
             try:
                 base_data = self._data(record.base, self._entry(record.base), depth + 1)
-            except (CorruptChunkError, ChunkNotFoundError) as exc:
+            except ChunkNotFoundError:
+                fresh = self.index.get(digest)
+                if fresh is None or fresh == entry:
+                    self.mark_damaged(record.base)
+                    raise CorruptChunkError(digest, "its delta base is missing") from None
+                # a collection re-encoded this record and dropped its old base after the lookup
+                return self._data(digest, fresh, depth + 1)
+            except CorruptChunkError as exc:
                 self.mark_damaged(record.base)
                 raise CorruptChunkError(digest, f"its delta base is unreadable: {exc}") from None
             self._bases.put(record.base, base_data)
@@ -563,6 +575,15 @@ class PackChunkStore(ChunkStore):
         except CorruptChunkError:
             self.mark_damaged(digest)
             raise
+
+    def reencode(self, digest: bytes, entry: IndexEntry, base: bytes | None) -> Record:
+        """A new record of the data ``entry`` (``digest``'s record) holds that does not depend on
+        its current base: a delta against ``base`` when it pays, else a plain frame.
+
+        ``base`` must be an ancestor on ``entry``'s chain (or None), so the new record is no deeper
+        than the old one and records based on it keep within their recorded depth."""
+        frame = codec.encode(self._data(digest, entry), REENCODE_LEVEL)
+        return self._record(digest, frame, [base] if base is not None else [])
 
     def get_record(self, digest: bytes) -> Record:
         """The stored record as is (checksums checked, a delta not decoded)."""

@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cas.pack import (
     FILE_HEADER_SIZE,
+    HEADER_SIZE,
     SEAL_SIZE,
     PackWriter,
     Record,
@@ -247,3 +248,95 @@ def _remove(stores: list[PackChunkStore], pack: str) -> int:
     if stores[0].fsync:
         fsync_dir(path.parent)
     return size
+
+
+@dataclass
+class RebaseResult:
+    """What :func:`rebase` did."""
+
+    rebased: int = 0  # entries switched to a record that no longer needs its dead base
+    plain: int = 0  # of those, stored plain (no live ancestor, or a delta did not pay)
+    kept_bases: int = 0  # dead bases left in place: re-encoding their dependents would cost more
+    written_bytes: int = 0  # the new records and the header and seal of each new pack
+    new_packs: set[str] = field(default_factory=set)
+
+
+def rebase_plan(
+    entries: dict[bytes, IndexEntry], keep: set[bytes]
+) -> list[tuple[bytes, IndexEntry, bytes | None]]:
+    """(digest, entry, new base) of every kept delta record whose base is not kept (pure): the new
+    base is the nearest kept ancestor on its chain (so no deeper than the old one), else None."""
+    plan = []
+    for d in keep:
+        entry = entries.get(d)
+        if entry is None or entry.base is None or entry.base in keep:
+            continue
+        ancestor: bytes | None = entry.base
+        for _ in range(entry.depth):  # the chain is at most this long
+            up = entries.get(ancestor) if ancestor is not None else None
+            ancestor = up.base if up is not None else None
+            if ancestor is None or ancestor in keep:
+                break
+        plan.append((d, entry, ancestor if ancestor in keep else None))
+    return plan
+
+
+def rebase(
+    store: PackChunkStore, plan: Sequence[tuple[bytes, IndexEntry, bytes | None]],
+    entries: Mapping[bytes, IndexEntry], checkpoint: Checkpoint = lambda phase: None, batch: int = 256,
+) -> RebaseResult:
+    """Re-encode the records of ``plan`` (:func:`rebase_plan`) so their dead bases can be dropped.
+
+    Per dead base, only when it pays: the re-encoded records of every kept record based on it
+    must grow by less than the base's own record (``entries``), else the base stays as it is (it
+    is then cheaper storage of what kept records need than their plain frames).
+
+    Crash-safe like a rewrite: the new records are durable (one barrier per batch) before any
+    entry names them, each entry is switched with a compare-and-set from the exact old entry (a
+    concurrent repair or move wins, and the old base then stays, since the caller drops only bases
+    no entry names after this), and nothing is deleted here. A kill leaves at worst unindexed new
+    records (reclaimed by a later repack)."""
+    result = RebaseResult()
+    writer = PackWriter(store.root, store.writer.max_pack_size, store.fsync)
+    by_base: dict[bytes, list[tuple[bytes, IndexEntry, bytes | None]]] = defaultdict(list)
+    for item in plan:
+        by_base[item[1].base or b""].append(item)
+    pending: list[tuple[bytes, IndexEntry, Record]] = []
+    try:
+        for base, group in by_base.items():
+            records = [store.reencode(d, entry, new) for d, entry, new in group]
+            grown = sum(HEADER_SIZE + len(r.payload) - e.length for (_, e, _), r in zip(group, records, strict=True))
+            held = entries.get(base)
+            if held is None or grown >= held.length:
+                result.kept_bases += 1
+                continue
+            pending += [(d, e, r) for (d, e, _), r in zip(group, records, strict=True)]
+            if len(pending) >= batch:
+                _switch_reencoded(store, writer, pending, result, checkpoint)
+                pending = []
+        _switch_reencoded(store, writer, pending, result, checkpoint)
+    finally:
+        writer.close()
+    result.written_bytes += PACK_OVERHEAD * len(result.new_packs)
+    return result
+
+
+def _switch_reencoded(
+    store: PackChunkStore, writer: PackWriter, items: list[tuple[bytes, IndexEntry, Record]],
+    result: RebaseResult, checkpoint: Checkpoint,
+) -> None:
+    """Append ``items``' new records, make them durable, then switch each entry (compare-and-set)."""
+    if not items:
+        return
+    locations = writer.append_many([r for _, _, r in items])
+    writer.flush()  # durable before any entry names the new records
+    checkpoint("rebase-written")
+    moves = [(d, old, IndexEntry.of(loc, r)) for (d, old, r), loc in zip(items, locations, strict=True)]
+    switched = store.index.switch_many(moves)
+    store.note_reencoded([(old, new) for (_, old, new), ok in zip(moves, switched, strict=True) if ok])
+    checkpoint("rebase-switched")
+    done = [r for (_, _, r), ok in zip(items, switched, strict=True) if ok]
+    result.rebased += len(done)
+    result.plain += sum(1 for r in done if r.base is None)
+    result.written_bytes += sum(loc.length for loc in locations)
+    result.new_packs.update(loc.pack for loc in locations)

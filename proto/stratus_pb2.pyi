@@ -659,7 +659,7 @@ class CollectGarbageRequest(_message.Message):
     def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
 
 class CollectGarbageResponse(_message.Message):
-    __slots__ = ("dry_run", "epoch", "resumed", "namespaces", "manifests_live", "chunks_live", "chunks_condemned", "chunks_swept", "chunks_dropped", "dropped_bytes", "manifests_removed", "packs_removed", "packs_rewritten", "copied_bytes", "freed_bytes", "reclaimable_bytes", "seconds")
+    __slots__ = ("dry_run", "epoch", "resumed", "namespaces", "manifests_live", "chunks_live", "chunks_condemned", "chunks_swept", "chunks_dropped", "dropped_bytes", "manifests_removed", "packs_removed", "packs_rewritten", "copied_bytes", "freed_bytes", "reclaimable_bytes", "seconds", "chunks_rebased")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
@@ -677,6 +677,7 @@ class CollectGarbageResponse(_message.Message):
     FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
     RECLAIMABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_REBASED_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     epoch: int
     resumed: bool
@@ -694,4 +695,5 @@ class CollectGarbageResponse(_message.Message):
     freed_bytes: int
     reclaimable_bytes: int
     seconds: float
-    def __init__(self, dry_run: _Optional[bool] = ..., epoch: _Optional[int] = ..., resumed: _Optional[bool] = ..., namespaces: _Optional[int] = ..., manifests_live: _Optional[int] = ..., chunks_live: _Optional[int] = ..., chunks_condemned: _Optional[int] = ..., chunks_swept: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., dropped_bytes: _Optional[int] = ..., manifests_removed: _Optional[int] = ..., packs_removed: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., copied_bytes: _Optional[int] = ..., freed_bytes: _Optional[int] = ..., reclaimable_bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    chunks_rebased: int
+    def __init__(self, dry_run: _Optional[bool] = ..., epoch: _Optional[int] = ..., resumed: _Optional[bool] = ..., namespaces: _Optional[int] = ..., manifests_live: _Optional[int] = ..., chunks_live: _Optional[int] = ..., chunks_condemned: _Optional[int] = ..., chunks_swept: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., dropped_bytes: _Optional[int] = ..., manifests_removed: _Optional[int] = ..., packs_removed: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., copied_bytes: _Optional[int] = ..., freed_bytes: _Optional[int] = ..., reclaimable_bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., chunks_rebased: _Optional[int] = ...) -> None: ...

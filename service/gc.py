@@ -80,6 +80,8 @@ class GcReport:
     chunks_condemned: int = 0  # index entries condemned at the start (store-wide)
     chunks_swept: int = 0  # namespace index entries dropped
     chunks_dropped: int = 0  # location index entries dropped (their records are dead)
+    chunks_rebased: int = 0  # kept delta records re-encoded off a dead base
+    rebased_bytes: int = 0  # disk bytes their new records took (packs included)
     dropped_bytes: int = 0  # record bytes of those
     manifests_removed: int = 0
     packs_removed: int = 0
@@ -248,14 +250,15 @@ class GarbageCollector:
         t0 = time.monotonic()
         mark = await self._mark(report)
         entries = await self._entries()
-        live = with_bases(mark.live, entries)
-        report.chunks_live = len(live)
+        report.chunks_live = len(with_bases(mark.live, entries))
         for ns, refs in mark.refs.items():
             candidates: list[bytes] = []
             async for batch in self.marks.chunk_batches(ns):
                 candidates += [d for d in batch if d not in refs]
             await self.marks.condemn(ns, list(dict.fromkeys(candidates)), report.epoch)
-        dead = [d for d in entries if d not in live]
+        # a record only kept records use as their delta base is condemned too: the sweep re-encodes
+        # those records (a delta record that newly uses it claims it back, like any upload)
+        dead = [d for d in entries if d not in mark.live]
         report.chunks_condemned = len(dead)
         await self.repo.run_blocking(index.condemn_many, dead, report.epoch)
         await self._condemn_manifests(mark, report.epoch)
@@ -310,6 +313,8 @@ class GarbageCollector:
                 held.update(batch)
         self.checkpoint("swept")
         entries = await self._entries()
+        if await self._rebase(store, mark.live | held, entries, report):
+            entries = await self._entries()  # afresh: a concurrent upload may use a base anew
         protected = with_bases(mark.live | held, entries)
         dead = [d for d in entries if d not in protected]
         dropped = await self.repo.run_blocking(index.drop_condemned, dead, report.epoch)
@@ -324,6 +329,20 @@ class GarbageCollector:
         await self.marks.clear_state("condemned_ms")
         report.phases["sweep"] = time.monotonic() - t0
 
+    async def _rebase(
+        self, store: PackChunkStore, keep: set[bytes], entries: dict[bytes, IndexEntry], report: GcReport
+    ) -> bool:
+        """Re-encode the kept delta records whose base nothing else keeps (:func:`cas.repack.rebase`:
+        against the nearest kept ancestor, else plain; only where that costs less than the base),
+        so the base can be dropped; True if any."""
+        plan = packs.rebase_plan(entries, keep)
+        if not plan:
+            return False
+        done = await self.repo.run_blocking(packs.rebase, store, plan, entries, self.checkpoint)
+        report.chunks_rebased += done.rebased
+        report.rebased_bytes += done.written_bytes
+        return done.rebased > 0
+
     async def _repack(self, store: PackChunkStore, report: GcReport) -> None:
         """Phase 6: rewrite sparse packs, remove empty ones; the counters shown by ``stratus info``."""
         t0 = time.monotonic()
@@ -335,9 +354,9 @@ class GarbageCollector:
             packs.repack, stores, plan, self.checkpoint, self.settings.repack_duty
         )
         report.packs_removed, report.packs_rewritten = done.removed, done.rewritten
-        report.copied_bytes, report.freed_bytes = done.copied_bytes, done.freed_bytes
+        report.copied_bytes, report.freed_bytes = done.copied_bytes, done.freed_bytes - report.rebased_bytes
         report.reclaimable_bytes = max(0, plan.reclaimable - plan.planned)
-        await self.marks.add_to_state("reclaimed_bytes", max(0, done.freed_bytes))
+        await self.marks.add_to_state("reclaimed_bytes", max(0, report.freed_bytes))
         await self.marks.set_state(reclaimable_bytes=report.reclaimable_bytes)
         report.phases["repack"] = time.monotonic() - t0
 
@@ -345,9 +364,8 @@ class GarbageCollector:
         """A dry run: what a collection would condemn now and what the packs hold dead."""
         mark = await self._mark(report)
         entries = await self._entries()
-        live = with_bases(mark.live, entries)
-        report.chunks_live = len(live)
-        dead = [d for d in entries if d not in live]
+        report.chunks_live = len(with_bases(mark.live, entries))
+        dead = [d for d in entries if d not in mark.live]  # bases only: re-encoded off, then dropped
         report.chunks_condemned = len(dead)
         report.dropped_bytes = sum(entries[d].length for d in dead)
         stores = self._pack_stores()

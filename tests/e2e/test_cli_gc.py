@@ -27,7 +27,8 @@ def test_admin_gc_dry_run_then_collect_and_info_shows_what_was_reclaimed(gc_cli,
     ns = cli.json("info")["namespace"]
     forget_versions(server.redis_url, server.prefix, ns, "db.bin", keep={3})
     dry = cli.json("admin", "gc", "--dry-run")
-    assert dry["dry_run"] and dry["chunks_condemned"] > 0 and dry["manifests_removed"] == 2
+    assert dry["dry_run"] and dry["chunks_condemned"] > 0
+    assert dry["manifests_removed"] == 0  # small manifests are inline: they go with their records
     done = cli.json("admin", "gc")
     assert done["chunks_dropped"] == dry["chunks_condemned"] and done["freed_bytes"] > 0
     stats = cli.json("info")["stats"]
