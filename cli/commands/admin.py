@@ -225,7 +225,8 @@ def admin_gc(
         return
     rt.out.done(f"freed {human_bytes(max(0, r.freed_bytes))} in {r.seconds:.1f}s: {r.chunks_dropped} chunks "
                 f"({human_bytes(r.dropped_bytes)}), {r.manifests_removed} manifests, {r.packs_removed} packs "
-                f"removed, {r.packs_rewritten} rewritten ({human_bytes(r.copied_bytes)} copied); "
+                f"removed, {r.packs_rewritten} rewritten ({human_bytes(r.copied_bytes)} copied), "
+                f"{r.chunks_rebased} delta records re-encoded; "
                 f"{human_bytes(r.reclaimable_bytes)} left reclaimable" + (" (resumed)" if r.resumed else ""))
 
 

@@ -30,7 +30,8 @@ def test_admin_gc_dry_run_then_collect_and_info_shows_what_was_reclaimed(gc_cli,
     assert dry["dry_run"] and dry["chunks_condemned"] > 0
     assert dry["manifests_removed"] == 0  # small manifests are inline: they go with their records
     done = cli.json("admin", "gc")
-    assert done["chunks_dropped"] == dry["chunks_condemned"] and done["freed_bytes"] > 0
+    # a dead base of a kept delta record stays where re-encoding that record would cost more
+    assert 0 < done["chunks_dropped"] <= dry["chunks_condemned"] and done["freed_bytes"] > 0
     stats = cli.json("info")["stats"]
     assert stats["reclaimed_bytes"] == done["freed_bytes"]
     text = cli("info").stdout
