@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli.commands import admin, browse, demo, transfer
+from cli.commands import admin, browse, demo, sync, transfer
 from cli.errors import report
 from cli.output import Output
 from cli.runtime import Runtime
@@ -91,6 +91,7 @@ transfer.register(app)
 browse.register(app)
 admin.register(app)
 demo.register(app)
+sync.register(app)
 
 if __name__ == "__main__":
     app()

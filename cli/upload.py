@@ -413,9 +413,12 @@ def upload(
     sign_key: object = None,
     advance: Advance | None = None,
     cache: ManifestCache | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> FileOutcome:
     """Upload ``source`` to ``remote_path`` as a new version (see the module docstring).
 
+    ``before_commit`` is called once everything was read and sent, right before the commit; what
+    it raises cancels the commit (a sync checks there that the file did not change while read).
     Raises on failure: nothing was committed then, except after :class:`CommitUnansweredError`,
     when it may have been. The outcome is ``uploaded`` or ``unchanged``.
     """
@@ -431,6 +434,8 @@ def upload(
     finally:
         base.cancel()
     manifest = builder.build(hasher.digest())
+    if before_commit is not None:
+        before_commit()
     request = commit_request(path, manifest, mode=mode, mtime_ns=mtime_ns, if_version=if_version, sign_key=sign_key)
     delta = delta_request(request, base.manifest, manifest) if base.manifest is not None else None
     outcome = FileOutcome(path, local, "uploaded", bytes_read=bytes_read, chunks_total=count,
