@@ -21,6 +21,7 @@ from cli.client import StratusClient
 from cli.results import Event, Version
 from cli.syncplan import Remote
 from cli.syncstate import SyncState
+from proto import stratus_pb2 as pb
 
 PAGE = 1000
 BACKOFF_MAX_S = 5.0
@@ -121,14 +122,15 @@ class FeedWatcher:
         self._stop.set()
         call = self._call
         if call is not None:
-            call.close()  # type: ignore[attr-defined]
+            call.cancel()  # type: ignore[attr-defined]
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
         delay = 0.2
         while not self._stop.is_set():
             try:
-                self._call = self._client.watch(self._prefix, self.cursor or "0")
+                # The raw call (not StratusClient.watch's generator): stop() may cancel it from another thread.
+                self._call = self._client.stub.Watch(pb.WatchRequest(prefix=self._prefix, since=self.cursor or "0"))
                 for message in self._call:  # type: ignore[attr-defined]
                     event = Event.from_message(message)
                     self.cursor = event.cursor

@@ -61,6 +61,6 @@ def status(root: Path) -> SyncStatus:
         if ignored(ignores, rel):
             continue
         act = decide(bases.get(rel), found.get(rel), remotes.get(rel), now_ns=now).act
-        if act not in (Act.NOTHING, Act.REFRESH):
-            result.pending.append((rel, "check" if act is Act.HASH else act.value))
+        if act not in (Act.NOTHING, Act.REFRESH, Act.HASH):  # HASH: only a re-check of a racy fingerprint
+            result.pending.append((rel, act.value))
     return result
