@@ -12,7 +12,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 from cli_helpers import Cli, isolated_env, write_random
 from sync_helpers import Daemon, run_sync, snapshot, wait_same, wait_until
 

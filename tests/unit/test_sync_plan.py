@@ -96,7 +96,8 @@ def test_folders_never_conflict_and_never_wait() -> None:
 
 
 def test_conflict_names_follow_syncthing() -> None:
-    assert conflict_name("report.txt", "20240501-120000", "ABCDEFG") == "report.sync-conflict-20240501-120000-ABCDEFG.txt"
+    expected = "report.sync-conflict-20240501-120000-ABCDEFG.txt"
+    assert conflict_name("report.txt", "20240501-120000", "ABCDEFG") == expected
     assert conflict_name("Makefile", "20240501-120000", "C") == "Makefile.sync-conflict-20240501-120000-C"
     assert conflict_name(".bashrc", "20240501-120000", "C") == ".bashrc.sync-conflict-20240501-120000-C"
     assert conflict_name("a.tar.gz", "20240501-120000", "C") == "a.tar.sync-conflict-20240501-120000-C.gz"
