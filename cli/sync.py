@@ -370,11 +370,15 @@ class SyncEngine:
         """Run the transfers: files first (on the pool), then folder removals, deepest first."""
         jobs: list[tuple[Callable[..., object], tuple]] = []
         downloads: list[tuple[str, Remote, Local | None]] = []
+        small: list[tuple[str, Local, int]] = []
         folders: list[str] = []
         for rel, (decision, local) in plan.items():
             act = decision.act
             if act is Act.UPLOAD and local is not None:
-                jobs.append((self.executor.upload, (rel, local, decision.if_version or 0)))
+                if local.fingerprint.size <= SMALL_FILE_MAX:
+                    small.append((rel, local, decision.if_version or 0))
+                else:
+                    jobs.append((self.executor.upload, (rel, local, decision.if_version or 0)))
             elif act is Act.DOWNLOAD:
                 downloads.append((rel, remotes[rel], local))
             elif act is Act.DELETE_REMOTE:
@@ -387,6 +391,7 @@ class SyncEngine:
                 else:
                     jobs.append((self.executor.delete_local, (rel, bases[rel])))
         jobs += [(self.executor.download, (group,)) for group in _download_groups(downloads)]
+        jobs += [(self.executor.upload_small, (small[i:i + GROUP_FILES],)) for i in range(0, len(small), GROUP_FILES)]
         acted = bool(jobs or folders)
         self._run_jobs(jobs)
         for rel in sorted(folders, key=lambda r: r.count("/"), reverse=True):
@@ -402,7 +407,7 @@ class SyncEngine:
             except BaseException as exc:  # noqa: BLE001 - recorded per path; fatal ones end the pass below
                 result = exc
             results = result if isinstance(result, list) else [result]
-            paths = [item[0] for item in args[0]] if fn == self.executor.download else [args[0]]
+            paths = [item[0] for item in args[0]] if isinstance(args[0], list) else [args[0]]
             for rel, one in zip(paths, results, strict=False):
                 if isinstance(one, BaseException):
                     if is_fatal(one) and stop is None:

@@ -29,12 +29,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cas.errors import LocalChangedError
+from cas.errors import CasError, LocalChangedError
 from cli import upload as _upload
 from cli.client import StratusClient
 from cli.download import get_files
+from cli.grouping import SMALL_FILE_MAX
 from cli.localdir import Folder, LocalTarget
 from cli.results import Version
+from cli.smallfiles import Buffer, upload_buffers
 from cli.syncplan import (
     EMPTY_DIGEST,
     FOLDER,
@@ -128,6 +130,48 @@ class Executor:
         version = outcome.version
         base = Base(version.version, version.file_digest, local.fingerprint, observed)
         return Done(rel, "upload", base, remote=head_of_version(version), bytes_sent=outcome.bytes_sent)
+
+    def upload_small(self, items: list[tuple[str, Local, int]]) -> list[Done | BaseException]:
+        """Upload small files and folder markers as one group (one FindMissingChunks, PutChunks and
+        CommitFiles); each is read whole, checked unchanged after the read, and committed with its own
+        ``if_version``. Per item its result or its error."""
+        out: list[Done | BaseException | None] = [None] * len(items)
+        buffers, where, observed = [], [], time.time_ns()
+        for i, (rel, local, if_version) in enumerate(items):
+            try:
+                buffers.append(self._buffer(rel, local, if_version))
+                where.append(i)
+            except (OSError, CasError) as exc:
+                out[i] = exc
+        outcomes = upload_buffers(self.client.remote, buffers, cache=self.client.manifests) if buffers else []
+        for i, outcome in zip(where, outcomes, strict=True):
+            rel, local, _ = items[i]
+            if outcome.error is not None or outcome.version is None:
+                out[i] = outcome.error or LocalChangedError(f"{rel}: not committed")
+                continue
+            v = outcome.version
+            out[i] = Done(rel, "upload", Base(v.version, v.file_digest, local.fingerprint, observed),
+                          remote=head_of_version(v), bytes_sent=outcome.bytes_sent)
+        return out  # type: ignore[return-value]
+
+    def _buffer(self, rel: str, local: Local, if_version: int) -> Buffer:
+        """A small file (or a folder's empty marker) read into memory, unchanged since the scan."""
+        if is_folder_marker(rel):
+            return Buffer(rel, self.remote_path(rel), b"", 0o644, 0, if_version)
+        parts, name = _split(rel)
+        with self.root.sub(parts, create=False) as folder:
+            fd = folder.open_regular(name)
+            if fd is None:
+                raise LocalChangedError(f"{rel} is gone or no longer a regular file")
+            with os.fdopen(fd, "rb") as stream:
+                st = os.fstat(fd)
+                data = stream.read(SMALL_FILE_MAX + 1)
+                after = folder.lstat(name)
+        if fingerprint(st) != local.fingerprint \
+                or not _same(after, local.fingerprint) or len(data) != st.st_size:
+            raise LocalChangedError(f"{rel} changed while it was read (still being written?)")
+        return Buffer(str(folder.path / name), self.remote_path(rel), data, st.st_mode & 0o777, st.st_mtime_ns,
+                      if_version)
 
     def _upload_marker(self, rel: str, if_version: int) -> Done:
         info = self.client.put_bytes(b"", self.remote_path(rel), if_version=if_version, mode=0o644)
