@@ -43,6 +43,7 @@ from cli.syncstate import STATE_DIR, SyncState
 from cli.tree import Excludes
 
 RETRY_MAX_S = 60.0
+SERVER_RETRY_MAX_S = 5.0
 WAIT_MAX_S = 10.0  # how long a one-shot run waits for files still being written
 
 
@@ -263,7 +264,7 @@ class SyncEngine:
         delay = 0.5
         while not stop.is_set() and not self._guarded(self._full_pass):
             stop.wait(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            delay = min(delay + 0.5, SERVER_RETRY_MAX_S)
 
     def _guarded(self, run: Callable[[], object]) -> bool:
         """Run a pass in the daemon; a failure of the server is logged (False), never raised."""
@@ -436,6 +437,8 @@ class SyncEngine:
             delay = SETTLE_NS
         elif isinstance(exc, VersionConflictError):
             delay = 0  # the remote moved: the next pass (after the feed) decides again
+        elif is_fatal(exc):  # the server is away: look again soon, it usually comes back in seconds
+            delay = int(min(0.5 * ((self._attempts(rel) or 0) + 1), SERVER_RETRY_MAX_S) * 1e9)
         else:
             attempts = (self._attempts(rel) or 0) + 1
             delay = int(min(2 ** attempts * 0.5, RETRY_MAX_S) * 1e9)

@@ -24,7 +24,7 @@ from cli.syncstate import SyncState
 from proto import stratus_pb2 as pb
 
 PAGE = 1000
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 2.0
 
 
 def relative(prefix: str, path: str) -> str | None:

@@ -143,7 +143,7 @@ def test_server_restart_while_daemons_run(fresh_server, tmp_path: Path) -> None:
     try:
         _write(a.folder / "before.txt", b"before the restart")
         wait_until(lambda: (b.folder / "before.txt").exists(), what="a file before the restart")
-        fresh_server.stop()
+        fresh_server.kill()  # SIGKILL: no goodbye to the daemons' streams
         _write(a.folder / "during.txt", b"written while the server was down")
         time.sleep(1.0)
         fresh_server.start()
