@@ -471,6 +471,56 @@ class DeleteRequest(_message.Message):
     if_version: int
     def __init__(self, path: _Optional[str] = ..., if_version: _Optional[int] = ...) -> None: ...
 
+class RetentionPolicy(_message.Message):
+    __slots__ = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
+    KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    KEEP_HOURLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DAILY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WEEKLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_MONTHLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_YEARLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WITHIN_FIELD_NUMBER: _ClassVar[int]
+    keep_last: int
+    keep_hourly: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    keep_yearly: int
+    keep_within: str
+    def __init__(self, keep_last: _Optional[int] = ..., keep_hourly: _Optional[int] = ..., keep_daily: _Optional[int] = ..., keep_weekly: _Optional[int] = ..., keep_monthly: _Optional[int] = ..., keep_yearly: _Optional[int] = ..., keep_within: _Optional[str] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("prefix", "policy", "dry_run")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    policy: RetentionPolicy
+    dry_run: bool
+    def __init__(self, prefix: _Optional[str] = ..., policy: _Optional[_Union[RetentionPolicy, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class VersionVerdict(_message.Message):
+    __slots__ = ("version", "keep", "reasons")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    keep: bool
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., keep: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetPathResult(_message.Message):
+    __slots__ = ("path", "versions", "removed", "error")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionVerdict]
+    removed: int
+    error: ItemError
+    def __init__(self, path: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionVerdict, _Mapping]]] = ..., removed: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
 class ByteRange(_message.Message):
     __slots__ = ("offset", "length")
     OFFSET_FIELD_NUMBER: _ClassVar[int]

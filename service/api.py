@@ -20,6 +20,7 @@ from cas import codec, digest
 from cas.errors import (
     ChunkTooLargeError,
     InvalidInputError,
+    InvalidPolicyError,
     LimitExceededError,
     NotFoundError,
     PermissionDeniedError,
@@ -31,7 +32,7 @@ from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
 from service.admission import ByteBudget, OversizeBatch, StreamLimits
-from service.batches import BatchCalls
+from service.batches import BatchCalls, item_error
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
@@ -40,12 +41,14 @@ from service.messages import (
     commit_manifest_from_message,
     event_message,
     manifest_message,
+    policy_from_message,
     selector_from_message,
     version_info,
 )
 from service.metadata import NamespaceStats, VersionRecord
 from service.ratelimit import RateLimiter
 from service.repository import Repository
+from service.retention import PathForget, forget_prefix
 from service.scoped import check_possession, list_within, show_manifest
 
 Ctx = grpc.aio.ServicerContext
@@ -534,6 +537,22 @@ class StratusService(pb_grpc.StratusServicer):
         return version_info(record)
 
     @rpc
+    async def Forget(self, request: pb.ForgetRequest, context: Ctx) -> AsyncIterator[pb.ForgetPathResult]:
+        # Forgetting rewrites history: write access to the whole prefix, as for a commit under it.
+        prefix = normalize_prefix(request.prefix)
+        caller = self._enter(context, "Forget", prefix, write=True)
+        policy = policy_from_message(request.policy)
+        if policy.is_empty():
+            raise InvalidPolicyError("no retention rule given: set at least one keep rule (nothing was removed)")
+        paths = removed = 0
+        async for outcome in forget_prefix(self.repo, caller.namespace, prefix, policy, identity=caller.identity,
+                                           dry_run=request.dry_run):
+            paths += 1
+            removed += outcome.removed
+            note(paths=paths, removed=removed, dry_run=request.dry_run)
+            yield _forget_result(outcome)
+
+    @rpc
     async def Diff(self, request: pb.DiffRequest, context: Ctx) -> pb.DiffResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "Diff", path)
@@ -577,3 +596,12 @@ class StratusService(pb_grpc.StratusServicer):
         async for event in self.repo.watch(caller.namespace, request.since, prefixes):
             yield event_message(event)
 
+
+def _forget_result(outcome: PathForget) -> pb.ForgetPathResult:
+    """The message of one path's forget outcome (its failure as an ItemError)."""
+    return pb.ForgetPathResult(
+        path=outcome.path, removed=outcome.removed,
+        versions=[pb.VersionVerdict(version=version_info(r), keep=v.keep, reasons=v.reasons)
+                  for r, v in outcome.verdicts],
+        error=item_error(outcome.error, "Forget") if outcome.error is not None else None,
+    )

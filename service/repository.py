@@ -319,6 +319,23 @@ class Repository:
         await self.journal_versions(ns, [record])
         return record
 
+    async def forget_versions(
+        self, ns: str, path: str, *, head_version: int, identity: str, versions: Sequence[VersionRecord]
+    ) -> list[Event]:
+        """Remove versions of a path (one atomic script: head still ``head_version``, else
+        VersionConflictError and nothing removed; a ``forgotten`` event each), then journal the
+        removals before it returns (service/journal.py), so a rebuild never brings them back. The
+        two steps are shielded from cancellation (a client going away, the server stopping): a
+        removal the script made is always journaled unless the process dies in between."""
+
+        async def remove_and_journal() -> list[Event]:
+            events = await self.metadata.forget(ns, path, head_version=head_version, identity=identity,
+                                                versions=versions)
+            await self.journal.append_forgotten(ns, events)
+            return events
+
+        return await asyncio.shield(remove_and_journal())
+
     async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
         """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
         return await self.metadata.commit(ns, path, **record)
@@ -403,12 +420,14 @@ class Repository:
     async def diff(self, ns: str, path: str, from_version: int, to_version: int) -> tuple[
         VersionRecord | None, VersionRecord, ManifestDiff
     ]:
-        """Compare two versions of a path; ``from_version`` 0 means the one before ``to``."""
+        """Compare two versions of a path; ``from_version`` 0 means the newest one before ``to``."""
         to = await self.resolve(ns, path, Selector(version=to_version), allow_deleted=True)
         if from_version and from_version >= to.version:
             raise InvalidInputError(f"{path}: FROM ({from_version}) must be older than TO ({to.version})")
-        base_number = from_version or to.version - 1
-        base = await self.resolve(ns, path, Selector(version=base_number), allow_deleted=True) if base_number else None
+        if from_version:
+            base = await self.resolve(ns, path, Selector(version=from_version), allow_deleted=True)
+        else:  # the newest remaining version before ``to`` (a forget may have removed to - 1)
+            base = await self.metadata.version_before(ns, path, to.version)
         old, new = await self.manifest_of(base), await self.manifest_of(to)
         empty = Manifest(chunks=(), size=0, file_digest=EMPTY_FILE_DIGEST)
         return base, to, diff_manifests(old, new or empty)
