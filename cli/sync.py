@@ -130,6 +130,7 @@ class SyncEngine:
         self.executor = Executor(client, self.root, prefix, self.state.client_id())
         self._pool = ThreadPoolExecutor(max(1, self.options.jobs), thread_name_prefix="sync")
         self._report = SyncReport()
+        self._followups: set[str] = set()  # paths an action created (conflict copies): looked at next
         self.ignores: Excludes = load_ignores(self.root_path)
 
     def close(self) -> None:
@@ -174,9 +175,10 @@ class SyncEngine:
     def watch(self, stop: threading.Event) -> None:
         """Keep the folder in step until ``stop`` is set (see the module docstring)."""
         inbox: queue.Queue[tuple[str, object]] = queue.Queue()
-        self._full_pass_retrying(stop)
+        # Local events are collected from before the first pass: what changes during it is not missed.
         local = threading.Thread(target=self._watch_local, args=(inbox, stop), name="sync-fs", daemon=True)
         local.start()
+        self._full_pass_retrying(stop)
         feed = FeedWatcher(self.client, self.prefix, self.state.meta("cursor") or "0",
                            lambda e: inbox.put(("remote", e)), self._feed_error)
         feed.start()
@@ -188,7 +190,8 @@ class SyncEngine:
                     self._full_pass_retrying(stop)
                     next_full = time.monotonic() + self.options.rescan_seconds
                     continue
-                dirty = self._dirty(items) | set(self.state.due_problems(time.time_ns()))
+                dirty = self._dirty(items) | set(self.state.due_problems(time.time_ns())) | self._followups
+                self._followups = set()
                 if dirty:
                     self._guarded(lambda d=dirty: self._pass(self._expand(d), time.time_ns()))
         finally:
@@ -428,6 +431,7 @@ class SyncEngine:
             elif done.base is not None:
                 self.state.set_base(done.rel, done.base)
             self.state.clear_problem(done.rel)
+        self._followups.update(done.extra)
         self._emit(SyncAction(done.action, done.rel, detail=done.detail, bytes_sent=done.bytes_sent,
                               bytes_fetched=done.bytes_fetched))
 

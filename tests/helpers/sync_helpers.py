@@ -39,8 +39,14 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "co
 
 def wait_same(a: Path, b: Path, timeout: float = 20.0) -> None:
     """Wait until both folders hold the same files and folders."""
+    def same() -> bool:
+        try:
+            return snapshot(a) == snapshot(b)
+        except OSError:  # a file went away while it was read: the daemons are still at work
+            return False
+
     try:
-        wait_until(lambda: snapshot(a) == snapshot(b), timeout, f"{a} and {b} to converge")
+        wait_until(same, timeout, f"{a} and {b} to converge")
     except AssertionError as exc:
         sa, sb = snapshot(a), snapshot(b)
         differ = sorted(k for k in sa.keys() | sb.keys() if sa.get(k, b"-") != sb.get(k, b"-"))
