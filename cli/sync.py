@@ -292,8 +292,11 @@ class SyncEngine:
 
     def _pass(self, paths: dict[str, Local | None], observed: int) -> bool:
         """Decide and act on ``paths`` (their local state as given); True when anything was done."""
-        bases = self.state.bases()
-        remotes = self.state.remotes()
+        if len(paths) > 256:  # a full pass: one query each beats thousands
+            bases, remotes = self.state.bases(), self.state.remotes()
+        else:  # a few changed paths: an idle daemon's work must not grow with the folder
+            bases = {rel: b for rel in paths if (b := self.state.base(rel)) is not None}
+            remotes = {rel: r for rel in paths if (r := self.state.remote(rel)) is not None}
         now = time.time_ns()
         plan: dict[str, tuple[Decision, Local | None]] = {}
         for rel, local in paths.items():

@@ -129,7 +129,8 @@ class Executor:
         assert outcome.version is not None
         version = outcome.version
         base = Base(version.version, version.file_digest, local.fingerprint, observed)
-        return Done(rel, "upload", base, remote=head_of_version(version), bytes_sent=outcome.bytes_sent)
+        return Done(rel, "record" if outcome.unchanged else "upload", base, remote=head_of_version(version),
+                    bytes_sent=outcome.bytes_sent)
 
     def upload_small(self, items: list[tuple[str, Local, int]]) -> list[Done | BaseException]:
         """Upload small files and folder markers as one group (one FindMissingChunks, PutChunks and
@@ -150,8 +151,9 @@ class Executor:
                 out[i] = outcome.error or LocalChangedError(f"{rel}: not committed")
                 continue
             v = outcome.version
-            out[i] = Done(rel, "upload", Base(v.version, v.file_digest, local.fingerprint, observed),
-                          remote=head_of_version(v), bytes_sent=outcome.bytes_sent)
+            base = Base(v.version, v.file_digest, local.fingerprint, observed)
+            out[i] = Done(rel, "record" if outcome.unchanged else "upload", base, remote=head_of_version(v),
+                          bytes_sent=outcome.bytes_sent)
         return out  # type: ignore[return-value]
 
     def _buffer(self, rel: str, local: Local, if_version: int) -> Buffer:

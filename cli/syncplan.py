@@ -19,7 +19,8 @@ A path without a base is "changed" (new) on whichever side has it. "Conflict" ke
 remote version keeps the name, the local file is renamed ``NAME.sync-conflict-DATE-TIME-CLIENT.EXT``
 and uploaded as a new file on the next pass. A local file whose fingerprint equals the base but
 was observed too close to its own modification time (a same-tick write could hide) is hashed
-before it is trusted (``HASH``), as is a changed local file that might hold what the remote holds;
+before it is trusted (``HASH``), as is a changed local file that might hold what the remote holds
+(one whose remote side is unchanged is uploaded directly: equal content commits nothing);
 a remote head known only from the change feed has no content digest, so ``STAT`` asks for it.
 A local file modified within :data:`SETTLE_NS` is still being written: ``WAIT`` retries it later.
 
@@ -151,8 +152,10 @@ def _remote_side(base: Base | None, remote: Remote | None) -> str:
 def decide(base: Base | None, local: Local | None, remote: Remote | None, *, now_ns: int) -> Decision:
     """The decision for one path (see the module docstring for the table)."""
     lside, rside = _local_side(base, local), _remote_side(base, remote)
-    if lside == "unknown":
+    if lside == "unknown" and not _upload_decides(base, local, remote):
         return Decision(Act.HASH)
+    if lside == "unknown":
+        lside = "changed"  # the upload finds out: equal content commits nothing and is only recorded
     if lside == "changed" and local is not None and local.fingerprint.newest_ns + SETTLE_NS > now_ns:
         return Decision(Act.WAIT)
     if lside == "absent":
@@ -160,6 +163,13 @@ def decide(base: Base | None, local: Local | None, remote: Remote | None, *, now
     if lside == "same":
         return _local_same(base, local, remote, rside)
     return _local_changed(local, remote, rside)
+
+
+def _upload_decides(base: Base | None, local: Local | None, remote: Remote | None) -> bool:
+    """A file whose fingerprint changed while the remote head is still the agreed version needs no
+    hashing first: uploading it reads it once, and the server commits nothing for equal content."""
+    return (base is not None and local is not None and remote is not None and not remote.deleted
+            and remote.version == base.version and local.fingerprint != base.fingerprint)
 
 
 def _local_absent(base: Base | None, remote: Remote | None, rside: str) -> Decision:

@@ -47,7 +47,7 @@ R_GONE = Remote(4, True)
     (BASE, SAME, None, Act.DELETE_LOCAL, None),
     (BASE, SAME, Remote(5, False, "aa"), Act.RECORD, None),  # a new version with the agreed content
     # changed locally
-    (BASE, CHANGED, R_SAME, Act.HASH, None),  # is it really changed? (digest unknown, remote unchanged)
+    (BASE, CHANGED, R_SAME, Act.UPLOAD, 3),  # remote unchanged: the upload itself finds equal content
     (BASE, Local(FP2, "cc"), R_SAME, Act.UPLOAD, 3),
     (BASE, Local(FP2, "aa"), R_SAME, Act.REFRESH, None),  # touched, same content
     (BASE, Local(FP2, "cc"), R_GONE, Act.UPLOAD, 4),  # delete vs change: the change wins
@@ -74,6 +74,7 @@ def test_decision_table(base, local, remote, act, if_version) -> None:
 def test_racy_base_is_hashed_before_it_is_trusted() -> None:
     racy = Base(3, "aa", FP, FP.newest_ns + 1)  # observed in the same tick as the last write
     assert decide(racy, SAME, R_SAME, now_ns=NOW).act is Act.HASH
+    assert decide(BASE, CHANGED, Remote(4, False, "aa"), now_ns=NOW).act is Act.HASH  # new version, same content
     assert decide(racy, Local(FP, "aa"), R_SAME, now_ns=NOW).act is Act.NOTHING
     assert decide(racy, Local(FP, "zz"), R_SAME, now_ns=NOW).act is Act.UPLOAD
 
