@@ -119,7 +119,9 @@ def _slice(path: Path, offset: int) -> bytes | None:
 
 def _idle(daemon: _Daemon, files: int) -> dict:
     proc = psutil.Process(daemon.proc.pid)
-    time.sleep(2.0)
+    lines = -1
+    while lines != (lines := len(daemon.log.read_text().splitlines())):  # quiet: no action for 3 s
+        time.sleep(3.0)
     t0 = proc.cpu_times()
     w0 = time.perf_counter()
     time.sleep(IDLE_S)

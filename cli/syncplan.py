@@ -73,10 +73,15 @@ class Base:
 
     @property
     def trusted(self) -> bool:
-        """False when a write in the same clock tick as the observation could hide behind the fingerprint."""
+        """False when a write in the same clock tick as the observation could hide behind the fingerprint.
+
+        Only mtime counts: every write sets it to the current time, so once it is clearly older than
+        the observation a later write cannot leave it equal (a rename or chmod moves ctime, not the
+        content, so a file just downloaded and renamed in place is trusted at once).
+        """
         if self.fingerprint == FOLDER:
             return True
-        return self.fingerprint.newest_ns + RACY_NS < self.observed_ns
+        return self.fingerprint.mtime_ns + RACY_NS < self.observed_ns
 
 
 @dataclass(frozen=True, slots=True)
