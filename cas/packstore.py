@@ -165,8 +165,8 @@ class RebuildReport:
     unreadable_spans: int = 0  # damaged spans whose header did not say which digest they held
 
 
-class _BaseCache:
-    """Recently decoded delta bases, bounded by their total size."""
+class BaseCache:
+    """Recently decoded chunks (delta bases), bounded by their total size; thread-safe."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -243,7 +243,7 @@ class PackChunkStore(ChunkStore):
         # enforced by stage(): a read never refuses what a put wrote, nor allocates much more.
         self.max_frame_size = 2 * max_chunk_size + 65536
         self.reader = PackReader(self.root, max_open_packs, HEADER_SIZE + self.max_frame_size)
-        self._bases = _BaseCache(base_cache_bytes)
+        self._bases = BaseCache(base_cache_bytes)
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
         self._damaged = {
@@ -305,7 +305,7 @@ class PackChunkStore(ChunkStore):
 
     def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
         """The record for a verified frame: the smallest worthwhile delta against one of the
-        candidate bases, else the frame itself."""
+        candidate bases (in order, stopping at one under ``policy.good_ratio``), else the frame itself."""
         best: Record | None = None
         data: bytes | None = None
         for hint in dict.fromkeys(candidates) if self.kind == RecordType.CHUNK else ():
@@ -323,6 +323,8 @@ class PackChunkStore(ChunkStore):
                 continue
             if delta.decode(frame_delta, base_data, self.max_chunk_size) == data:
                 best = Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
+                if len(frame_delta) < self.policy.good_ratio * len(frame):
+                    break  # good enough: the other candidates cost an encode each
         if best is not None:
             return best
         method = frame[3] if len(frame) > 3 else 0

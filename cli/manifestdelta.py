@@ -27,8 +27,10 @@ import grpc
 from cas.digest import digest as blake3_digest
 from cas.errors import CasError, InvalidInputError, NotFoundError
 from cas.manifest import ChunkRef, Manifest
+from cas.manifestpieces import pieces_between
 from cli.remote import Remote
 from proto import stratus_pb2 as pb
+from proto.pieces import pieces_message
 
 MIN_CHUNKS = 64  # smaller manifests cost less than a Stat round trip and a cache file
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -106,32 +108,42 @@ class BaseLookup:
     """Finds the base manifest of an upload: the head's, if the cache holds it.
 
     The Stat is sent when the upload starts and read when the first window of chunks is ready,
-    so it costs no round trip of its own.
+    so it costs no round trip of its own. It is sent when there is a cache, or when ``stat`` asks
+    for the head anyway (delta hints, :mod:`cli.deltahints`).
     """
 
-    def __init__(self, remote: Remote, cache: ManifestCache | None, path: str) -> None:
+    def __init__(self, remote: Remote, cache: ManifestCache | None, path: str, *, stat: bool = False) -> None:
         self._cache = cache
         self._future: grpc.Future | None = None
-        self._resolved = cache is None
         self._manifest: Manifest | None = None
+        self._head: pb.VersionInfo | None = None
         self._digests: frozenset[bytes] = frozenset()
-        if cache is not None:
+        if cache is not None or stat:
             self._future = remote.stub.Stat.future(pb.StatRequest(path=path))
+        self._resolved = self._future is None
 
     def _resolve(self) -> None:
         if self._resolved:
             return
         self._resolved = True
-        assert self._future is not None and self._cache is not None
+        assert self._future is not None
         try:
             head = self._future.result()
         except grpc.RpcError:  # no such file, no read right, an old server: upload without a base
             return
         if head.deleted:
             return
-        self._manifest = self._cache.get(bytes(head.manifest_digest))
+        self._head = head
+        if self._cache is not None:
+            self._manifest = self._cache.get(bytes(head.manifest_digest))
         if self._manifest is not None:
             self._digests = frozenset(ref.digest for ref in self._manifest.chunks)
+
+    @property
+    def head(self) -> pb.VersionInfo | None:
+        """The head version (not a deletion), or None when there is none or it was not asked for."""
+        self._resolve()
+        return self._head
 
     @property
     def manifest(self) -> Manifest | None:
@@ -154,29 +166,7 @@ class BaseLookup:
 
 def delta_pieces(base: Sequence[ChunkRef], new: Sequence[ChunkRef]) -> list[pb.ManifestPiece]:
     """``new`` as runs of ``base`` (extended while the next chunks match) and literal chunks."""
-    first: dict[ChunkRef, int] = {}
-    for n, ref in enumerate(base):
-        first.setdefault(ref, n)
-    pieces: list[pb.ManifestPiece] = []
-    start = end = -1  # the open run: base[start:end]
-
-    def close_run() -> None:
-        if start >= 0:
-            pieces.append(pb.ManifestPiece(copy=pb.ManifestRun(start=start, count=end - start)))
-
-    for ref in new:
-        if 0 <= end < len(base) and base[end] == ref:
-            end += 1
-            continue
-        close_run()
-        position = first.get(ref)
-        if position is None:
-            pieces.append(pb.ManifestPiece(chunk=pb.ChunkRef(digest=ref.digest, length=ref.length)))
-            start = end = -1
-        else:
-            start, end = position, position + 1
-    close_run()
-    return pieces
+    return pieces_message(pieces_between(base, new))
 
 
 def delta_request(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 from cas.chunker import chunk_bytes
@@ -20,8 +20,10 @@ from cas.errors import MissingChunksError
 from cas.manifest import Manifest, ManifestBuilder
 from cas.pipeline import HashedChunk
 from cli import batch
+from cli.deltahints import group_bases
 from cli.grouping import SMALL_FILE_MAX
 from cli.manifestdelta import ManifestCache
+from cli.pacing import RateLimitBudget, retry_rate_limited
 from cli.remote import Remote
 from cli.results import Version
 from cli.upload import (
@@ -78,20 +80,42 @@ def _read(local: str, path: str) -> Buffer:
 
 
 def _prepare(remote: Remote, buffer: Buffer) -> _Prepared:
+    data = buffer.data
     builder = ManifestBuilder()
     chunks = []
-    for chunk in chunk_bytes(buffer.data, remote.params.chunking):
+    for chunk in chunk_bytes(data, remote.params.chunking):
         d = blake3_digest(chunk.data)
         builder.add(d, chunk.length)
         chunks.append(HashedChunk(chunk.offset, chunk.length, d, chunk.data))
-    outcome = FileOutcome(buffer.path, buffer.local, "uploaded", bytes_read=len(buffer.data),
-                          chunks_total=len(chunks))
-    return _Prepared(outcome, builder.build(blake3_digest(buffer.data)), chunks, buffer)
+    outcome = FileOutcome(buffer.path, buffer.local, "uploaded", bytes_read=len(data), chunks_total=len(chunks))
+    # A file of one chunk is hashed once: its file digest is that chunk's digest (the same bytes).
+    whole = chunks[0].digest if len(chunks) == 1 else blake3_digest(data)
+    return _Prepared(outcome, builder.build(whole), chunks, buffer)
 
 
-def _send(remote: Remote, prepared: list[_Prepared]) -> None:
-    """Find and send the group's missing chunks on one call; each chunk is counted for the first
-    file that holds it. Raises if the call fails (that dooms the whole group)."""
+def _hints(
+    remote: Remote, owners: list[tuple[HashedChunk, _Prepared]], existing: Container[str] | None
+) -> dict[bytes, list[bytes]]:
+    """Delta hints of the chunks to send, against the head manifests of their files (one
+    GetManifests call for the files that send something and may exist: all of them unless
+    ``existing`` names the remote paths that do)."""
+    if not remote.info().delta_hints:
+        return {}
+    paths = list(dict.fromkeys(p.outcome.remote for _, p in owners))
+    bases = group_bases(remote, [path for path in paths if existing is None or path in existing])
+    hints: dict[bytes, list[bytes]] = {}
+    for c, p in owners:
+        base = bases.get(p.outcome.remote)
+        if base is not None and (near := base.near(c.offset, c.digest)):
+            hints[c.digest] = near
+    return hints
+
+
+def _send(remote: Remote, prepared: list[_Prepared], existing: Container[str] | None,
+          budget: RateLimitBudget) -> None:
+    """Find and send the group's missing chunks on one call (with delta hints); each chunk is
+    counted for the first file that holds it. A rate-limited PutChunks is sent again within
+    ``budget``; other failures are raised (that dooms the whole group)."""
     first: dict[bytes, tuple[HashedChunk, _Prepared]] = {}
     for p in prepared:
         for c in p.chunks:
@@ -99,13 +123,10 @@ def _send(remote: Remote, prepared: list[_Prepared]) -> None:
     missing = find_missing(remote, list(first))
     if not missing:
         return
-    sender = _Sender(remote, remote.params, _Meter(None), track=True)
-    try:
-        sender.submit([first[d][0] for d in first if d in missing])
-        sender.finish()
-    except BaseException:
-        sender.abort()
-        raise
+    owners = [first[d] for d in first if d in missing]
+    hints = _hints(remote, owners, existing)
+    # Asked once: a retry sends the same chunks again (see cli.upload._resend_missing for why).
+    sender = retry_rate_limited(lambda: _send_chunks(remote, [c for c, _ in owners], hints), budget)
     assert sender.frames is not None
     for d, size in sender.frames.items():
         owner = first[d][1].outcome
@@ -113,11 +134,26 @@ def _send(remote: Remote, prepared: list[_Prepared]) -> None:
         owner.bytes_sent += size
 
 
+def _send_chunks(remote: Remote, chunks: list[HashedChunk], hints: dict[bytes, list[bytes]]) -> _Sender:
+    """One PutChunks call carrying ``chunks`` and their delta ``hints``."""
+    sender = _Sender(remote, remote.params, _Meter(None), track=True)
+    try:
+        sender.submit(chunks, hints)
+        sender.finish()
+    except BaseException:
+        sender.abort()
+        raise
+    return sender
+
+
 def upload_group(
     remote: Remote, items: Sequence[tuple[str, str]], *, sign_key: object = None,
-    advance: Advance | None = None, cache: ManifestCache | None = None,
+    advance: Advance | None = None, cache: ManifestCache | None = None, existing: Container[str] | None = None,
 ) -> list[FileOutcome]:
     """Upload small files, given as ``(local path, remote path)``; one outcome per item, in order.
+
+    ``existing``, when known, holds the remote paths that have a head (only those have a base
+    for delta hints).
 
     A file's own failure (unreadable, refused commit) is its ``failed`` outcome; errors of the
     group's calls (the server is gone, the credentials are refused) are raised, and then none of
@@ -132,7 +168,7 @@ def upload_group(
             outcomes.append(FileOutcome(path, local, "failed", error=exc))
             continue
         outcomes.append(FileOutcome(path, local, "pending"))
-    done = iter(upload_buffers(remote, buffers, sign_key=sign_key, cache=cache))
+    done = iter(upload_buffers(remote, buffers, sign_key=sign_key, cache=cache, existing=existing))
     outcomes = [next(done) if o.status == "pending" else o for o in outcomes]
     if advance is not None:
         advance(sum(o.bytes_read for o in outcomes))
@@ -141,24 +177,28 @@ def upload_group(
 
 def upload_buffers(
     remote: Remote, buffers: Sequence[Buffer], *, sign_key: object = None, cache: ManifestCache | None = None,
+    existing: Container[str] | None = None,
 ) -> list[FileOutcome]:
     """Upload small files already in memory as one group (each with its own ``if_version``); one
     outcome per buffer, in order. Errors of the group's calls are raised (see :func:`upload_group`)."""
     prepared = [_prepare(remote, b) for b in buffers]
     if prepared:
-        _send(remote, prepared)
-        _commit(remote, prepared, sign_key, cache)
+        budget = RateLimitBudget()
+        _send(remote, prepared, existing, budget)
+        _commit(remote, prepared, sign_key, cache, budget)
     return [p.outcome for p in prepared]
 
 
-def _commit(remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None) -> None:
+def _commit(
+    remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None, budget: RateLimitBudget
+) -> None:
     requests = [
         commit_request(p.outcome.remote, p.manifest, mode=p.buffer.mode, mtime_ns=p.buffer.mtime_ns,
                        if_version=p.buffer.if_version, sign_key=sign_key)
         for p in prepared
     ]
     with committing():
-        answers = batch.commit_many(remote, requests)
+        answers = batch.commit_many(remote, requests, budget)
     for p, answer in zip(prepared, answers, strict=True):
         o = p.outcome
         if isinstance(answer, MissingChunksError):

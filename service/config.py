@@ -109,6 +109,9 @@ class ServerConfig:
     # index in Redis/Valkey) or "files" (one file per chunk). A data dir keeps the layout it has.
     store_format: str = "packs"
     pack_size: int = 32 * MIB  # a pack is sealed once it reaches this size
+    # Store an uploaded chunk as a similarity delta against a base the client hints at
+    # (ChunkData.base_hints; packs layout only). False: hints are ignored and not announced.
+    delta_hints: bool = True
 
     max_message_bytes: int = 64 * MIB  # bounds CommitFile manifests: ~1.6M chunks, ~100 GiB files
     batch_bytes: int = 2 * MIB
@@ -151,6 +154,11 @@ class ServerConfig:
     # Re-hash chunks before GetChunks sends them. Off by default: every client verifies every chunk
     # and the whole file anyway, and this halves the server's CPU per byte served.
     verify_reads: bool = False
+    # GetChunks answers a chunk with a delta frame against chunks the client says it holds (and the
+    # caller's namespace holds) when that is clearly smaller; each base proposed costs the caller one
+    # token of its upload_chunks_per_second budget, and a window is sent plain when that is short.
+    # GetManifest answers in the delta form against the manifest the client holds (same switch).
+    delta_downloads: bool = True
     io_threads: int = 0  # 0: twice the CPU count
     # Retention rules the server applies itself (service/retention_schedule.py), every this often.
     retention: tuple[RetentionRule, ...] = ()

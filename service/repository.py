@@ -13,15 +13,16 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cas import codec
 from cas.chunker import ChunkParams
 from cas.diff import ManifestDiff, diff_manifests
+from cas.digest import digest as blake3
 from cas.errors import (
     ChunkNotFoundError,
     ChunkTooLargeError,
@@ -30,25 +31,32 @@ from cas.errors import (
     NotFoundError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
-from cas.packstore import LocationIndex, PackChunkStore
+from cas.packstore import Hints, LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
+from service.deltadownload import DeltaFrames
 from service.journal import Journal
+from service.manifests import ManifestStore, from_inline, inline_form, open_manifest_store
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
+from service.metadata.store import HeadMoved, PutVersion
 
 log = logging.getLogger("stratus.server")
-# Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
-MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
 PACKS, FILES = "packs", "files"
+MIGRATING = "MIGRATING"  # in the data dir while a migration to packs is unfinished
 
 
 def store_layout(data_dir: Path, wanted: str) -> str:
     """The chunk layout of ``data_dir``: the one it already has, else ``wanted`` (a new data dir).
 
     A data dir holding ``chunks/`` (one file per chunk, the layout before packs) keeps it until it
-    is migrated; one holding ``packs/`` refuses to be served as files (its chunks would vanish).
+    is migrated (``stratus admin migrate``, service/migrate.py); one holding ``packs/`` refuses to
+    be served as files (its chunks would vanish), and one whose migration has not finished
+    (``MIGRATING``) refuses to be served at all.
     """
+    if (data_dir / MIGRATING).exists():
+        raise ConfigError(f"data dir {data_dir} is being migrated to packs; run `stratus admin migrate "
+                          f"--data-dir {data_dir}` again to finish it")
     if (data_dir / "packs").is_dir():
         if wanted == FILES:
             raise ConfigError(f"store_format is 'files' but data dir {data_dir} holds packs; "
@@ -66,7 +74,17 @@ def open_chunk_store(
     return PackChunkStore(data_dir, index(), max_chunk_size=params.max_size, max_pack_size=pack_size)
 
 
-def _indexed(store: ChunkStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
+def open_stores(
+    data_dir: Path, layout: str, params: ChunkParams, index: Callable[[str], LocationIndex], pack_size: int
+) -> tuple[ChunkStore, ManifestStore]:
+    """The chunk and manifest stores of ``data_dir`` in ``layout`` (blocking: opening packs cuts
+    torn tails). ``index(name)`` makes a pack location index: "chunks" or "manifests"."""
+    chunks = open_chunk_store(data_dir, layout, params, lambda: index("chunks"), pack_size)
+    packs = layout == PACKS
+    return chunks, open_manifest_store(data_dir, packs, index("manifests") if packs else None)
+
+
+def _indexed(store: ChunkStore | ManifestStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
     """``read(digest, *args)`` of a chunk or manifest the metadata names: its absence from the disk
     is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt."""
     try:
@@ -116,12 +134,17 @@ class Repository:
         verify_reads: bool = False,
         threads: int = 0,
         chunks: ChunkStore | None = None,
+        manifests: ManifestStore | None = None,
+        delta_hints: bool = True,
     ) -> None:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
-        self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
+        self.manifests = manifests or open_manifest_store(data_dir, packs=False)
         self.verify_reads = verify_reads
+        # Only pack stores keep delta records; the files layout stores every chunk whole.
+        self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
+        self.deltas = DeltaFrames(self.chunks, params.max_size)
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
@@ -136,6 +159,7 @@ class Repository:
         self.pool.shutdown(wait=True)
         self.journal.close()
         self.chunks.close()
+        self.manifests.close()
 
     async def disk_stats(self, wait: float) -> StoreStats | None:
         """Chunks and bytes on disk (all namespaces), without ever blocking the event loop.
@@ -210,25 +234,51 @@ class Repository:
             absent.update(await self.metadata.missing_chunks(ns, digests, view))
         return absent
 
-    async def read_frames(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
-        """Frames of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
+    async def read_frames(
+        self, ns: str, digests: list[bytes], view: str | None = None,
+        bases: Mapping[bytes, tuple[bytes, ...]] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """(frame, base) of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
 
         The error is the same whether a chunk is stored nowhere, only in other namespaces or only
         outside ``view``. Every frame is at least header-checked (fully verified with
         ``verify_reads``); a damaged or missing copy is marked damaged and raises
-        CorruptChunkError (DATA_LOSS).
+        CorruptChunkError (DATA_LOSS). ``bases`` proposes, per digest, chunks to send it as a delta
+        against (service/deltadownload.py); the answer's base is then the first of them. A proposal
+        is used only when all its bases are in ``ns``'s chunk index (and ``view``) and none is the
+        digest itself, else it is dropped whole without a trace, so the answer is the plain frame
+        with base ``b""`` exactly as without it.
         """
         not_held = await self._not_held(ns, digests, view)
         absent = [d for d in dict.fromkeys(digests) if d in not_held]
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
+        usable = await self._held_bases(ns, bases or {}, view)
         loop = asyncio.get_running_loop()
         return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(self.pool, _indexed, self.chunks, self.chunks.get_frame, d, self.verify_reads)
-                  for d in digests)
-            )
+            await asyncio.gather(*(loop.run_in_executor(self.pool, self._answer, d, usable.get(d)) for d in digests))
         )
+
+    async def _held_bases(
+        self, ns: str, bases: Mapping[bytes, tuple[bytes, ...]], view: str | None
+    ) -> dict[bytes, tuple[bytes, ...]]:
+        """The proposals whose bases ``ns`` (and ``view``) all hold, none of them the chunk itself."""
+        proposals = {d: b for d, b in bases.items() if b and d not in b}
+        if not proposals:
+            return {}
+        not_held = await self._not_held(ns, list({x for b in proposals.values() for x in b}), view)
+        return {d: b for d, b in proposals.items() if not not_held.intersection(b)}
+
+    def _answer(self, digest: bytes, bases: tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """(frame, first base) for one chunk on a worker thread: a delta against ``bases`` when it pays."""
+        if bases and not self.verify_reads and (stored := self.deltas.stored(digest, bases)) is not None:
+            return stored, bases[0]
+        frame = _indexed(self.chunks, self.chunks.get_frame, digest, self.verify_reads)
+        if bases:
+            found = self.deltas.frame(digest, bases, frame)
+            if found is not None:
+                return found, bases[0]
+        return frame, b""
 
     async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
         """Re-verify the chunks a client found damaged; per digest (request order), True if its
@@ -288,8 +338,6 @@ class Repository:
         return [d for d, ok in zip(digests, held, strict=True)
                 if d not in known and not ok and self.chunks.mark_damaged(d)]
 
-    # ---- manifests ------------------------------------------------------------------------
-
     # ---- metadata: what the handlers ask of it (they reach storage and metadata only through here) ----
 
     async def namespace_stats(self, ns: str) -> NamespaceStats:
@@ -336,9 +384,10 @@ class Repository:
 
         return await asyncio.shield(remove_and_journal())
 
-    async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
-        """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
-        return await self.metadata.commit(ns, path, **record)
+    async def commit_group(self, ns: str, puts: Sequence[PutVersion]) -> list[VersionRecord | HeadMoved | Exception]:
+        """Append versions of distinct paths, each on its own (one script call: chunks present with
+        their lengths, head checks, events); see :meth:`MetadataStore.commit_group`."""
+        return await self.metadata.commit_group(ns, puts)
 
     async def journal_versions(self, ns: str, records: Sequence[VersionRecord]) -> None:
         """Make committed versions durable in the data dir's journal (one barrier for all of them);
@@ -367,35 +416,35 @@ class Repository:
         """The digests a confined caller's chunk view lacks (request order)."""
         return await self.metadata.missing_chunks(ns, list(digests), view)
 
-    async def save_manifest(self, manifest: Manifest) -> bytes:
-        """Store a manifest under its digest (idempotent) and return the digest."""
-        raw = manifest.to_bytes()
-        digest = manifest.digest()
-        frame = await self.run_blocking(codec.encode, raw, 1)
-        await self.run_blocking(self.manifests.put, digest, frame)
-        return digest
+    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[tuple[bytes, bytes]]:
+        """(digest, inline encoding or b"") per manifest, in order (service/manifests.py).
 
-    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[bytes]:
-        """Store many manifests with one durability barrier for all; returns their digests in order."""
-
-        def save() -> list[bytes]:
-            digests = [m.digest() for m in manifests]
-            unique = {d: m for d, m in zip(digests, manifests, strict=True)}
-            self.manifests.put_many([(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()])
-            return digests
-
-        return await self.run_blocking(save)
+        The manifests too large to travel inline are stored first, with one durability barrier
+        for all of them, so a version record never names a manifest a crash could lose."""
+        encoded = [m.to_bytes() for m in manifests]
+        inline = [inline_form(raw) for raw in encoded]
+        stored = [m for m, kept in zip(manifests, inline, strict=True) if not kept]
+        if stored:
+            await self.run_blocking(self.manifests.put_many, stored)
+        return [(blake3(raw), kept) for raw, kept in zip(encoded, inline, strict=True)]
 
     async def load_manifest(self, digest: bytes) -> Manifest:
-        """Load and verify the manifest named by ``digest``."""
+        """Load and verify the stored manifest named by ``digest`` (not an inline one)."""
         raw = await self.run_blocking(_indexed, self.manifests, self.manifests.get, digest)
         return Manifest.from_bytes(raw)
 
+    async def manifest(self, record: VersionRecord) -> Manifest:
+        """The verified manifest of a version that is not a delete marker: inline in the record,
+        else stored."""
+        if record.manifest:
+            return from_inline(record.manifest_digest, record.manifest)
+        return await self.load_manifest(record.manifest_digest)
+
     async def manifest_of(self, record: VersionRecord | None) -> Manifest | None:
-        """The manifest of a version, or None for no version or a tombstone."""
+        """The manifest of a version, or None for no version or a delete marker."""
         if record is None or record.deleted:
             return None
-        return await self.load_manifest(record.manifest_digest)
+        return await self.manifest(record)
 
     # ---- versions ---------------------------------------------------------------------------
 
@@ -469,8 +518,12 @@ class ChunkUpload:
         self._pending_bytes = 0
         self.received = self.stored = self.frame_bytes = 0
 
-    async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
-        """Verify and stage one batch; publish what is staged once enough has gathered."""
+    async def add(self, chunks: Sequence[tuple[bytes, bytes]], hints: Hints | None = None) -> None:
+        """Verify and stage one batch; publish what is staged once enough has gathered.
+
+        ``hints`` (digest -> base digests) are passed to the store only where the caller's own
+        chunk index (and view) holds the base, see :meth:`_own_hints`.
+        """
         loop = asyncio.get_running_loop()
         pool = self.repo.pool
         items = [(d, bytes(f)) for d, f in chunks]
@@ -479,7 +532,8 @@ class ChunkUpload:
         slices = [items[i:i + step] for i in range(0, len(items), step)]
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
         lengths = [n for part in verified for n in part]
-        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part) for part in slices))
+        bases = await self._own_hints(hints or {})
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases) for part in slices))
         if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
             return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
@@ -493,9 +547,22 @@ class ChunkUpload:
     def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
         return [self.repo.verify(d, f) for d, f in items]
 
-    def _stage(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write temp files for ``items`` (on a worker thread) and record them, unless discarded."""
-        staged = self.repo.chunks.stage(items)
+    async def _own_hints(self, hints: Hints) -> Hints:
+        """The hints whose base is in the caller's own chunk index (and chunk view): one batched
+        metadata check per message, whatever the hints name. Any other hint is dropped without a
+        trace: whether a digest is stored for another namespace must not change what the caller
+        sees, and a hint it may use only names content it could read anyway."""
+        if not hints or not self.repo.takes_hints:
+            return {}
+        named = list(dict.fromkeys(b for bases in hints.values() for b in bases))
+        not_held = await self.repo._not_held(self.ns, named, self.view)
+        own = {d: [b for b in bases if b not in not_held] for d, bases in hints.items()}
+        return {d: bases for d, bases in own.items() if bases}
+
+    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints) -> None:
+        """Write ``items`` (on a worker thread), as deltas against ``bases`` where that pays, and
+        record them, unless discarded."""
+        staged = self.repo.chunks.stage(items, bases=bases)
         with self._lock:
             if not self._closed:
                 self._staged.append(staged)
