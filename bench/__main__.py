@@ -9,9 +9,9 @@ Groups: transfer (throughput, re-upload, deltas, TLS cost), latency (Stat/ListFi
 concurrency, 1000 Watch streams), memory (peak RSS moving a 4 GiB file), peers (restic, borg,
 rsync with and without -z on the same data, every tool timed as a process; the ones not installed
 are skipped), history (8 django releases file by file: bytes on disk and time, us vs the
-peers), startup (wall time of ``stratus --help``
-and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
-Stat p99 while one identity floods the server). ``--quick`` shrinks everything to
+peers), stages (CPU seconds per GiB by stage, client and server, sampled with py-spy), startup
+(wall time of ``stratus --help`` and ``stratus stat``, fresh process per run, against the 150 ms
+target), flood (another identity's Stat p99 while one identity floods the server). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
 """
 
@@ -29,12 +29,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import flood, latency, memory, peers, report, servers, startup, transfer
+from bench import flood, latency, memory, peers, report, servers, stages, startup, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
-          "history": peers.run_history, "startup": startup.run, "flood": flood.run}
+          "history": peers.run_history, "startup": startup.run, "flood": flood.run,
+          "stages": stages.run}
 
 
 def _log(message: str) -> None:

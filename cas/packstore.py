@@ -100,6 +100,9 @@ class LocationIndex(Protocol):
     def get(self, digest: bytes) -> IndexEntry | None:
         """The entry of ``digest``, or None."""
 
+    def get_many(self, digests: Sequence[bytes]) -> list[IndexEntry | None]:
+        """:meth:`get` of each digest, in order (one query where the index can)."""
+
     def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
         """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
 
@@ -120,6 +123,10 @@ class MemoryIndex:
     def get(self, digest: bytes) -> IndexEntry | None:
         """The entry of ``digest``, or None."""
         return self._entries.get(digest)
+
+    def get_many(self, digests: Sequence[bytes]) -> list[IndexEntry | None]:
+        """:meth:`get` of each digest, in order."""
+        return [self._entries.get(d) for d in digests]
 
     def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
         """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
@@ -384,11 +391,16 @@ class PackChunkStore(ChunkStore):
 
     def _entry(self, digest: bytes) -> IndexEntry:
         d = check_digest(digest)
-        if d in self._damaged:
-            raise CorruptChunkError(d, "the stored copy is damaged; it is repaired when the chunk is uploaded again")
-        entry = self.index.get(d)
+        return self._usable_entry(d, None if d in self._damaged else self.index.get(d))
+
+    def _usable_entry(self, digest: bytes, entry: IndexEntry | None) -> IndexEntry:
+        """``entry`` (the index's answer for ``digest``), unless the copy is damaged or absent."""
+        if digest in self._damaged:
+            raise CorruptChunkError(
+                digest, "the stored copy is damaged; it is repaired when the chunk is uploaded again"
+            )
         if entry is None:
-            raise ChunkNotFoundError(d)
+            raise ChunkNotFoundError(digest)
         return entry
 
     def _read(self, digest: bytes, entry: IndexEntry) -> Record:
@@ -433,7 +445,16 @@ class PackChunkStore(ChunkStore):
 
         Every record's checksums are checked; ``verify`` also decodes and hashes a plain frame.
         """
-        entry = self._entry(digest)
+        return self._frame(digest, self._entry(digest), verify)
+
+    def get_frames(self, digests: Sequence[bytes], verify: bool = True) -> list[bytes]:
+        """:meth:`get_frame` of each digest, in order, with one index query for all of them."""
+        checked = [check_digest(d) for d in digests]
+        entries = self.index.get_many(checked)
+        return [self._frame(d, self._usable_entry(d, e), verify) for d, e in zip(checked, entries, strict=True)]
+
+    def _frame(self, digest: bytes, entry: IndexEntry, verify: bool) -> bytes:
+        """The frame of ``digest`` whose index entry is ``entry`` (see :meth:`get_frame`)."""
         try:
             if entry.type == RecordType.DELTA:
                 return codec.encode(self._data(digest, entry), self.read_level)

@@ -86,6 +86,11 @@ class ChunkStore(ABC):
         Raises :class:`ChunkNotFoundError` when absent.
         """
 
+    def get_frames(self, digests: Sequence[bytes], verify: bool = True) -> list[bytes]:
+        """:meth:`get_frame` of each digest, in order; the first failure raises (a store may look
+        them all up at once, which beats one index query per chunk)."""
+        return [self.get_frame(d, verify) for d in digests]
+
     def get(self, digest: bytes) -> bytes:
         """Return the decoded, verified bytes; :class:`ChunkNotFoundError` or :class:`CorruptChunkError`.
 

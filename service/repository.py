@@ -66,14 +66,15 @@ def open_chunk_store(
     return PackChunkStore(data_dir, index(), max_chunk_size=params.max_size, max_pack_size=pack_size)
 
 
-def _indexed(store: ChunkStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
-    """``read(digest, *args)`` of a chunk or manifest the metadata names: its absence from the disk
-    is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt."""
+def _indexed(store: ChunkStore, read: Callable[..., T], key: object, *args: object) -> T:
+    """``read(key, *args)`` of chunks or a manifest the metadata names (``key`` is a digest or a
+    list of them): an absence from the disk is data loss, so that chunk is marked damaged
+    (repaired when it is stored again) and reported corrupt."""
     try:
-        return read(digest, *args)
-    except ChunkNotFoundError:
-        store.mark_damaged(digest)
-        raise CorruptChunkError(digest, "its file is missing from the store") from None
+        return read(key, *args)
+    except ChunkNotFoundError as exc:
+        store.mark_damaged(exc.digest)
+        raise CorruptChunkError(exc.digest, "its file is missing from the store") from None
 
 
 @dataclass(frozen=True)
@@ -222,13 +223,14 @@ class Repository:
         absent = [d for d in dict.fromkeys(digests) if d in not_held]
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
-        loop = asyncio.get_running_loop()
-        return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(self.pool, _indexed, self.chunks, self.chunks.get_frame, d, self.verify_reads)
-                  for d in digests)
-            )
-        )
+        # A few slices on the worker threads, each with one index query: not a task and a
+        # metadata round trip per chunk.
+        step = max(1, -(-len(digests) // self.store_parallelism))
+        parts = await asyncio.gather(*(
+            self.run_blocking(_indexed, self.chunks, self.chunks.get_frames, digests[i:i + step], self.verify_reads)
+            for i in range(0, len(digests), step)
+        ))
+        return [frame for part in parts for frame in part]
 
     async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
         """Re-verify the chunks a client found damaged; per digest (request order), True if its

@@ -360,3 +360,24 @@ def test_a_chunk_marked_missing_is_repaired_plain_even_with_a_hint(store):
     assert store.put_many([target], {target[0]: base[0]}) == [True]
     assert store.index.get(target[0]).type == RecordType.CHUNK
     assert store.get(target[0]) == versions[1] and store.damaged_among([target[0]]) == []
+
+
+def test_get_frames_reads_a_batch_in_order_like_get_frame(tmp_path):
+    store = PackChunkStore(tmp_path / "s", fsync=False)
+    items = [item(b"frame %d " % i * 200) for i in range(6)]
+    chain = put_chain(store, history(7, 3))  # delta records come back re-encoded, as from get_frame
+    store.put_many(items)
+    wanted = [items[3][0], chain[2], items[0][0], items[3][0]]
+    assert store.get_frames(wanted) == [store.get_frame(d) for d in wanted]
+    absent = digest(b"absent")
+    with pytest.raises(ChunkNotFoundError) as missing:
+        store.get_frames([items[1][0], absent])
+    assert missing.value.digest == absent
+    victim = items[4][0]
+    flip(store, victim)
+    with pytest.raises(CorruptChunkError):
+        store.get_frames([items[0][0], victim], verify=False)
+    assert store.damaged_among([victim]) == [victim]
+    with pytest.raises(CorruptChunkError):  # known damaged: refused before any read
+        store.get_frames([victim])
+    store.close()
