@@ -438,6 +438,11 @@ class ChunkUpload:
     Temp files never outlive the stream: :meth:`discard` removes what is staged, and a batch
     whose staging thread finishes after that (the call was cancelled while it ran) removes its
     own files, so a stream that ends in any way leaves nothing in ``.staging``.
+
+    A publish made because ``flush_bytes`` gathered runs in the background while the next
+    batches are verified and staged (its barrier is the slow part); at most one runs at a time,
+    each indexes only what it published, and its failure is raised by the next flush or by
+    :meth:`finish`, so the stream never reports success for chunks that were not indexed.
     """
 
     def __init__(self, repo: Repository, ns: str, flush_bytes: int, view: str | None = None) -> None:
@@ -450,6 +455,7 @@ class ChunkUpload:
         self._closed = False
         self._index: list[tuple[bytes, int]] = []
         self._pending_bytes = 0
+        self._publishing: asyncio.Task | None = None
         self.received = self.stored = self.frame_bytes = 0
 
     async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
@@ -471,7 +477,8 @@ class ChunkUpload:
         self.frame_bytes += size
         self._pending_bytes += size
         if self._pending_bytes >= self.flush_bytes:
-            await self.flush()
+            await self._settle()
+            self._publishing = asyncio.ensure_future(self._publish(*self._take()))
 
     def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
         return [self.repo.verify(d, f) for d, f in items]
@@ -486,15 +493,34 @@ class ChunkUpload:
         self.repo.chunks.discard(staged)
 
     async def flush(self) -> None:
-        """Publish everything staged so far and add it to the namespace's chunk index."""
+        """Publish everything staged so far and add it to the namespace's chunk index (after a
+        background publish still running, whose failure is raised here)."""
+        await self._settle()
+        await self._publish(*self._take())
+
+    async def _settle(self) -> None:
+        """Wait for the background publish, if any; its failure is raised here."""
+        task, self._publishing = self._publishing, None
+        if task is not None:
+            await task
+
+    def _take(self) -> tuple[asyncio.Future | None, list[tuple[bytes, int]]]:
+        """Hand what is staged over to a publish, started now on a worker thread (so it runs
+        even if the call is cancelled: staged files never stay in ``.staging``), and return it
+        with the index entries to add once it is done."""
         with self._lock:
             staged, self._staged = self._staged, []
         index, self._index = self._index, []
         self._pending_bytes = 0
-        if index:
-            # Shielded: a cancelled call must not cancel a publish that has not started yet, or
-            # the staged files (already taken off the list above) would stay in .staging.
-            await asyncio.shield(self.repo.run_blocking(self.repo.chunks.publish, *staged))
+        if not index:
+            return None, index
+        return asyncio.get_running_loop().run_in_executor(self.repo.pool, self.repo.chunks.publish, *staged), index
+
+    async def _publish(self, barrier: asyncio.Future | None, index: list[tuple[bytes, int]]) -> None:
+        """Wait for the ``barrier`` publish, then add ``index`` to the namespace's chunk index."""
+        if barrier is not None:
+            # Shielded: cancelling the call must not drop the publish's outcome unseen.
+            await asyncio.shield(barrier)
             # "stored" counts what is new to the uploader's own index: whether the disk already
             # held a chunk (for another namespace, say) must never show.
             added = await self.repo.metadata.add_chunks(self.ns, index)
@@ -508,7 +534,16 @@ class ChunkUpload:
         return IngestResult(received=self.received, stored=self.stored, frame_bytes=self.frame_bytes)
 
     def discard(self) -> None:
-        """Drop whatever is staged and unpublished; batches still being staged drop themselves."""
+        """Drop whatever is staged and unpublished; batches still being staged drop themselves.
+
+        A background publish is cancelled: its barrier still completes (shielded), but what it
+        published is not indexed, as for a stream cancelled during a flush.
+        """
+        task, self._publishing = self._publishing, None
+        if task is not None and not task.done():
+            task.cancel()
+        elif task is not None and not task.cancelled():
+            task.exception()  # the stream fails anyway; retrieved so that it is not logged as lost
         with self._lock:
             self._closed = True
             staged, self._staged, self._index = self._staged, [], []
