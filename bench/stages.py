@@ -1,21 +1,22 @@
 """Where the CPU goes: CPU seconds per GiB by stage, client and server, upload and restore.
 
 A fresh upload and a restore of a mixed file (256 MiB in a full run, the ``--quick`` size
-otherwise; ``STRATUS_BENCH_STAGES_MIB`` overrides) go through the CLI as processes against a
-server of their own (mTLS, embedded Valkey), each side sampled by ``py-spy`` at :data:`RATE` Hz.
+otherwise; ``STRATUS_BENCH_STAGES_MIB`` overrides), three rounds (``STRATUS_BENCH_STAGES_ROUNDS``),
+each on a new server (mTLS, embedded Valkey), go through the CLI as processes, each side
+sampled by ``py-spy`` at :data:`RATE` Hz.
 
 py-spy cannot tell idle threads here (it samples every thread at every tick), and on a loaded
 machine a runnable thread waiting for a core is sampled too, so samples are not CPU seconds.
 They only give the split: samples whose innermost frame is a known wait (:data:`IDLE`: a pool
-worker waiting for work, a lock, epoll, a blocking gRPC wait) are dropped; each remaining sample
-goes to the first stage of :data:`CLIENT_STAGES` / :data:`SERVER_STAGES` that matches one of its
-frames ("function (file:line)" plus the text of that line, so a native call made from a Python
-line is named by that line). The CPU seconds come from the kernel: every thread's utime+stime
-(``/proc/PID/task``, polled); threads that Python did not start (gRPC core's own threads: TLS,
-HTTP/2, timers) keep their own rows, named by their thread name, and the Python threads' CPU is
-split over the stages in proportion to their samples. The embedded Valkey is its own process
-and its own row. py-spy pauses the sampled process briefly at every tick, which costs it a few
-percent.
+worker waiting for work, a lock, epoll, a socket read, a barrier) are dropped; each remaining
+sample goes to the first stage of :data:`CLIENT_STAGES` / :data:`SERVER_STAGES` that matches one
+of its frames ("function (file:line)" plus the text of that line, so a native call made from a
+Python line is named by that line). The CPU seconds come from the kernel: every thread's
+utime+stime (``/proc/PID/task``, polled); threads that Python did not start (gRPC core's own
+threads: TLS, HTTP/2, timers) keep their own rows, named by their thread name, and the Python
+threads' CPU is split over the stages in proportion to their samples. The embedded Valkey is its
+own process and its own row. The tables show the median of the rounds, figure by figure. py-spy
+pauses the sampled process briefly at every tick, which costs it a few percent.
 
 ``python -m bench --only stages`` prints the tables and keeps them in the results; without
 ``py-spy`` installed (``pip install py-spy``) the group says so and measures nothing.
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -65,10 +67,11 @@ SERVER_STAGES: list[tuple[str, str]] = [
                                 r"|_chunk_batches|_send_all"),
     ("other Python (event loop, handlers)", r""),
 ]
-# Innermost frames of a thread that waits (a Python frame blocked in native code).
+# Innermost frames of a thread that waits (a Python frame blocked in native code: a queue, a
+# lock, epoll, a socket read, a durability barrier, whose CPU is the kernel's, not the stage's).
 IDLE = re.compile(r"work_queue\.get\(block=True\)|waiter\.acquire\(|_selector\.poll\(|next_call_event\(\)|"
                   r"call\.next_event\(\)|^Thread\.run \(threading\.py|poller\.poll\(|time\.sleep\(|"
-                  r"_wait_for_tstate_lock")
+                  r"_wait_for_tstate_lock|\.recv_into\(|\.recv\(|fdatasync\(|fsync\(")
 VALKEY = "metadata (Valkey process)"
 
 
@@ -234,13 +237,9 @@ def table(phase: str, result: dict, size: int) -> str:
     return "\n".join(lines)
 
 
-def run(ws: Workspace) -> dict:
-    """Profile a fresh upload and a restore; print and return the tables (seconds per stage)."""
-    if not have_pyspy():
-        return {"notes": ["stages: py-spy is not installed (pip install py-spy); nothing measured"]}
-    size = int(os.environ.get("STRATUS_BENCH_STAGES_MIB", "0")) * MIB or min(ws.sizes.mixed, 256 * MIB)
-    work = ws.dir("stages")
-    source = write_mixed(work / "mixed", size)
+def _round(ws: Workspace, source: Path, number: int) -> tuple[dict, dict]:
+    """One fresh upload and one restore, each on a new server (so the upload is a fresh one)."""
+    work = ws.dir(f"stages-{number}")
     server = BenchServer(work / "server", ws.pki()).start()
     try:
         settle()
@@ -249,9 +248,37 @@ def run(ws: Workspace) -> dict:
         restore = profile_cli(server, work, "restore", ["get", "bench/mixed", str(work / "restored")])
     finally:
         server.stop()
+        shutil.rmtree(work / "restored", ignore_errors=True)
+    return upload, restore
+
+
+def median_result(results: list[dict]) -> dict:
+    """Per figure and per stage, the median over rounds (a shared machine makes single runs noisy)."""
+    merged: dict = {}
+    for key in results[0]:
+        if isinstance(results[0][key], dict):
+            merged[key] = {stage: statistics.median(r[key].get(stage, 0.0) for r in results)
+                           for stage in dict.fromkeys(s for r in results for s in r[key])}
+        else:
+            merged[key] = statistics.median(r[key] for r in results)
+    return merged
+
+
+def run(ws: Workspace) -> dict:
+    """Profile fresh uploads and restores (``STRATUS_BENCH_STAGES_ROUNDS``, default 3); print and
+    return the tables of the medians (seconds per stage), and every round."""
+    if not have_pyspy():
+        return {"notes": ["stages: py-spy is not installed (pip install py-spy); nothing measured"]}
+    size = int(os.environ.get("STRATUS_BENCH_STAGES_MIB", "0")) * MIB or min(ws.sizes.mixed, 256 * MIB)
+    rounds = int(os.environ.get("STRATUS_BENCH_STAGES_ROUNDS", "3"))
+    source = write_mixed(ws.dir("stages-data") / "mixed", size)
+    measured = [_round(ws, source, n) for n in range(rounds)]
+    upload, restore = median_result([u for u, _ in measured]), median_result([r for _, r in measured])
+    print(f"medians of {rounds} rounds", flush=True)
     for phase, result in (("fresh upload", upload), ("restore", restore)):
         print(table(phase, result, size), flush=True)
-    return {"size": size, "upload": upload, "restore": restore}
+    return {"size": size, "rounds": rounds, "upload": upload, "restore": restore,
+            "every_round": [{"upload": u, "restore": r} for u, r in measured]}
 
 
 if __name__ == "__main__":
