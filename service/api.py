@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
+import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -51,6 +53,8 @@ from service.scoped import check_possession, list_within, show_manifest
 Ctx = grpc.aio.ServicerContext
 SERVER_VERSION = "0.1.0"
 DOWNLOAD_PIECE = 1 << 20
+# GetChunks windows (of batch_bytes) read ahead of the one being sent.
+READ_AHEAD = 3
 # How long ServerInfo waits for the first count of a large chunk store before answering without it.
 DISK_STATS_WAIT = 1.0
 
@@ -374,26 +378,23 @@ class StratusService(pb_grpc.StratusServicer):
 
     async def _chunk_batches(self, caller: Caller, digests: list[bytes]) -> AsyncIterator[pb.ChunkBatch]:
         async with self.downloads.slot(caller.share):
-            # Read the next window while the current one is on the wire, so disk, hashing and
-            # network overlap; at most two windows are in memory.
+            # Read the next windows while the current one is on the wire, so disk, metadata
+            # round trips and network overlap; at most READ_AHEAD + 1 windows are in memory.
             window = max(1, self.config.batch_bytes // self.config.chunk_avg_size)
             parts = [digests[i:i + window] for i in range(0, len(digests), window)]
-
-            def read(n: int) -> asyncio.Future | None:
-                if n >= len(parts):
-                    return None
-                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, parts[n], caller.view))
-
-            ahead = read(0)
+            reads = (asyncio.ensure_future(self.repo.read_frames(caller.namespace, p, caller.view)) for p in parts)
+            ahead: collections.deque[asyncio.Future] = collections.deque(itertools.islice(reads, READ_AHEAD))
             try:
-                for n, part in enumerate(parts):
-                    frames = await ahead
-                    ahead = read(n + 1)
+                for part in parts:
+                    frames = await ahead.popleft()
+                    ahead.extend(itertools.islice(reads, 1))
                     chunks = [pb.ChunkData(digest=d, frame=f) for d, f in zip(part, frames, strict=True)]
                     yield pb.ChunkBatch(chunks=chunks)
             finally:
-                if ahead is not None:
-                    ahead.cancel()
+                for future in ahead:
+                    if future.done() and not future.cancelled():
+                        future.exception()  # the stream ended first: nothing waits for this one
+                    future.cancel()
 
     @rpc
     async def ReportDamagedChunks(

@@ -1,6 +1,7 @@
 """PutChunks streams much longer than ``flush_bytes``: the publishes made mid-stream run while
 the next batches arrive, yet when the call succeeds every chunk is durable and indexed, and a
 batch that fails verification after some publishes fails the call and indexes nothing of itself.
+GetChunks over many read-ahead windows answers every digest in order.
 
 Real server processes (plaintext), both chunk layouts, Redis and Valkey, real disk.
 """
@@ -47,8 +48,12 @@ def test_every_chunk_of_a_long_stream_is_indexed_and_readable_when_the_call_retu
     assert (reply.received, reply.stored) == (48, 48)
     digests = [digest(c) for c in chunks]
     assert list(stub.FindMissingChunks(pb.FindMissingChunksRequest(digests=digests)).missing) == []
-    frames = {c.digest: c.frame for b in stub.GetChunks(pb.GetChunksRequest(digests=digests)) for c in b.chunks}
-    assert [codec.decode_verified(d, frames[d], CHUNK) for d in digests] == chunks
+    # Many read-ahead windows (of 32 chunks): every frame comes back, in request order.
+    asked = digests * 5 + digests[::-1]
+    got = [(c.digest, c.frame) for b in stub.GetChunks(pb.GetChunksRequest(digests=asked)) for c in b.chunks]
+    assert [d for d, _ in got] == asked
+    by_digest = dict(zip(digests, chunks, strict=True))
+    assert all(codec.decode_verified(d, f, CHUNK) == by_digest[d] for d, f in got)
     assert staged_leftovers(server) == []
 
 
