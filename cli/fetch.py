@@ -119,27 +119,30 @@ class Fetcher:
             call.cancel()
             return
         for batch in call:
+            # Each read of a bytes field copies it out of the message: read every field once.
+            chunks = [(c.digest, c.frame) for c in batch.chunks]
             seen: set[bytes] = set()
-            for c in batch.chunks:
-                if c.digest not in pending or c.digest in seen:
-                    raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
-                seen.add(c.digest)
+            for d, _ in chunks:
+                if d not in pending or d in seen:
+                    raise IntegrityError(f"the server sent chunk {d.hex()}, which was not requested")
+                seen.add(d)
             # Decoding (zstd + BLAKE3) releases the GIL: a big batch is spread over the pool; the
             # frames of small files are decoded right here, cheaper than a hand-off to other threads.
-            big = sum(len(c.frame) for c in batch.chunks) >= POOL_DECODE_BYTES
-            datas = (pool.map if big else map)(self._decode, batch.chunks)
-            for c, data in zip(batch.chunks, datas, strict=True):
-                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest), len(c.frame)))
+            big = sum(len(f) for _, f in chunks) >= POOL_DECODE_BYTES
+            datas = (pool.map if big else map)(self._decode, chunks)
+            for (d, frame), data in zip(chunks, datas, strict=True):
+                self._put((window.index, d, data, pending.pop(d), len(frame)))
         if pending:
             first = next(iter(pending))
             raise IntegrityError(
                 f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
             )
 
-    def _decode(self, chunk: pb.ChunkData) -> bytes | CorruptChunkError:
-        data = _decoded(chunk.digest, chunk.frame, self._max_size)
+    def _decode(self, chunk: tuple[bytes, bytes]) -> bytes | CorruptChunkError:
+        d, frame = chunk
+        data = _decoded(d, frame, self._max_size)
         if isinstance(data, CorruptChunkError):
-            self._corrupt.add(bytes(chunk.digest))  # set.add: safe from the decoding threads
+            self._corrupt.add(d)  # set.add: safe from the decoding threads
         return data
 
     def _report(self) -> None:

@@ -326,11 +326,12 @@ class StratusService(pb_grpc.StratusServicer):
         return chunks
 
     def _checked_chunk(self, chunk: pb.ChunkData) -> tuple[bytes, bytes]:
-        digest.check_digest(chunk.digest)
+        # Each read of a bytes field copies it out of the message: read the frame once.
+        d, frame = digest.check_digest(chunk.digest), chunk.frame
         # A frame never exceeds its chunk by more than the header and zstd's worst-case overhead.
-        if len(chunk.frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
-            raise ChunkTooLargeError(f"chunk frame of {len(chunk.frame)} bytes exceeds the chunk size limit")
-        return chunk.digest, chunk.frame
+        if len(frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
+            raise ChunkTooLargeError(f"chunk frame of {len(frame)} bytes exceeds the chunk size limit")
+        return d, frame
 
     async def _commit(self, caller: Caller, c: CommitRequest) -> pb.CommitFileResponse:
         await check_possession(self.repo, caller, c)
