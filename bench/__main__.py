@@ -11,7 +11,8 @@ rsync with and without -z on the same data, every tool timed as a process; the o
 are skipped), history (8 django releases file by file: bytes on disk and time, us vs the
 peers), stages (CPU seconds per GiB by stage, client and server, sampled with py-spy), startup
 (wall time of ``stratus --help`` and ``stratus stat``, fresh process per run, against the 150 ms
-target), flood (another identity's Stat p99 while one identity floods the server). ``--quick`` shrinks everything to
+target), flood (another identity's Stat p99 while one identity floods the server), forget
+(``stratus forget`` vs ``restic forget``, reads before and after a forget). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
 """
 
@@ -29,12 +30,12 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import flood, latency, memory, peers, report, servers, stages, startup, transfer
+from bench import flood, forget, latency, memory, peers, report, servers, stages, startup, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
-          "history": peers.run_history, "startup": startup.run, "flood": flood.run,
+          "history": peers.run_history, "startup": startup.run, "flood": flood.run, "forget": forget.run,
           "stages": stages.run}
 
 

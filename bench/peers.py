@@ -91,6 +91,10 @@ class Peer(ABC):
     def restore(self, source_name: str, dest: Path) -> float:
         """Write the latest version of ``source_name`` into folder ``dest``; returns seconds."""
 
+    def disk_parts(self) -> dict[str, list[int]] | None:
+        """(apparent, allocated) bytes per top-level entry of the data dir, or None."""
+        return None
+
     def disk(self) -> tuple[int, int] | None:
         """(apparent, allocated) bytes of the repository or data dir, or None when the tool keeps
         no versions."""
@@ -114,11 +118,13 @@ class StratusPeer(Peer):
 
     name = "stratusvault"
 
+    server_env: dict[str, str] = {}
+
     def __init__(self, work: Path, ws: Workspace) -> None:
         super().__init__(work, ws)
         if not HAVE_CLI:
             raise RuntimeError("cli/main.py is missing: the comparison needs the stratus CLI")
-        self.server = BenchServer(work / "server", ws.pki()).start()
+        self.server = BenchServer(work / "server", ws.pki(), env=self.server_env).start()
         self.tree_method = "cli"
         self._version = ""
 
@@ -164,8 +170,21 @@ class StratusPeer(Peer):
     def disk(self) -> tuple[int, int]:
         return self.server.disk()
 
+    def disk_parts(self) -> dict[str, list[int]]:
+        root = self.server.data_dir
+        return {entry.name: list(disk_usage(entry)[:2]) if entry.is_dir() else
+                [entry.stat().st_size, entry.stat().st_blocks * 512] for entry in sorted(root.iterdir())}
+
     def close(self) -> None:
         self.server.stop()
+
+
+class StratusNoHintsPeer(StratusPeer):
+    """StratusVault with the server's ``delta_hints`` off: the A/B baseline of similarity deltas
+    (every chunk stored as its own zstd frame)."""
+
+    name = "stratusvault-nohints"
+    server_env = {"STRATUS_DELTA_HINTS": "false"}
 
 
 class ResticPeer(Peer):
@@ -274,7 +293,7 @@ class RsyncCompressedPeer(RsyncPeer):
 
 PEER_CLASSES: dict[str, type[Peer]] = {
     "stratusvault": StratusPeer, "restic": ResticPeer, "borg": BorgPeer, "rsync": RsyncPeer,
-    "rsync-z": RsyncCompressedPeer,
+    "rsync-z": RsyncCompressedPeer, "stratusvault-nohints": StratusNoHintsPeer,
 }
 
 
@@ -322,14 +341,16 @@ def _probe(peer: Peer) -> CpuProbe:
 
 def _timed_push(peer: Peer, source: Path) -> dict:
     """One push after a settle: seconds, bytes (sent, else repository growth), the tool's details,
-    protocol bytes both ways, and the CPU seconds other processes used meanwhile."""
+    protocol bytes both ways, the CPU seconds of the tool's own server (StratusVault: server and
+    Valkey; 0 for tools without one) and the CPU seconds other processes used meanwhile."""
     before = peer.stored()
     settle()
     probe = _probe(peer)
     step = peer.push(source)
     cpu = probe.stop()
     return {"seconds": step.seconds, "bytes": _sent_or_added(step, before), "stored_after": step.stored_after,
-            **step.detail, "all_traffic": _all_traffic(step), "others_cpu": cpu["others_cpu"]}
+            **step.detail, "all_traffic": _all_traffic(step), "others_cpu": cpu["others_cpu"],
+            "server_cpu": cpu["server_cpu"] + cpu["valkey_cpu"]}
 
 
 def mixed_scenario(peer: Peer, pristine: Path) -> dict:
@@ -379,7 +400,9 @@ def versions_scenario(peer: Peer, versions: list[Path]) -> dict:
     traffic = [s["all_traffic"] for s in steps[1:] if s["all_traffic"] is not None]
     disk = peer.disk()
     return {"steps": steps, "stored": disk[0] if disk else None, "allocated": disk[1] if disk else None,
+            "disk_parts": peer.disk_parts(),
             "seconds": sum(s["seconds"] for s in steps), "others_cpu": sum(s["others_cpu"] for s in steps),
+            "server_cpu": sum(s["server_cpu"] for s in steps),
             "logical": sum(p.stat().st_size for p in versions),
             "delta_bytes_total": sum(deltas) if deltas else None,
             "delta_traffic_total": sum(traffic) if traffic else None}
@@ -469,8 +492,9 @@ def run(ws: Workspace) -> dict:
 
 def run_history(ws: Workspace) -> dict:
     """The big real version history (``datasets.HISTORY``), file by file, every tool as a process:
-    on-disk bytes (apparent and allocated) and time."""
+    on-disk bytes (apparent and allocated) and time; StratusVault also with delta hints off (A/B)."""
     names, notes = available()
+    names.insert(1, StratusNoHintsPeer.name)
     history = ws.history()
     result: dict = {"peers": names, "notes": notes, "history": {}, "tool_versions": {},
                     "source": history.source}

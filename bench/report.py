@@ -146,7 +146,13 @@ def _peer_targets(p: dict) -> list[dict]:
 
 def _history_targets(h: dict) -> list[dict]:
     project = str(h.get("source", "")).removeprefix("pypi:").split(" ")[0] or "big"
-    return _disk_targets(f"{project} history", h.get("history", {}))
+    runs = h.get("history", {})
+    out = _disk_targets(f"{project} history", runs)
+    # A/B in the same run: the same server with delta hints off stores every chunk whole.
+    out.append(_bytes_target(f"bytes on disk (allocated), {project} history, delta hints on vs off",
+                             _get(runs, "stratusvault", "allocated"), _get(runs, "stratusvault-nohints", "allocated"),
+                             1.0))
+    return out
 
 
 # ---- charts ----------------------------------------------------------------------------------------

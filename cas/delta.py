@@ -30,6 +30,7 @@ from cas.errors import ChunkTooLargeError, DigestMismatchError, MalformedFrameEr
 METHOD_DELTA = 2
 DEFAULT_MAX_DEPTH = 4
 DEFAULT_MAX_RATIO = 0.75
+DEFAULT_GOOD_RATIO = 0.3
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,14 @@ class DeltaPolicy:
 
     ``max_ratio``: keep a delta only when it is smaller than this fraction of the plain frame.
     ``max_depth``: the longest chain a read may have to decode (a base at this depth is refused).
+    ``good_ratio``: a delta smaller than this fraction of the plain frame is kept without trying
+    the remaining candidate bases (0: always try them all).
     """
 
     level: int = 3
     max_depth: int = DEFAULT_MAX_DEPTH
     max_ratio: float = DEFAULT_MAX_RATIO
+    good_ratio: float = DEFAULT_GOOD_RATIO
 
     def __post_init__(self) -> None:
         if type(self.level) is not int or not 1 <= self.level <= zstandard.MAX_COMPRESSION_LEVEL:
@@ -51,6 +55,8 @@ class DeltaPolicy:
             raise ValueError(f"max_depth must be an int in [1, 255], got {self.max_depth!r}")
         if not 0 < self.max_ratio <= 1:
             raise ValueError(f"max_ratio must be in (0, 1], got {self.max_ratio!r}")
+        if not 0 <= self.good_ratio <= self.max_ratio:
+            raise ValueError(f"good_ratio must be in [0, max_ratio], got {self.good_ratio!r}")
 
 
 def _dictionary(base: bytes | memoryview) -> zstandard.ZstdCompressionDict:

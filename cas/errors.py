@@ -39,6 +39,10 @@ class ManifestError(InvalidInputError):
     """A manifest that cannot be decoded or is internally inconsistent."""
 
 
+class InvalidPolicyError(InvalidInputError):
+    """A retention policy that cannot be applied: a bad count or duration, or no rule at all."""
+
+
 class DigestMismatchError(InvalidInputError):
     """Uploaded bytes whose BLAKE3 digest is not the digest they were sent under."""
 

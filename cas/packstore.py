@@ -312,7 +312,7 @@ class PackChunkStore(ChunkStore):
 
     def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
         """The record for a verified frame: the smallest worthwhile delta against one of the
-        candidate bases, else the frame itself."""
+        candidate bases (in order, stopping at one under ``policy.good_ratio``), else the frame itself."""
         best: Record | None = None
         data: bytes | None = None
         for hint in dict.fromkeys(candidates) if self.kind == RecordType.CHUNK else ():
@@ -330,6 +330,8 @@ class PackChunkStore(ChunkStore):
                 continue
             if delta.decode(frame_delta, base_data, self.max_chunk_size) == data:
                 best = Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
+                if len(frame_delta) < self.policy.good_ratio * len(frame):
+                    break  # good enough: the other candidates cost an encode each
         if best is not None:
             return best
         method = frame[3] if len(frame) > 3 else 0

@@ -13,7 +13,7 @@ import os
 import secrets
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +209,13 @@ class LocalChunkStore(ChunkStore):
         """Store a batch of frames with two durability barriers for the whole batch."""
         return self.publish(self.stage(items))
 
-    def stage(self, items: Sequence[tuple[bytes, bytes]]) -> Staged:
+    def stage(
+        self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, Sequence[bytes]] | None = None
+    ) -> Staged:
         """Write temp files for the frames not yet stored, without any durability barrier.
+
+        ``bases`` (delta hints, as for :meth:`cas.packstore.PackChunkStore.stage`) is ignored: this
+        layout stores every chunk as its own frame.
 
         Nothing is visible under a chunk's name until :meth:`publish`; :meth:`discard` removes
         the temp files of a batch that will not be published. Callers stage several batches and

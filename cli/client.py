@@ -360,6 +360,15 @@ class StratusClient:
             request.if_version = if_version
         return self._remote.call(self.stub.Delete, request)
 
+    def forget(self, prefix: str, policy: pb.RetentionPolicy, dry_run: bool = False) -> Iterator[pb.ForgetPathResult]:
+        """Apply a retention policy under ``prefix``: one result per path, as the server sends them."""
+        call = self.stub.Forget(pb.ForgetRequest(prefix=prefix, policy=policy, dry_run=dry_run))
+        try:
+            with translate_errors(self._remote.target):
+                yield from call
+        finally:
+            call.cancel()
+
     def diff(self, path: str, from_v: int = 0, to_v: int = 0) -> pb.DiffResponse:
         """Changed byte ranges and shared/new chunk counts of two versions (default: head vs. previous)."""
         request = pb.DiffRequest(path=path, from_version=from_v, to_version=to_v)

@@ -38,6 +38,8 @@ class UsageError(cas_errors.CasError):
 _CODES: list[tuple[type[BaseException], int, str, str]] = [
     (UsageError, USAGE, "usage", ""),
     (cas_errors.InvalidPathError, USAGE, "usage", "remote paths are relative, '/'-separated, without '..'"),
+    (cas_errors.InvalidPolicyError, USAGE, "usage",
+     "give at least one --keep-* rule; counts are numbers or 'unlimited', durations like 1y2m3d4h"),
     (cas_errors.NotFoundError, NOT_FOUND, "not_found", "check the path with `stratus ls`"),
     (cas_errors.VersionConflictError, CONFLICT, "conflict",
      "the file changed on the server; check `stratus log PATH`, then retry with the current --if-version"),

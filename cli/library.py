@@ -51,6 +51,7 @@ from cas.errors import (
     IntegrityError,
     InvalidInputError,
     InvalidPathError,
+    InvalidPolicyError,
     LimitExceededError,
     MissingChunksError,
     NotFoundError,
@@ -63,9 +64,22 @@ from cas.errors import (
     VersionConflictError,
 )
 from cas.paths import normalize_path, normalize_prefix
+from cas.retention import Duration, RetentionPolicy, parse_count
 from cli.errors import UsageError
 from cli.lazy import lazy
-from cli.results import ByteRange, Changes, DiffResult, Event, Page, ServerInfo, StoreStats, Version
+from cli.results import (
+    ByteRange,
+    Changes,
+    DiffResult,
+    Event,
+    ForgetPath,
+    ForgetReport,
+    Page,
+    ServerInfo,
+    StoreStats,
+    Version,
+    VersionVerdict,
+)
 from cli.settings import ConnectionSettings, cache_dir, resolve
 from cli.timeparse import parse_time_ms
 
@@ -90,11 +104,12 @@ _ENGINE_NAMES = {
 
 __all__ = [
     "BackendUnavailableError", "ByteRange", "CasError", "Changes", "Client", "CommitUnansweredError", "DiffResult",
-    "Event", "FileOutcome", "GetOutcome", "GetReport", "GetStats", "IntegrityError", "InvalidInputError",
-    "InvalidPathError", "LimitExceededError", "MissingChunksError", "NoProgress", "NotFoundError", "Page",
-    "PermissionDeniedError", "ProgressEvent", "RateLimitedError", "ServerInfo", "ServerUnavailableError",
-    "SignatureError", "StorageFullError", "StoreStats", "UnauthenticatedError", "UploadProgress", "UploadReport",
-    "UploadStats", "UsageError", "Version", "VersionConflictError", "parse_as_of",
+    "Event", "FileOutcome", "ForgetPath", "ForgetReport", "GetOutcome", "GetReport", "GetStats", "IntegrityError",
+    "InvalidInputError", "InvalidPathError", "InvalidPolicyError", "LimitExceededError", "MissingChunksError",
+    "NoProgress", "NotFoundError", "Page", "PermissionDeniedError", "ProgressEvent", "RateLimitedError",
+    "ServerInfo", "ServerUnavailableError", "SignatureError", "StorageFullError", "StoreStats",
+    "UnauthenticatedError", "UploadProgress", "UploadReport", "UploadStats", "UsageError", "Version",
+    "VersionConflictError", "VersionVerdict", "parse_as_of", "retention_policy",
 ]
 
 AsOf = dt.datetime | int | str  # a datetime, Unix milliseconds, or ISO 8601 / an age such as "2h"
@@ -131,6 +146,22 @@ def parse_as_of(when: AsOf | None) -> int | None:
     if isinstance(when, str):
         return parse_time_ms(when)
     raise UsageError(f"as_of: expected a datetime, Unix milliseconds or a string, got {type(when).__name__}")
+
+
+def retention_policy(
+    *, keep_last: int | str = 0, keep_hourly: int | str = 0, keep_daily: int | str = 0, keep_weekly: int | str = 0,
+    keep_monthly: int | str = 0, keep_yearly: int | str = 0, keep_within: str = "",
+) -> RetentionPolicy:
+    """A retention policy from restic-style values: counts are numbers, -1 or ``"unlimited"``;
+    ``keep_within`` a duration such as ``"1y2m3d4h"``. InvalidPolicyError for a bad value or when
+    no rule is set (a forget without any rule is refused, never "keep everything")."""
+    counts = {"last": keep_last, "hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
+              "monthly": keep_monthly, "yearly": keep_yearly}
+    policy = RetentionPolicy(**{rule: parse_count(value, rule) for rule, value in counts.items()},
+                             within=Duration.parse(keep_within))
+    if policy.is_empty():
+        raise InvalidPolicyError("no retention rule given: set at least one --keep-* option (nothing was removed)")
+    return policy
 
 
 def _sign_key(sign_key: object) -> object:
@@ -374,6 +405,35 @@ class Client:
         ``if_version``: only if the head is that version, else VersionConflictError.
         """
         return Version.from_message(self.connection.delete(normalize_path(path), if_version=if_version))
+
+    def forget(
+        self, prefix: str = "", *, keep_last: int | str = 0, keep_hourly: int | str = 0, keep_daily: int | str = 0,
+        keep_weekly: int | str = 0, keep_monthly: int | str = 0, keep_yearly: int | str = 0, keep_within: str = "",
+        dry_run: bool = False,
+    ) -> ForgetReport:
+        """Remove old versions of every path under ``prefix`` by restic's forget rules, each path on its
+        own (README "Retention"): the head always stays; the rules are those of :func:`retention_policy`.
+
+        ``dry_run`` removes nothing and reports what would go. Never raises for one path: its
+        failure is in the report (``failures``, ``first_error``) and the other paths go on.
+        InvalidPolicyError (nothing sent) for a bad or empty policy.
+        """
+        normalize_prefix(prefix)
+        policy = retention_policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
+                                  keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly,
+                                  keep_within=keep_within)
+        from cli.rpc_errors import map_item_error
+        from proto import stratus_pb2 as pb
+
+        message = pb.RetentionPolicy(keep_within=str(policy.within), **{
+            f"keep_{rule}": getattr(policy, rule) for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+        })
+        paths = [
+            ForgetPath(r.path, [VersionVerdict.from_message(v) for v in r.versions], r.removed,
+                       map_item_error(r.error) if r.HasField("error") else None)
+            for r in self.connection.forget(prefix, message, dry_run)
+        ]
+        return ForgetReport(prefix, policy, dry_run, paths)
 
     def diff(self, path: str, from_version: int = 0, to_version: int = 0) -> DiffResult:
         """What changed from ``from_version`` (0: the one before ``to_version``) to ``to_version``

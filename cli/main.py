@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli.commands import admin, browse, demo, transfer
+from cli.commands import admin, browse, demo, retention, transfer
 from cli.errors import report
 from cli.output import Output
 from cli.runtime import Runtime
@@ -89,6 +89,7 @@ def main(
 
 transfer.register(app)
 browse.register(app)
+retention.register(app)
 admin.register(app)
 demo.register(app)
 

@@ -106,32 +106,42 @@ class BaseLookup:
     """Finds the base manifest of an upload: the head's, if the cache holds it.
 
     The Stat is sent when the upload starts and read when the first window of chunks is ready,
-    so it costs no round trip of its own.
+    so it costs no round trip of its own. It is sent when there is a cache, or when ``stat`` asks
+    for the head anyway (delta hints, :mod:`cli.deltahints`).
     """
 
-    def __init__(self, remote: Remote, cache: ManifestCache | None, path: str) -> None:
+    def __init__(self, remote: Remote, cache: ManifestCache | None, path: str, *, stat: bool = False) -> None:
         self._cache = cache
         self._future: grpc.Future | None = None
-        self._resolved = cache is None
         self._manifest: Manifest | None = None
+        self._head: pb.VersionInfo | None = None
         self._digests: frozenset[bytes] = frozenset()
-        if cache is not None:
+        if cache is not None or stat:
             self._future = remote.stub.Stat.future(pb.StatRequest(path=path))
+        self._resolved = self._future is None
 
     def _resolve(self) -> None:
         if self._resolved:
             return
         self._resolved = True
-        assert self._future is not None and self._cache is not None
+        assert self._future is not None
         try:
             head = self._future.result()
         except grpc.RpcError:  # no such file, no read right, an old server: upload without a base
             return
         if head.deleted:
             return
-        self._manifest = self._cache.get(bytes(head.manifest_digest))
+        self._head = head
+        if self._cache is not None:
+            self._manifest = self._cache.get(bytes(head.manifest_digest))
         if self._manifest is not None:
             self._digests = frozenset(ref.digest for ref in self._manifest.chunks)
+
+    @property
+    def head(self) -> pb.VersionInfo | None:
+        """The head version (not a deletion), or None when there is none or it was not asked for."""
+        self._resolve()
+        return self._head
 
     @property
     def manifest(self) -> Manifest | None:

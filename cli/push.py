@@ -169,6 +169,7 @@ class Uploader:
             self._signer = signing.public_key_bytes(self._key)  # type: ignore[arg-type]
         self._stop = threading.Event()
         self._stopped_by: BaseException | None = None
+        self._existing: frozenset[str] | None = None  # the tree's remote paths with a head, when listed
 
     # ---- one file, one stream -----------------------------------------------------------------------
 
@@ -249,6 +250,8 @@ class Uploader:
         report = UploadReport("tree", os.fspath(local), prefix)
         self._count_walk(found, report)
         heads = self._list_heads(prefix) if (opts.use_cache or opts.delete) else {}
+        listed = opts.use_cache or opts.delete
+        self._existing = frozenset(p for p, v in heads.items() if not v.deleted) if listed else None
         cached = self.state.under(prefix) if opts.use_cache else {}
         todo: list[tuple[LocalFile, str]] = []
         for file in found.files:
@@ -326,7 +329,8 @@ class Uploader:
             return self._not_sent(group)
         try:
             outcomes = upload_group(self.client.remote, [(f.path, r) for f, r in group], sign_key=self._key,
-                                    advance=self.progress.advance, cache=self.client.manifests)
+                                    advance=self.progress.advance, cache=self.client.manifests,
+                                    existing=self._existing)
         except Exception as exc:  # noqa: BLE001 - a failed call fails the group, not the tree
             outcomes = [FileOutcome(r, f.path, "failed", error=exc) for f, r in group]
         return [self._finished(f, o) for (f, _), o in zip(group, outcomes, strict=True)]

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only annotations: the values themselves need no protobuf
+    from cas.errors import CasError
+    from cas.retention import RetentionPolicy
     from proto import stratus_pb2 as pb
 
 
@@ -106,7 +108,7 @@ class Event:
     """One entry of the change feed; pass ``cursor`` back as ``since`` to resume after it."""
 
     cursor: str
-    kind: str  # "put" or "delete"
+    kind: str  # "put", "delete" or "forgotten"
     path: str
     version: int
     size: int
@@ -193,3 +195,73 @@ class ServerInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionVerdict:
+    """What a forget does with one version: keep it (``reasons`` says which rules) or remove it."""
+
+    version: Version
+    keep: bool
+    reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def from_message(cls, m: pb.VersionVerdict) -> VersionVerdict:
+        """The library value of a ``VersionVerdict`` message."""
+        return cls(Version.from_message(m.version), m.keep, tuple(m.reasons))
+
+
+@dataclass(frozen=True)
+class ForgetPath:
+    """One path of a forget: every version with its verdict (newest first) and how many this run
+    removed (0 on a dry run), or the error that stopped it for this path (the others went on)."""
+
+    path: str
+    versions: list[VersionVerdict]
+    removed: int = 0
+    error: CasError | None = None
+
+    @property
+    def kept(self) -> list[VersionVerdict]:
+        """The versions that stay."""
+        return [v for v in self.versions if v.keep]
+
+    @property
+    def dropped(self) -> list[VersionVerdict]:
+        """The versions the policy removes (removed, or to be removed on a dry run)."""
+        return [v for v in self.versions if not v.keep]
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    """The outcome of ``Client.forget``: the policy, and one :class:`ForgetPath` per path, in path order."""
+
+    prefix: str
+    policy: RetentionPolicy
+    dry_run: bool
+    paths: list[ForgetPath]
+
+    @property
+    def removed(self) -> int:
+        """Versions this run removed (0 on a dry run)."""
+        return sum(p.removed for p in self.paths)
+
+    @property
+    def would_remove(self) -> int:
+        """Versions the policy drops (what a dry run would remove)."""
+        return sum(len(p.dropped) for p in self.paths)
+
+    @property
+    def kept(self) -> int:
+        """Versions that stay."""
+        return sum(len(p.kept) for p in self.paths)
+
+    @property
+    def failures(self) -> list[ForgetPath]:
+        """The paths that failed."""
+        return [p for p in self.paths if p.error is not None]
+
+    @property
+    def first_error(self) -> CasError | None:
+        """The error of the first failed path, or None."""
+        return next((p.error for p in self.paths if p.error is not None), None)

@@ -10,7 +10,7 @@ The results stay per file: each is its own version, with its own signature, and 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 from cas.chunker import chunk_bytes
@@ -19,6 +19,7 @@ from cas.errors import MissingChunksError
 from cas.manifest import Manifest, ManifestBuilder
 from cas.pipeline import HashedChunk
 from cli import batch
+from cli.deltahints import group_bases
 from cli.grouping import SMALL_FILE_MAX
 from cli.manifestdelta import ManifestCache
 from cli.remote import Remote
@@ -70,9 +71,27 @@ def _prepare(remote: Remote, local: str, path: str) -> _Prepared:
     return _Prepared(outcome, builder.build(blake3_digest(data)), chunks, st.st_mode & 0o777, st.st_mtime_ns)
 
 
-def _send(remote: Remote, prepared: list[_Prepared]) -> None:
-    """Find and send the group's missing chunks on one call; each chunk is counted for the first
-    file that holds it. Raises if the call fails (that dooms the whole group)."""
+def _hints(
+    remote: Remote, owners: list[tuple[HashedChunk, _Prepared]], existing: Container[str] | None
+) -> dict[bytes, list[bytes]]:
+    """Delta hints of the chunks to send, against the head manifests of their files (one
+    GetManifests call for the files that send something and may exist: all of them unless
+    ``existing`` names the remote paths that do)."""
+    if not remote.info().delta_hints:
+        return {}
+    paths = list(dict.fromkeys(p.outcome.remote for _, p in owners))
+    bases = group_bases(remote, [path for path in paths if existing is None or path in existing])
+    hints: dict[bytes, list[bytes]] = {}
+    for c, p in owners:
+        base = bases.get(p.outcome.remote)
+        if base is not None and (near := base.near(c.offset, c.digest)):
+            hints[c.digest] = near
+    return hints
+
+
+def _send(remote: Remote, prepared: list[_Prepared], existing: Container[str] | None) -> None:
+    """Find and send the group's missing chunks on one call (with delta hints); each chunk is
+    counted for the first file that holds it. Raises if the call fails (that dooms the whole group)."""
     first: dict[bytes, tuple[HashedChunk, _Prepared]] = {}
     for p in prepared:
         for c in p.chunks:
@@ -80,9 +99,11 @@ def _send(remote: Remote, prepared: list[_Prepared]) -> None:
     missing = find_missing(remote, list(first))
     if not missing:
         return
+    owners = [first[d] for d in first if d in missing]
+    hints = _hints(remote, owners, existing)
     sender = _Sender(remote, remote.params, _Meter(None), track=True)
     try:
-        sender.submit([first[d][0] for d in first if d in missing])
+        sender.submit([c for c, _ in owners], hints)
         sender.finish()
     except BaseException:
         sender.abort()
@@ -96,9 +117,12 @@ def _send(remote: Remote, prepared: list[_Prepared]) -> None:
 
 def upload_group(
     remote: Remote, items: Sequence[tuple[str, str]], *, sign_key: object = None,
-    advance: Advance | None = None, cache: ManifestCache | None = None,
+    advance: Advance | None = None, cache: ManifestCache | None = None, existing: Container[str] | None = None,
 ) -> list[FileOutcome]:
     """Upload small files, given as ``(local path, remote path)``; one outcome per item, in order.
+
+    ``existing``, when known, holds the remote paths that have a head (only those have a base
+    for delta hints).
 
     A file's own failure (unreadable, refused commit) is its ``failed`` outcome; errors of the
     group's calls (the server is gone, the credentials are refused) are raised, and then none of
@@ -115,7 +139,7 @@ def upload_group(
         outcomes.append(p.outcome)
         prepared.append(p)
     if prepared:
-        _send(remote, prepared)
+        _send(remote, prepared, existing)
         _commit(remote, prepared, sign_key, cache)
     if advance is not None:
         advance(sum(o.bytes_read for o in outcomes))

@@ -20,7 +20,8 @@ upload), they are read again from the source, sent, and the commit is retried on
 
 With a manifest cache (:mod:`cli.manifestdelta`) holding the head's manifest, chunks of that
 manifest are not asked about and the commit is sent as a delta against it; if the server refuses
-the base, the full manifest is sent once instead.
+the base, the full manifest is sent once instead. Chunks that are sent carry delta hints (the
+head's chunks at the same offset, :mod:`cli.deltahints`) when the server takes them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -43,6 +44,7 @@ from cas.errors import CasError, CommitUnansweredError, InvalidInputError, Missi
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path
 from cas.pipeline import HashedChunk, Pipeline
+from cli.deltahints import HINT_OVERHEAD, UploadHints
 from cli.grouping import CHUNK_OVERHEAD
 from cli.manifestdelta import BaseLookup, ManifestCache, commit_file, delta_request
 from cli.remote import Advance, Remote, TransferParams
@@ -128,6 +130,7 @@ class _Sender:
 
     Memory is bounded by the queue (one window) plus the pipeline's in-flight bytes. With
     ``track``, ``frames`` maps each sent digest to its frame size (a group attributes them to files).
+    Delta hints given with a window travel with their chunks (:mod:`cli.deltahints`).
     """
 
     def __init__(self, remote: Remote, params: TransferParams, progress: _Meter, *, track: bool = False) -> None:
@@ -140,13 +143,17 @@ class _Sender:
         self._future: grpc.Future | None = None
         self._pipe: Pipeline | None = None
         self._error: BaseException | None = None
+        self._hints: dict[bytes, list[bytes]] = {}
         self.chunks_sent = 0
         self.bytes_sent = 0
 
-    def submit(self, missing: list[HashedChunk]) -> None:
-        """Queue a window's missing chunks (blocks while the queue is full: that bounds memory)."""
+    def submit(self, missing: list[HashedChunk], hints: Mapping[bytes, list[bytes]] | None = None) -> None:
+        """Queue a window's missing chunks (blocks while the queue is full: that bounds memory),
+        with the delta hints of some of them (digest -> base digests)."""
         if not missing:
             return
+        if hints:
+            self._hints.update(hints)  # before the chunks are queued: read when each is encoded
         if self._future is None:
             self._pipe = Pipeline(
                 self._params.chunking, self._params.compression_level, max_in_flight_bytes=PIPELINE_IN_FLIGHT
@@ -189,12 +196,13 @@ class _Sender:
         batch_bytes = frame_bytes = raw_bytes = 0
         try:
             for enc in self._pipe.encode(self._chunks()):
-                size = len(enc.frame) + CHUNK_OVERHEAD
+                hints = self._hints.pop(enc.digest, ())
+                size = len(enc.frame) + CHUNK_OVERHEAD + HINT_OVERHEAD * len(hints)
                 if batch and batch_bytes + size > limit:
                     yield pb.ChunkBatch(chunks=batch)
                     self._account(len(batch), frame_bytes, raw_bytes)
                     batch, batch_bytes, frame_bytes, raw_bytes = [], 0, 0, 0
-                batch.append(pb.ChunkData(digest=enc.digest, frame=enc.frame))
+                batch.append(pb.ChunkData(digest=enc.digest, frame=enc.frame, base_hints=hints))
                 if self.frames is not None:
                     self.frames[enc.digest] = len(enc.frame)
                 batch_bytes += size
@@ -291,10 +299,11 @@ def _check_limits(params: TransferParams, count: int) -> None:
 
 
 def _send_stream(
-    remote: Remote, stream: BinaryIO, hasher: object, progress: _Meter, base: BaseLookup
+    remote: Remote, stream: BinaryIO, hasher: object, progress: _Meter, base: BaseLookup,
+    hints: UploadHints | None,
 ) -> tuple[ManifestBuilder, int, int, _Sender, int]:
     """Stages 1-3 over one stream; returns the manifest builder, bytes read, chunk count, sender
-    and how many digests were asked about.
+    and how many digests were asked about. ``hints`` adds delta hints to the chunks sent.
 
     A window's FindMissingChunks answer is awaited only when the next window is ready, so the
     round trip overlaps the reading and hashing of the next window instead of stalling it. A
@@ -328,7 +337,7 @@ def _send_stream(
                 to_send.append(c)
             else:
                 progress.add(c.length)
-        sender.submit(to_send)
+        sender.submit(to_send, hints.of(to_send) if hints is not None else None)
 
     try:
         pipe = Pipeline(params.chunking, params.compression_level, max_in_flight_bytes=PIPELINE_IN_FLIGHT)
@@ -457,11 +466,13 @@ def upload(
     started = time.perf_counter()
     path = normalize_path(remote_path)  # fail before reading gigabytes, not after
     hasher = new_hasher()
-    use_cache = cache is not None and remote.info().manifest_deltas
-    base = BaseLookup(remote, cache if use_cache else None, path)
+    info = remote.info()
+    use_cache = cache is not None and info.manifest_deltas
+    base = BaseLookup(remote, cache if use_cache else None, path, stat=info.delta_hints)
+    hints = UploadHints(remote, base, path) if info.delta_hints else None
     try:
         builder, bytes_read, count, sender, asked = _send_stream(
-            remote, source.stream, hasher, _Meter(advance), base
+            remote, source.stream, hasher, _Meter(advance), base, hints
         )
     finally:
         base.cancel()

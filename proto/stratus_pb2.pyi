@@ -92,7 +92,7 @@ class StoreStats(_message.Message):
     def __init__(self, chunk_count: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., version_count: _Optional[int] = ..., store_chunk_count: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files", "manifest_deltas")
+    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files", "manifest_deltas", "delta_hints")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class ServerInfoResponse(_message.Message):
     MAX_MANIFEST_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FILES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_HINTS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     chunking: ChunkParams
     compression: str
@@ -119,7 +120,8 @@ class ServerInfoResponse(_message.Message):
     max_manifest_chunks: int
     max_batch_files: int
     manifest_deltas: bool
-    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ..., manifest_deltas: _Optional[bool] = ...) -> None: ...
+    delta_hints: bool
+    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ..., manifest_deltas: _Optional[bool] = ..., delta_hints: _Optional[bool] = ...) -> None: ...
 
 class FindMissingChunksRequest(_message.Message):
     __slots__ = ("digests",)
@@ -134,12 +136,14 @@ class FindMissingChunksResponse(_message.Message):
     def __init__(self, missing: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ChunkData(_message.Message):
-    __slots__ = ("digest", "frame")
+    __slots__ = ("digest", "frame", "base_hints")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    BASE_HINTS_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
     frame: bytes
-    def __init__(self, digest: _Optional[bytes] = ..., frame: _Optional[bytes] = ...) -> None: ...
+    base_hints: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, digest: _Optional[bytes] = ..., frame: _Optional[bytes] = ..., base_hints: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ChunkBatch(_message.Message):
     __slots__ = ("chunks",)
@@ -470,6 +474,56 @@ class DeleteRequest(_message.Message):
     path: str
     if_version: int
     def __init__(self, path: _Optional[str] = ..., if_version: _Optional[int] = ...) -> None: ...
+
+class RetentionPolicy(_message.Message):
+    __slots__ = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
+    KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    KEEP_HOURLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DAILY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WEEKLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_MONTHLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_YEARLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WITHIN_FIELD_NUMBER: _ClassVar[int]
+    keep_last: int
+    keep_hourly: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    keep_yearly: int
+    keep_within: str
+    def __init__(self, keep_last: _Optional[int] = ..., keep_hourly: _Optional[int] = ..., keep_daily: _Optional[int] = ..., keep_weekly: _Optional[int] = ..., keep_monthly: _Optional[int] = ..., keep_yearly: _Optional[int] = ..., keep_within: _Optional[str] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("prefix", "policy", "dry_run")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    policy: RetentionPolicy
+    dry_run: bool
+    def __init__(self, prefix: _Optional[str] = ..., policy: _Optional[_Union[RetentionPolicy, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class VersionVerdict(_message.Message):
+    __slots__ = ("version", "keep", "reasons")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    version: VersionInfo
+    keep: bool
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., keep: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetPathResult(_message.Message):
+    __slots__ = ("path", "versions", "removed", "error")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionVerdict]
+    removed: int
+    error: ItemError
+    def __init__(self, path: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionVerdict, _Mapping]]] = ..., removed: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class ByteRange(_message.Message):
     __slots__ = ("offset", "length")

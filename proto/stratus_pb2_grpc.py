@@ -109,6 +109,11 @@ class StratusStub:
                 request_serializer=proto_dot_stratus__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=proto_dot_stratus__pb2.VersionInfo.FromString,
                 _registered_method=True)
+        self.Forget = channel.unary_stream(
+                '/stratus.v1.Stratus/Forget',
+                request_serializer=proto_dot_stratus__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=proto_dot_stratus__pb2.ForgetPathResult.FromString,
+                _registered_method=True)
         self.Diff = channel.unary_unary(
                 '/stratus.v1.Stratus/Diff',
                 request_serializer=proto_dot_stratus__pb2.DiffRequest.SerializeToString,
@@ -227,6 +232,14 @@ class StratusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forget(self, request, context):
+        """Remove old versions under a prefix by a retention policy (restic's forget rules, per path);
+        one result per path, in path order. Needs write access to the prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Diff(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -329,6 +342,11 @@ def add_StratusServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=proto_dot_stratus__pb2.DeleteRequest.FromString,
                     response_serializer=proto_dot_stratus__pb2.VersionInfo.SerializeToString,
+            ),
+            'Forget': grpc.unary_stream_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=proto_dot_stratus__pb2.ForgetRequest.FromString,
+                    response_serializer=proto_dot_stratus__pb2.ForgetPathResult.SerializeToString,
             ),
             'Diff': grpc.unary_unary_rpc_method_handler(
                     servicer.Diff,
@@ -756,6 +774,33 @@ class Stratus:
             '/stratus.v1.Stratus/Delete',
             proto_dot_stratus__pb2.DeleteRequest.SerializeToString,
             proto_dot_stratus__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stratus.v1.Stratus/Forget',
+            proto_dot_stratus__pb2.ForgetRequest.SerializeToString,
+            proto_dot_stratus__pb2.ForgetPathResult.FromString,
             options,
             channel_credentials,
             insecure,

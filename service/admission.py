@@ -1,5 +1,5 @@
 """Per-identity admission: how many streams and how many bytes one caller may hold at once,
-and how much parsing one PutChunks message may cost.
+and how much parsing one PutChunks message may cost (its chunks, and the base hints of each).
 
 A :class:`StreamLimits` hands out stream slots of one kind (uploads or downloads). Each slot
 counts against a server-wide total and against the caller's own limit, so one identity can use
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from cas.errors import RateLimitedError
@@ -166,51 +166,93 @@ class ByteBudget:
 # ---- bounded parsing of PutChunks messages ------------------------------------------------------
 
 _SKIP = {1: 8, 5: 4}  # fixed-size wire types
+_CHUNK_TAG = (1 << 3) | 2  # ChunkBatch.chunks
+_HINT_TAG = (3 << 3) | 2  # ChunkData.base_hints
+MAX_HINTS_PER_CHUNK = 3
 
 
 @dataclass(frozen=True)
 class OversizeBatch:
-    """A PutChunks message with more chunks than one message may hold (or a structure the
-    scan cannot follow, which no client sends); it was never parsed."""
+    """A PutChunks message refused by the wire scan, never parsed: more chunks than one message
+    may hold (or a structure the scan cannot follow, which no client sends), or, when ``hints`` is
+    set, a chunk with more than :data:`MAX_HINTS_PER_CHUNK` base hints."""
 
-    counted: int  # the chunks counted before giving up: limit + 1
+    counted: int  # the chunks counted before giving up: limit + 1 (all of them for too many hints)
     nbytes: int  # the size of the message on the wire
+    hints: int = 0  # the base hints of the chunk that has too many (0: too many chunks)
 
 
 def chunk_batch_reader(max_chunks: int) -> Callable[[bytes], pb.ChunkBatch | OversizeBatch]:
     """The PutChunks request deserializer: counts the fields on the wire (at most ``max_chunks``
-    + 1 steps) before parsing, so a message of 100,000 tiny chunks costs the server a bounded
-    scan instead of 100,000 objects."""
+    + 1 steps, plus the fields inside each chunk) before parsing, so a message of 100,000 tiny
+    chunks, or of one chunk with a million hints, costs the server a bounded scan instead of as
+    many objects."""
 
     def read(raw: bytes) -> pb.ChunkBatch | OversizeBatch:
-        if _count_fields(raw, max_chunks) > max_chunks:
+        counted = _count_fields(raw, max_chunks)
+        if counted > max_chunks:
             return OversizeBatch(max_chunks + 1, len(raw))
+        hints = _most_hints(raw)
+        if hints > MAX_HINTS_PER_CHUNK:
+            return OversizeBatch(counted, len(raw), hints)
         return pb.ChunkBatch.FromString(raw)
 
     return read
 
 
-def _count_fields(raw: bytes, limit: int) -> int:
-    """Top-level fields of a serialized message (chunks and any unknown ones alike); counting
-    stops past ``limit``, and a structure the scan cannot follow counts as past it. A malformed
-    message within the limit is left to the real parser to refuse."""
-    pos, count, end = 0, 0, len(raw)
-    while pos < end and count <= limit:
+def _fields(raw: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int] | None]:
+    """(tag, value start, value end) of each field serialized in ``raw[pos:end]``; None for a
+    structure the scan cannot follow (groups, reserved wire types), after which it stops. It also
+    stops at a truncated field: a malformed message is left to the real parser to refuse."""
+    while pos < end:
         tag, pos = _varint(raw, pos)
+        if pos < 0:
+            return
         kind = tag & 7
+        start = pos
         if kind == 0:
             _, pos = _varint(raw, pos)
         elif kind == 2:
-            length, pos = _varint(raw, pos)
-            pos = pos + length if pos >= 0 else pos
+            length, start = _varint(raw, pos)
+            pos = start + length if start >= 0 else start
         elif kind in _SKIP:
             pos += _SKIP[kind]
         else:
+            yield None
+            return
+        if pos < 0 or start < 0:
+            return
+        yield tag, start, pos
+
+
+def _count_fields(raw: bytes, limit: int) -> int:
+    """Top-level fields of a serialized message (chunks and any unknown ones alike); counting
+    stops past ``limit``, and a structure the scan cannot follow counts as past it."""
+    count = 0
+    for found in _fields(raw, 0, len(raw)):
+        if found is None:
             return limit + 1
-        if pos < 0:
-            return count
         count += 1
+        if count > limit:
+            break
     return count
+
+
+def _most_hints(raw: bytes) -> int:
+    """The most base hints one chunk of a serialized ChunkBatch carries; counting stops at the
+    first hint past :data:`MAX_HINTS_PER_CHUNK`."""
+    most = 0
+    for found in _fields(raw, 0, len(raw)):
+        if found is None or found[0] != _CHUNK_TAG:
+            continue
+        _, start, stop = found
+        hints = 0
+        for field in _fields(raw, start, min(stop, len(raw))):
+            hints += field is not None and field[0] == _HINT_TAG
+            if hints > MAX_HINTS_PER_CHUNK:
+                return hints
+        most = max(most, hints)
+    return most
 
 
 def _varint(raw: bytes, pos: int) -> tuple[int, int]:

@@ -22,18 +22,20 @@ from cas import codec, digest
 from cas.errors import (
     ChunkTooLargeError,
     InvalidInputError,
+    InvalidPolicyError,
     LimitExceededError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitedError,
 )
 from cas.manifest import Manifest, ManifestBuilder
+from cas.packstore import Hints
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
-from service.admission import ByteBudget, OversizeBatch, StreamLimits
-from service.batches import BatchCalls
+from service.admission import MAX_HINTS_PER_CHUNK, ByteBudget, OversizeBatch, StreamLimits
+from service.batches import BatchCalls, item_error
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
@@ -42,12 +44,14 @@ from service.messages import (
     commit_manifest_from_message,
     event_message,
     manifest_message,
+    policy_from_message,
     selector_from_message,
     version_info,
 )
 from service.metadata import NamespaceStats, VersionRecord
 from service.ratelimit import RateLimiter
 from service.repository import Repository
+from service.retention import PathForget, forget_prefix
 from service.scoped import check_possession, list_within, show_manifest
 
 Ctx = grpc.aio.ServicerContext
@@ -79,6 +83,16 @@ def _check_digests(digests: list[bytes], limit: int) -> list[bytes]:
     for d in digests:
         digest.check_digest(d)
     return digests
+
+
+def _checked_hints(batch: pb.ChunkBatch) -> Hints:
+    """digest -> its base hints, for the chunks of ``batch`` that carry any (each a valid digest;
+    their count per chunk was bounded on the wire)."""
+    hints: dict[bytes, list[bytes]] = {}
+    for chunk in batch.chunks:
+        if chunk.base_hints:
+            hints[chunk.digest] = [digest.check_digest(h) for h in chunk.base_hints]
+    return hints
 
 
 @contextlib.asynccontextmanager
@@ -167,7 +181,7 @@ class StratusService(pb_grpc.StratusServicer):
             max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
             max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
             max_manifest_chunks=self.config.max_manifest_chunks, max_batch_files=self.config.max_batch_files,
-            manifest_deltas=True,
+            manifest_deltas=True, delta_hints=self.repo.takes_hints,
             stats=pb.StoreStats(
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
@@ -199,11 +213,11 @@ class StratusService(pb_grpc.StratusServicer):
                     # Every chunk received costs parsing: charged before the limits are checked.
                     over = isinstance(batch, OversizeBatch)
                     self.chunk_rate.charge(caller.share, batch.counted if over else len(batch.chunks))
-                    chunks = self._checked_batch(batch)
+                    chunks, hints = self._checked_batch(batch)
                     # Verify batch n while batch n+1 is on the wire; at most two batches in memory.
                     if pending is not None:
                         await pending
-                    pending = await self._charged(caller.share, chunks, upload.add(chunks))
+                    pending = await self._charged(caller.share, chunks, upload.add(chunks, hints))
                 if pending is not None:
                     await pending
                 result = await upload.finish()
@@ -297,14 +311,20 @@ class StratusService(pb_grpc.StratusServicer):
                     "the stream was closed"
                 )
 
-    def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> list[tuple[bytes, bytes]]:
-        """Refuse a message whose verification would cost more than one message may, before any work.
+    def _checked_batch(self, batch: pb.ChunkBatch | OversizeBatch) -> tuple[list[tuple[bytes, bytes]], Hints]:
+        """Refuse a message whose verification would cost more than one message may, before any
+        work; returns its (digest, frame) pairs and the base hints of the chunks that have some.
 
         Bounded: at most ``max_chunks_per_message`` chunks, of which at most
         ``max_small_chunks_per_message`` are smaller than ``chunk_min_size`` (a chunker only makes
-        those at the end of a file), declaring at most ``max_message_raw_bytes`` uncompressed bytes.
+        those at the end of a file), declaring at most ``max_message_raw_bytes`` uncompressed bytes;
+        at most :data:`MAX_HINTS_PER_CHUNK` base hints per chunk, each a digest (else INVALID_ARGUMENT).
         """
         cfg = self.config
+        if isinstance(batch, OversizeBatch) and batch.hints:
+            raise InvalidInputError(
+                f"a chunk carries {batch.hints} base_hints; the limit is {MAX_HINTS_PER_CHUNK}"
+            )
         if isinstance(batch, OversizeBatch) or len(batch.chunks) > cfg.max_chunks_per_message:
             raise LimitExceededError(
                 f"more than {cfg.max_chunks_per_message} chunks in one PutChunks message "
@@ -323,7 +343,7 @@ class StratusService(pb_grpc.StratusServicer):
                 f"one PutChunks message declares {sum(lengths)} uncompressed bytes; the limit is "
                 f"{cfg.max_message_raw_bytes} (setting max_message_raw_bytes)"
             )
-        return chunks
+        return chunks, _checked_hints(batch)
 
     def _checked_chunk(self, chunk: pb.ChunkData) -> tuple[bytes, bytes]:
         # Each read of a bytes field copies it out of the message: read the frame once.
@@ -536,6 +556,22 @@ class StratusService(pb_grpc.StratusServicer):
         return version_info(record)
 
     @rpc
+    async def Forget(self, request: pb.ForgetRequest, context: Ctx) -> AsyncIterator[pb.ForgetPathResult]:
+        # Forgetting rewrites history: write access to the whole prefix, as for a commit under it.
+        prefix = normalize_prefix(request.prefix)
+        caller = self._enter(context, "Forget", prefix, write=True)
+        policy = policy_from_message(request.policy)
+        if policy.is_empty():
+            raise InvalidPolicyError("no retention rule given: set at least one keep rule (nothing was removed)")
+        paths = removed = 0
+        async for outcome in forget_prefix(self.repo, caller.namespace, prefix, policy, identity=caller.identity,
+                                           dry_run=request.dry_run):
+            paths += 1
+            removed += outcome.removed
+            note(paths=paths, removed=removed, dry_run=request.dry_run)
+            yield _forget_result(outcome)
+
+    @rpc
     async def Diff(self, request: pb.DiffRequest, context: Ctx) -> pb.DiffResponse:
         path = normalize_path(request.path)
         caller = self._enter(context, "Diff", path)
@@ -579,3 +615,12 @@ class StratusService(pb_grpc.StratusServicer):
         async for event in self.repo.watch(caller.namespace, request.since, prefixes):
             yield event_message(event)
 
+
+def _forget_result(outcome: PathForget) -> pb.ForgetPathResult:
+    """The message of one path's forget outcome (its failure as an ItemError)."""
+    return pb.ForgetPathResult(
+        path=outcome.path, removed=outcome.removed,
+        versions=[pb.VersionVerdict(version=version_info(r), keep=v.keep, reasons=v.reasons)
+                  for r, v in outcome.verdicts],
+        error=item_error(outcome.error, "Forget") if outcome.error is not None else None,
+    )

@@ -18,6 +18,9 @@ import platformdirs
 
 from cas.chunker import ChunkParams
 from cas.errors import InvalidInputError
+from cas.paths import normalize_prefix
+from cas.retention import Duration, RetentionPolicy, parse_count
+from service.access import is_valid_namespace
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 MIB = 1024 * 1024
@@ -26,6 +29,57 @@ STORE_FORMATS = ("packs", "files")
 
 class ConfigError(InvalidInputError):
     """A configuration file or value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """A retention policy the server applies on its own to every path under ``prefix`` of
+    ``namespace``, every ``retention_interval_s`` (service/retention_schedule.py)."""
+
+    namespace: str
+    prefix: str
+    policy: RetentionPolicy
+
+
+_RULE_KEYS = {"namespace", "prefix", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+              "keep_yearly", "keep_within"}
+
+
+def parse_retention_rules(raw: Any) -> tuple[RetentionRule, ...]:
+    """The ``retention`` setting: a list of tables (a JSON text in ``STRATUS_RETENTION``), each with
+    ``namespace`` (default "default"), ``prefix`` ("" = the whole namespace) and at least one of
+    ``keep_last`` ... ``keep_yearly`` (a number, -1 or "unlimited") and ``keep_within`` ("30d")."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else []
+        except ValueError as exc:
+            raise ConfigError(f"setting 'retention': not a JSON list of rules ({exc})") from exc
+    if not isinstance(raw, list | tuple):
+        raise ConfigError("setting 'retention' must be a list of tables ([[retention]] in TOML)")
+    rules = []
+    for n, item in enumerate(raw):
+        where = f"retention rule {n + 1}"
+        if isinstance(item, RetentionRule):
+            rules.append(item)
+            continue
+        if not isinstance(item, dict) or set(item) - _RULE_KEYS:
+            raise ConfigError(f"{where}: use only the keys {', '.join(sorted(_RULE_KEYS))}")
+        namespace = str(item.get("namespace", "default"))
+        if not is_valid_namespace(namespace):
+            raise ConfigError(f"{where}: invalid namespace {namespace!r}")
+        try:
+            prefix = normalize_prefix(str(item.get("prefix", "")))
+            policy = RetentionPolicy(
+                **{rule: parse_count(item.get(f"keep_{rule}", 0), rule)
+                   for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly")},
+                within=Duration.parse(str(item.get("keep_within", ""))),
+            )
+        except InvalidInputError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        if policy.is_empty():
+            raise ConfigError(f"{where}: set at least one keep_* rule")
+        rules.append(RetentionRule(namespace, prefix, policy))
+    return tuple(rules)
 
 
 def default_data_dir() -> Path:
@@ -55,6 +109,9 @@ class ServerConfig:
     # index in Redis/Valkey) or "files" (one file per chunk). A data dir keeps the layout it has.
     store_format: str = "packs"
     pack_size: int = 32 * MIB  # a pack is sealed once it reaches this size
+    # Store an uploaded chunk as a similarity delta against a base the client hints at
+    # (ChunkData.base_hints; packs layout only). False: hints are ignored and not announced.
+    delta_hints: bool = True
 
     max_message_bytes: int = 64 * MIB  # bounds CommitFile manifests: ~1.6M chunks, ~100 GiB files
     batch_bytes: int = 2 * MIB
@@ -98,6 +155,9 @@ class ServerConfig:
     # and the whole file anyway, and this halves the server's CPU per byte served.
     verify_reads: bool = False
     io_threads: int = 0  # 0: twice the CPU count
+    # Retention rules the server applies itself (service/retention_schedule.py), every this often.
+    retention: tuple[RetentionRule, ...] = ()
+    retention_interval_s: float = 3600.0
     shutdown_grace_seconds: float = 10.0
 
     @property
@@ -121,7 +181,7 @@ class ServerConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("stream_idle_timeout_s", "upload_call_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
-                     "connection_idle_timeout_s"):
+                     "connection_idle_timeout_s", "retention_interval_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.upload_chunks_per_second > 0 and self.upload_chunks_burst < self.max_chunks_per_message:
@@ -143,6 +203,8 @@ class ServerConfig:
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     """Turn a file or environment value into the field's type, with a clear error."""
+    if name == "retention":
+        return parse_retention_rules(raw)
     try:
         if kind in (bool, "bool"):
             if isinstance(raw, bool):

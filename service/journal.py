@@ -14,6 +14,14 @@ The payload is UTF-8 JSON: ``{"ns": ..., "event": <change-feed id>, "record": {.
 version, created_ms, identity, deleted, manifest and file digests, size, mode, mtime, signature,
 signer key, ...). Segments roll over at ``SEGMENT_BYTES``; a segment is append-only.
 
+A forget (service/retention.py) appends one record per removed version instead:
+``{"ns": ..., "event": <id of its "forgotten" feed event>, "forgotten": {"path", "version",
+"size", "time_ms", "identity", "manifest"}}``. The rebuild leaves such a version out, so versions a
+forget removed stay removed when the metadata is recreated. A forget runs its script first and
+appends afterwards, answering only after the fsync, like a commit: were the server to crash in
+between and Redis be lost as well, a rebuild would bring back versions whose forget was never
+acknowledged (running the forget again removes them).
+
 Order and crash cases. A commit runs the metadata script first and appends the record it returns
 (with the version number and time the script chose) afterwards; the answer waits for the
 journal's fsync. So:
@@ -49,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from cas.pack import fsync_dir
-from service.metadata import VersionRecord
+from service.metadata import Event, VersionRecord
 from service.metadata.records import record_fields, record_from_fields
 
 MAGIC = b"SVJ1"
@@ -68,24 +76,50 @@ class JournalEntry:
     record: VersionRecord
 
 
-def encode_entry(ns: str, record: VersionRecord) -> bytes:
-    """The framed bytes of one journal record (header + JSON payload)."""
-    payload = json.dumps(
-        {"ns": ns, "event": record.event_id, "record": record_fields(record)},
-        separators=(",", ":"), ensure_ascii=False,
-    ).encode("utf-8", "surrogatepass")
+@dataclass(frozen=True)
+class ForgetEntry:
+    """One version a forget removed: its ``forgotten`` change-feed event (``cursor`` is its id)."""
+
+    ns: str
+    event: Event
+
+
+Entry = JournalEntry | ForgetEntry
+
+
+def _frame(d: dict[str, Any]) -> bytes:
+    payload = json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def _decode_payload(payload: bytes) -> JournalEntry:
+def encode_entry(ns: str, record: VersionRecord) -> bytes:
+    """The framed bytes of one journal record (header + JSON payload)."""
+    return _frame({"ns": ns, "event": record.event_id, "record": record_fields(record)})
+
+
+def encode_forget(ns: str, event: Event) -> bytes:
+    """The framed bytes of the record of one version a forget removed."""
+    return _frame({"ns": ns, "event": event.cursor, "forgotten": {
+        "path": event.path, "version": event.version, "size": event.size, "time_ms": event.time_ms,
+        "identity": event.identity, "manifest": event.manifest_digest.hex(),
+    }})
+
+
+def _decode_payload(payload: bytes) -> Entry:
     d: dict[str, Any] = json.loads(payload)
+    if "forgotten" in d:
+        f = d["forgotten"]
+        return ForgetEntry(ns=d["ns"], event=Event(
+            cursor=d["event"], kind="forgotten", path=f["path"], version=int(f["version"]), size=int(f["size"]),
+            time_ms=int(f["time_ms"]), identity=f["identity"], manifest_digest=bytes.fromhex(f["manifest"]),
+        ))
     return JournalEntry(ns=d["ns"], event_id=d["event"], record=record_from_fields(d["record"], d["event"]))
 
 
-def scan(data: bytes) -> tuple[list[JournalEntry], int, str]:
+def scan(data: bytes) -> tuple[list[Entry], int, str]:
     """Entries of one segment's bytes, the length of its valid prefix, and why it stops there
     ("" when every byte is a whole, intact record)."""
-    out: list[JournalEntry] = []
+    out: list[Entry] = []
     pos = 0
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
@@ -114,10 +148,10 @@ def segments(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix == SUFFIX and p.stem.isdigit())
 
 
-def read_all(folder: Path) -> tuple[list[JournalEntry], list[str]]:
+def read_all(folder: Path) -> tuple[list[Entry], list[str]]:
     """Every entry of every segment in order, and the damage found (a torn tail of the last
     segment is not damage: it was never acknowledged)."""
-    entries: list[JournalEntry] = []
+    entries: list[Entry] = []
     problems: list[str] = []
     files = segments(folder)
     for n, seg in enumerate(files):
@@ -210,10 +244,17 @@ class Journal:
 
     async def append(self, ns: str, records: Sequence[VersionRecord]) -> None:
         """Make ``records`` of namespace ``ns`` durable; returns once they are on disk."""
-        if not records:
+        await self._append([encode_entry(ns, r) for r in records])
+
+    async def append_forgotten(self, ns: str, events: Sequence[Event]) -> None:
+        """Make the removals a forget made (their ``forgotten`` events) durable."""
+        await self._append([encode_forget(ns, e) for e in events])
+
+    async def _append(self, blobs: list[bytes]) -> None:
+        if not blobs:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending += [encode_entry(ns, r) for r in records]
+        self._pending += blobs
         self._waiters.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())

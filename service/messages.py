@@ -5,6 +5,7 @@ from __future__ import annotations
 from cas import digest
 from cas.errors import ManifestError
 from cas.manifest import ChunkRef, Manifest
+from cas.retention import Duration, RetentionPolicy
 from proto import stratus_pb2 as pb
 from service.commits import ManifestDelta, Piece
 from service.metadata import Event, VersionRecord
@@ -89,3 +90,11 @@ def manifest_message(m: Manifest) -> pb.Manifest:
 def selector_from_message(at: pb.VersionSelector) -> Selector:
     """A VersionSelector as the repository's Selector."""
     return Selector(version=at.version, as_of_ms=at.as_of_ms)
+
+
+def policy_from_message(m: pb.RetentionPolicy) -> RetentionPolicy:
+    """The retention policy of a request (InvalidPolicyError for a bad count or duration)."""
+    return RetentionPolicy(
+        last=m.keep_last, hourly=m.keep_hourly, daily=m.keep_daily, weekly=m.keep_weekly, monthly=m.keep_monthly,
+        yearly=m.keep_yearly, within=Duration.parse(m.keep_within),
+    )

@@ -9,7 +9,8 @@ empty key prefix, and writes back from the version journal (service/journal.py):
 * each namespace's chunk index (digest -> length), from the manifests of the journaled versions;
 * the namespace stats (unique and logical bytes, live files, versions);
 * the change feed, with every entry under the id its commit had, so cursors clients hold stay
-  valid and a client that reads the feed sees the rebuilt versions;
+  valid and a client that reads the feed sees the rebuilt versions; ``forgotten`` entries too;
+* not the versions a forget removed (journaled as removals): they stay removed;
 * the store id binding (``P:store-id``) from ``DATA/STORE_ID``.
 
 Offline, not an RPC: nothing can commit while the index is being rebuilt, and a server cannot
@@ -36,8 +37,8 @@ from cas.errors import CasError
 from cas.packstore import PackChunkStore
 from service.binding import read_store_id, write_store_id
 from service.config import ServerConfig
-from service.journal import JournalEntry, encode_entry, read_all
-from service.metadata import MetadataStore, VersionRecord
+from service.journal import Entry, ForgetEntry, encode_entry, read_all
+from service.metadata import Event, MetadataStore, VersionRecord
 from service.metadata.locations import RedisLocationIndex
 from service.repository import Repository, open_chunk_store, store_layout
 
@@ -54,6 +55,7 @@ class NamespaceRebuild:
     versions: int = 0
     delete_markers: int = 0
     chunks: int = 0
+    forgotten: int = 0  # versions left out because a forget removed them
     feed_position: str = ""
 
 
@@ -67,24 +69,51 @@ class RebuildReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _event_order(record: VersionRecord) -> tuple[int, int, int]:
-    """Sort key: feed id ("ms-seq"); records without one (re-journaled heads) go last."""
-    if not record.event_id:
+def _event_order(event: Event) -> tuple[int, int, int]:
+    """Sort key: feed id ("ms-seq"); events without one (re-journaled heads) go last."""
+    if not event.cursor:
         return (1, 0, 0)
-    ms, _, seq = record.event_id.partition("-")
+    ms, _, seq = event.cursor.partition("-")
     return (0, int(ms), int(seq or 0))
 
 
-def latest_records(entries: list[JournalEntry]) -> dict[str, dict[str, dict[int, VersionRecord]]]:
-    """ns -> path -> version -> record. A version journaled twice (an unchanged commit journals
-    its head again) keeps the copy that carries the feed id."""
-    out: dict[str, dict[str, dict[int, VersionRecord]]] = defaultdict(lambda: defaultdict(dict))
+def _commit_event(r: VersionRecord) -> Event:
+    """The feed entry the commit of ``r`` wrote."""
+    return Event(cursor=r.event_id, kind="delete" if r.deleted else "put", path=r.path, version=r.version,
+                 size=r.size, time_ms=r.created_ms, identity=r.identity, manifest_digest=r.manifest_digest)
+
+
+Records = dict[str, dict[str, dict[int, VersionRecord]]]
+
+
+def journaled_records(entries: list[Entry]) -> Records:
+    """ns -> path -> version -> record of every version ever journaled. A version journaled twice
+    (an unchanged commit journals its head again) keeps the copy that carries the feed id."""
+    out: Records = defaultdict(lambda: defaultdict(dict))
     for e in entries:
+        if isinstance(e, ForgetEntry):
+            continue
         versions = out[e.ns][e.record.path]
         old = versions.get(e.record.version)
         if old is None or not (old.event_id and not e.record.event_id):
             versions[e.record.version] = e.record
     return out
+
+
+def latest_records(entries: list[Entry]) -> Records:
+    """:func:`journaled_records` without the versions a forget removed (a removed version number is
+    never used again, so a removal always applies to the record it names)."""
+    out = journaled_records(entries)
+    for ns, event in forgotten_events(entries):
+        versions = out[ns].get(event.path)
+        if versions is not None:
+            versions.pop(event.version, None)
+    return out
+
+
+def forgotten_events(entries: list[Entry]) -> list[tuple[str, Event]]:
+    """(namespace, ``forgotten`` feed event) of every removal the journal holds, in order."""
+    return [(e.ns, e.event) for e in entries if isinstance(e, ForgetEntry)]
 
 
 async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
@@ -108,8 +137,18 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
         report.problems.append(
             f"the data dir holds {len(on_disk)} chunks but its journal holds no version; no version can be restored"
         )
+    removals: dict[str, list[Event]] = defaultdict(list)
+    for ns, event in forgotten_events(entries):
+        removals[ns].append(event)
+    journaled = journaled_records(entries)
     for ns, paths in sorted(latest_records(entries).items()):
-        report.namespaces[ns] = await _rebuild_namespace(repo, ns, paths, on_disk, report.problems)
+        done, restored = await _rebuild_namespace(repo, ns, paths, on_disk, report.problems)
+        done.forgotten = len(removals[ns])
+        # the feed as it was: the commits of the forgotten versions too, then their removals
+        gone = [journaled[ns][e.path][e.version] for e in removals[ns] if e.version in journaled[ns][e.path]]
+        feed = [_commit_event(r) for r in restored + gone] + removals[ns]
+        done.feed_position = await repo.metadata.restore_feed(ns, sorted(feed, key=_event_order))
+        report.namespaces[ns] = done
     store_id = read_store_id(data_dir)
     if store_id is None:
         store_id = str(uuid.uuid4())
@@ -120,7 +159,9 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
 
 async def _rebuild_namespace(
     repo: Repository, ns: str, paths: dict[str, dict[int, VersionRecord]], on_disk: set[bytes], problems: list[str]
-) -> NamespaceRebuild:
+) -> tuple[NamespaceRebuild, list[VersionRecord]]:
+    """Restore one namespace's paths, chunk index and counters; returns what it did and the
+    restored versions (their feed entries are written by the caller, with the removals)."""
     out = NamespaceRebuild()
     chunks: dict[bytes, int] = {}
     restored: list[VersionRecord] = []
@@ -144,8 +185,7 @@ async def _rebuild_namespace(
     out.chunks = len(chunks)
     await repo.metadata.add_chunks(ns, list(chunks.items()))
     await repo.metadata.restore_counters(ns, logical, live, len(restored))
-    out.feed_position = await repo.metadata.restore_feed(ns, sorted(restored, key=_event_order))
-    return out
+    return out, restored
 
 
 async def _index_manifest(

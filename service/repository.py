@@ -30,7 +30,7 @@ from cas.errors import (
     NotFoundError,
 )
 from cas.manifest import EMPTY_FILE_DIGEST, Manifest
-from cas.packstore import LocationIndex, PackChunkStore
+from cas.packstore import Hints, LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
 from service.journal import Journal
@@ -117,12 +117,15 @@ class Repository:
         verify_reads: bool = False,
         threads: int = 0,
         chunks: ChunkStore | None = None,
+        delta_hints: bool = True,
     ) -> None:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
         self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
         self.verify_reads = verify_reads
+        # Only pack stores keep delta records; the files layout stores every chunk whole.
+        self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
@@ -321,6 +324,23 @@ class Repository:
         await self.journal_versions(ns, [record])
         return record
 
+    async def forget_versions(
+        self, ns: str, path: str, *, head_version: int, identity: str, versions: Sequence[VersionRecord]
+    ) -> list[Event]:
+        """Remove versions of a path (one atomic script: head still ``head_version``, else
+        VersionConflictError and nothing removed; a ``forgotten`` event each), then journal the
+        removals before it returns (service/journal.py), so a rebuild never brings them back. The
+        two steps are shielded from cancellation (a client going away, the server stopping): a
+        removal the script made is always journaled unless the process dies in between."""
+
+        async def remove_and_journal() -> list[Event]:
+            events = await self.metadata.forget(ns, path, head_version=head_version, identity=identity,
+                                                versions=versions)
+            await self.journal.append_forgotten(ns, events)
+            return events
+
+        return await asyncio.shield(remove_and_journal())
+
     async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
         """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
         return await self.metadata.commit(ns, path, **record)
@@ -405,12 +425,14 @@ class Repository:
     async def diff(self, ns: str, path: str, from_version: int, to_version: int) -> tuple[
         VersionRecord | None, VersionRecord, ManifestDiff
     ]:
-        """Compare two versions of a path; ``from_version`` 0 means the one before ``to``."""
+        """Compare two versions of a path; ``from_version`` 0 means the newest one before ``to``."""
         to = await self.resolve(ns, path, Selector(version=to_version), allow_deleted=True)
         if from_version and from_version >= to.version:
             raise InvalidInputError(f"{path}: FROM ({from_version}) must be older than TO ({to.version})")
-        base_number = from_version or to.version - 1
-        base = await self.resolve(ns, path, Selector(version=base_number), allow_deleted=True) if base_number else None
+        if from_version:
+            base = await self.resolve(ns, path, Selector(version=from_version), allow_deleted=True)
+        else:  # the newest remaining version before ``to`` (a forget may have removed to - 1)
+            base = await self.metadata.version_before(ns, path, to.version)
         old, new = await self.manifest_of(base), await self.manifest_of(to)
         empty = Manifest(chunks=(), size=0, file_digest=EMPTY_FILE_DIGEST)
         return base, to, diff_manifests(old, new or empty)
@@ -458,8 +480,12 @@ class ChunkUpload:
         self._publishing: asyncio.Task | None = None
         self.received = self.stored = self.frame_bytes = 0
 
-    async def add(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
-        """Verify and stage one batch; publish what is staged once enough has gathered."""
+    async def add(self, chunks: Sequence[tuple[bytes, bytes]], hints: Hints | None = None) -> None:
+        """Verify and stage one batch; publish what is staged once enough has gathered.
+
+        ``hints`` (digest -> base digests) are passed to the store only where the caller's own
+        chunk index (and view) holds the base, see :meth:`_own_hints`.
+        """
         loop = asyncio.get_running_loop()
         pool = self.repo.pool
         items = [(d, bytes(f)) for d, f in chunks]
@@ -468,7 +494,8 @@ class ChunkUpload:
         slices = [items[i:i + step] for i in range(0, len(items), step)]
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
         lengths = [n for part in verified for n in part]
-        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part) for part in slices))
+        bases = await self._own_hints(hints or {})
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases) for part in slices))
         if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
             return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
@@ -483,9 +510,22 @@ class ChunkUpload:
     def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
         return [self.repo.verify(d, f) for d, f in items]
 
-    def _stage(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write temp files for ``items`` (on a worker thread) and record them, unless discarded."""
-        staged = self.repo.chunks.stage(items)
+    async def _own_hints(self, hints: Hints) -> Hints:
+        """The hints whose base is in the caller's own chunk index (and chunk view): one batched
+        metadata check per message, whatever the hints name. Any other hint is dropped without a
+        trace: whether a digest is stored for another namespace must not change what the caller
+        sees, and a hint it may use only names content it could read anyway."""
+        if not hints or not self.repo.takes_hints:
+            return {}
+        named = list(dict.fromkeys(b for bases in hints.values() for b in bases))
+        not_held = await self.repo._not_held(self.ns, named, self.view)
+        own = {d: [b for b in bases if b not in not_held] for d, bases in hints.items()}
+        return {d: bases for d, bases in own.items() if bases}
+
+    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints) -> None:
+        """Write ``items`` (on a worker thread), as deltas against ``bases`` where that pays, and
+        record them, unless discarded."""
+        staged = self.repo.chunks.stage(items, bases=bases)
         with self._lock:
             if not self._closed:
                 self._staged.append(staged)

@@ -45,6 +45,7 @@ from service.metadata.locations import RedisLocationIndex
 from service.ratelimit import RateLimiter
 from service.rebuild import seed_journal
 from service.repository import PACKS, Repository, open_chunk_store, store_layout
+from service.retention_schedule import RetentionSchedule
 from service.valkey import DataDirLock, EmbeddedValkey
 
 log = logging.getLogger("stratus.server")
@@ -177,6 +178,7 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._lock: DataDirLock | None = None
         self._audit = AuditLog.disabled()
+        self._retention: RetentionSchedule | None = None
         self.store_id = ""
         self.store_format = PACKS
 
@@ -210,7 +212,7 @@ class Server:
         self.store_format = layout
         self._repo = Repository(
             cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,
-            verify_reads=cfg.verify_reads, threads=threads, chunks=chunks,
+            verify_reads=cfg.verify_reads, threads=threads, chunks=chunks, delta_hints=cfg.delta_hints,
         )
         self.store_id = await bind_store(
             cfg.data_dir, self._repo.metadata, (self._repo.chunks, self._repo.manifests)
@@ -238,11 +240,15 @@ class Server:
         await self._grpc.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._retention = RetentionSchedule(self._repo, cfg.retention, cfg.retention_interval_s, self._audit)
+        self._retention.start()
         return self.port
 
     async def stop(self) -> None:
         """Drain in-flight calls within the grace period, then stop everything."""
         await self._health.enter_graceful_shutdown()
+        if self._retention is not None:
+            await self._retention.stop()
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
         if self._repo is not None:

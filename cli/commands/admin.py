@@ -228,8 +228,9 @@ def admin_rebuild_index(
                          "namespaces": namespaces, "problems": r.problems})
     else:
         rt.out.done(f"rebuilt store {r.store_id} from {r.journal_records} journal records")
-        rt.out.table(["namespace", "paths", "versions", "delete markers", "chunks", "feed position"], [
-            [ns, n.paths, n.versions, n.delete_markers, n.chunks, n.feed_position] for ns, n in r.namespaces.items()
+        rt.out.table(["namespace", "paths", "versions", "delete markers", "forgotten", "chunks", "feed position"], [
+            [ns, n.paths, n.versions, n.delete_markers, n.forgotten, n.chunks, n.feed_position]
+            for ns, n in r.namespaces.items()
         ])
         for problem in r.problems:
             rt.out.print(f"  not recovered: {problem}", markup=False)

@@ -122,7 +122,8 @@ def rm(
 def diff(
     ctx: typer.Context,
     remote: Annotated[str, typer.Argument(metavar="REMOTE")],
-    from_version: Annotated[int | None, typer.Argument(metavar="[FROM]", help="Older version (default: TO-1).")] = None,
+    from_version: Annotated[int | None, typer.Argument(
+        metavar="[FROM]", help="Older version (default: the one before TO).")] = None,
     to_version: Annotated[int | None, typer.Argument(metavar="[TO]", help="Newer version (default: head).")] = None,
     text: Annotated[bool, typer.Option("--text", help="Show a unified diff of the contents (text files).")] = False,
     max_bytes: Annotated[int, typer.Option(

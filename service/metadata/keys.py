@@ -5,7 +5,10 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
 
     P:{ns}:files        ZSET    every path ever committed, score 0 (ZRANGEBYLEX paging)
     P:{ns}:f:<path>     HASH    head: version, created_ms, deleted ("0"/"1")
-    P:{ns}:v:<path>     HASH    "<version>" -> JSON record (immutable once written)
+    P:{ns}:v:<path>     HASH    "<version>" -> JSON record (immutable once written; removed only
+                                by a forget, service/retention.py)
+    P:{ns}:t:<path>     ZSET    timeline of a path a forget left gaps in: its remaining versions,
+                                member the zero-padded number, score created_ms (lua/timeline.lua)
     P:{ns}:events       STREAM  change feed; the cursor is the stream id
     P:{ns}:chunks       HASH    raw 32-byte digest -> uncompressed length
     P:{ns}:stats        HASH    unique_bytes, logical_bytes, file_count, version_count
@@ -57,6 +60,9 @@ class _Keys:
 
     def versions(self, path: bytes) -> bytes:
         return self.base + b"v:" + path
+
+    def timeline(self, path: bytes) -> bytes:
+        return self.base + b"t:" + path
 
     def chunk_index(self, view: str | None) -> tuple[bytes, bytes]:
         """(chunk index, stats hash) of the namespace, or of one identity's chunk view in it."""

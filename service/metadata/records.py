@@ -49,7 +49,8 @@ class Event:
 
 @dataclass
 class NamespaceStats:
-    """Counters of one namespace. ``logical_bytes`` sums the sizes of every version ever committed."""
+    """Counters of one namespace. ``logical_bytes`` sums the sizes of every version committed and not
+    removed by a forget; ``version_count`` counts those versions (delete markers included)."""
 
     chunk_count: int
     unique_bytes: int

@@ -134,6 +134,7 @@ class MetadataStore:
         self._add_chunks = redis.register_script(lua.ADD_CHUNKS)
         self._missing = redis.register_script(lua.MISSING_CHUNKS)
         self._remove_chunks = redis.register_script(lua.REMOVE_CHUNKS)
+        self._forget = redis.register_script(lua.FORGET_VERSIONS)
         self._feed = ChangeFeed(redis)
 
     def _keys(self, ns: str) -> _Keys:
@@ -211,7 +212,7 @@ class MetadataStore:
         if if_version is not None and if_version < 0:
             raise InvalidInputError(f"{path}: negative if_version {if_version}")
         res = await self._write(
-            keys=[keys.files, keys.head(p), keys.versions(p), keys.events, keys.chunks, keys.stats],
+            keys=[keys.files, keys.head(p), keys.versions(p), keys.events, keys.chunks, keys.stats, keys.timeline(p)],
             args=[
                 kind, p, "" if if_version is None else str(int(if_version)),
                 "" if now_ms is None else str(int(now_ms)), body, str(int(size)), digests, manifest_hex,
@@ -235,6 +236,35 @@ class MetadataStore:
                 f"stored chunk has {int(res[2])} bytes; nothing was committed"
             )
         raise RuntimeError(f"unexpected reply from the commit script: {res!r:.200}")
+
+    async def forget(
+        self, ns: str, path: str, *, head_version: int, identity: str, versions: Sequence[VersionRecord]
+    ) -> list[Event]:
+        """Remove ``versions`` of ``path`` atomically (lua/forget_versions.lua); returns the
+        ``forgotten`` change-feed event of each one removed by this call (one already gone is skipped).
+
+        VersionConflictError, removing nothing, when the head is no longer ``head_version`` (the
+        plan is stale: make it again). The head is never removed. Each removal lowers the version
+        and logical-byte counters and adds a ``forgotten`` event.
+        """
+        keys = self._keys(ns)
+        p = _path_bytes(path)
+        args: list[str | bytes] = [p, str(int(head_version)), identity]
+        for rec in versions:
+            args += [str(int(rec.version)), str(int(rec.size)), rec.manifest_digest.hex()]
+        res = await self._forget(
+            keys=[keys.head(p), keys.versions(p), keys.timeline(p), keys.events, keys.stats], args=args
+        )
+        if res[0] == b"moved":
+            raise VersionConflictError(path, head_version, int(res[1]))
+        flat, now = res[1], int(res[2])
+        doomed = {rec.version: rec for rec in versions}
+        return [
+            Event(cursor=flat[i + 1].decode(), kind="forgotten", path=path, version=int(flat[i]),
+                  size=doomed[int(flat[i])].size, time_ms=now, identity=identity,
+                  manifest_digest=doomed[int(flat[i])].manifest_digest)
+            for i in range(0, len(flat), 2)
+        ]
 
     # ---- chunk index ----------------------------------------------------------------------
 
@@ -295,8 +325,18 @@ class MetadataStore:
         """Versions of ``path``, newest first; ``limit`` 0 means all."""
         keys = self._keys(ns)
         p = _path_bytes(path)
-        raws = await self._versions(keys=[keys.head(p), keys.versions(p)], args=[max(0, int(limit))])
+        raws = await self._versions(keys=[keys.head(p), keys.versions(p), keys.timeline(p)], args=[max(0, int(limit))])
         return [decode_record(path, r) for r in raws]
+
+    async def version_before(self, ns: str, path: str, version: int) -> VersionRecord | None:
+        """The newest remaining version of ``path`` numbered below ``version`` (a forget may have
+        removed ``version - 1``), or None."""
+        if version < 2:
+            return None
+        direct = await self.get_version(ns, path, version - 1)
+        if direct is not None:
+            return direct
+        return next((r for r in await self.list_versions(ns, path) if r.version < version), None)
 
     async def _records(
         self, keys: _Keys, paths: list[str], as_of_ms: int | None
@@ -304,7 +344,7 @@ class MetadataStore:
         script_keys: list[bytes] = []
         for path in paths:
             p = _path_bytes(path)
-            script_keys += [keys.head(p), keys.versions(p)]
+            script_keys += [keys.head(p), keys.versions(p), keys.timeline(p)]
         raws = await self._read(keys=script_keys, args=["" if as_of_ms is None else str(as_of_ms)])
         return [None if r is None else decode_record(path, r) for path, r in zip(paths, raws, strict=True)]
 
@@ -436,29 +476,31 @@ class MetadataStore:
         """Write the versions of ``path`` (oldest first, as journaled) and point its head at the last.
 
         Only for an empty prefix: the records are written as they are, not through the commit script.
+        Numbers with gaps (versions a forget removed) get the path's timeline (keys.py).
         """
         keys = self._keys(ns)
         p = _path_bytes(path)
         head = records[-1]
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(keys.versions(p), mapping={str(r.version): stored_form(r) for r in records})
+        if [r.version for r in records] != list(range(1, len(records) + 1)):
+            pipe.zadd(keys.timeline(p), {f"{r.version:020d}": r.created_ms for r in records})
         pipe.hset(keys.head(p), mapping={
             "version": str(head.version), "created_ms": str(head.created_ms), "deleted": "1" if head.deleted else "0",
         })
         pipe.zadd(keys.files, {p: 0})
         await pipe.execute()
 
-    async def restore_feed(self, ns: str, records: Sequence[VersionRecord]) -> str:
-        """Append feed entries for ``records`` under the ids their commits had (increasing order);
-        returns the last id, the feed's position after the rebuild."""
+    async def restore_feed(self, ns: str, events: Sequence[Event]) -> str:
+        """Append ``events`` to the feed under the ids (cursors) their commits and forgets had, in
+        increasing order ("" = a new id); returns the last id, the feed's position after the rebuild."""
         keys = self._keys(ns)
         pipe = self._redis.pipeline(transaction=False)
-        for r in records:
+        for e in events:
             pipe.xadd(keys.events, {
-                "kind": "delete" if r.deleted else "put", "path": _path_bytes(r.path), "version": str(r.version),
-                "size": str(r.size), "time_ms": str(r.created_ms), "identity": r.identity,
-                "manifest": r.manifest_digest.hex(),
-            }, id=r.event_id or "*")
+                "kind": e.kind, "path": _path_bytes(e.path), "version": str(e.version), "size": str(e.size),
+                "time_ms": str(e.time_ms), "identity": e.identity, "manifest": e.manifest_digest.hex(),
+            }, id=e.cursor or "*")
         ids = await pipe.execute()
         return ids[-1].decode() if ids else ""
 

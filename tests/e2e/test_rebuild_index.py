@@ -15,6 +15,7 @@ from tls_fixtures import connect, tls_server
 
 from cas import signing
 from cli.client import StratusClient
+from proto import stratus_pb2 as pb
 from service.journal import scan, segments
 
 
@@ -198,6 +199,48 @@ def test_store_from_before_the_journal_is_journaled_on_start(redis_url, tmp_path
             assert client.get_bytes("old.txt", version=2) == b"old 2"
             assert client.list_versions("old.txt")[0].deleted
             assert client.changes() == feed_before  # same entries under the same ids
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def test_forgotten_versions_stay_gone_after_metadata_loss(redis_url, tmp_path):
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    try:
+        with StratusClient.connect(server.address, insecure=True) as c:
+            for n in range(5):
+                c.put_bytes(b"nightly %d" % n, "db/dump.sql")
+            c.put_bytes(b"other", "db/other")
+            c.put_bytes(b"other 2", "db/other")
+            c.delete("db/other")
+            results = list(c.forget("db/", pb.RetentionPolicy(keep_last=2)))
+            assert [r.removed for r in results] == [3, 0]
+            before = snapshot(c, ["db/dump.sql", "db/other"])
+            stats = c.info().stats
+            oldest_left = c.list_versions("db/dump.sql")[-1]
+        server.stop()
+        drop_prefix(redis_url, prefix)  # Redis lost everything
+
+        report = rebuild(server, redis_url, tmp_path)
+        assert report["problems"] == []
+        [ns] = report["namespaces"].values()
+        assert ns["versions"] == 5 and ns["forgotten"] == 3
+
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as c:
+            assert snapshot(c, ["db/dump.sql", "db/other"]) == before  # history, bytes, listing and feed
+            assert [v.version for v in c.list_versions("db/dump.sql")] == [5, 4]
+            after = c.info().stats  # the chunk index holds only the remaining versions' chunks now
+            assert (after.version_count, after.logical_bytes, after.file_count) == (
+                stats.version_count, stats.logical_bytes, stats.file_count)
+            as_of = c.stat("db/dump.sql", as_of_ms=oldest_left.created_ms)
+            assert as_of.version == 4
+            events, _ = c.changes(prefix="db/dump.sql")
+            assert [(e.kind, e.version) for e in events if e.kind == "forgotten"] == [
+                ("forgotten", 1), ("forgotten", 2), ("forgotten", 3)]
+            assert c.put_bytes(b"nightly 5", "db/dump.sql").version.version == 6
+            assert [v.version for v in c.list_versions("db/dump.sql")] == [6, 5, 4]
     finally:
         server.kill()
         drop_prefix(redis_url, prefix)

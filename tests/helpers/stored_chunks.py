@@ -15,12 +15,13 @@ from pathlib import Path
 import redis
 
 from cas.pack import HEADER_SIZE, RecordType, list_packs, pack_path, scan
+from cas.packstore import IndexEntry
 from cas.store import LocalChunkStore
 from service.metadata.keys import LOCATION_BUCKET_BYTES, location_bucket
 from service.metadata.locations import RedisLocationIndex
 
-__all__ = ["damage_mark", "flip_at", "flip_chunk", "indexed", "indexed_records", "lose_chunk", "read_frame",
-           "staged_leftovers", "store_format", "stored_bytes"]
+__all__ = ["damage_mark", "flip_at", "flip_chunk", "index_entries", "indexed", "indexed_records", "lose_chunk",
+           "read_frame", "staged_leftovers", "store_format", "stored_bytes"]
 
 
 def store_format(data_dir: Path) -> str:
@@ -94,6 +95,15 @@ def indexed(server: object) -> set[bytes]:
     client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
     try:
         return {d for d, _ in RedisLocationIndex(client, server.prefix).iterate()}  # type: ignore[attr-defined]
+    finally:
+        client.close()
+
+
+def index_entries(server: object, digests: list[bytes]) -> list[IndexEntry | None]:
+    """The location-index entries of ``digests`` on a packs server (kind, delta base and depth)."""
+    client = redis.Redis.from_url(server.redis_url)  # type: ignore[attr-defined]
+    try:
+        return RedisLocationIndex(client, server.prefix).get_many(digests)  # type: ignore[attr-defined]
     finally:
         client.close()
 

@@ -149,6 +149,22 @@ def test_the_smallest_delta_among_the_candidates_wins(store):
     assert only_first.index.get(target[0]).type == RecordType.CHUNK
 
 
+def test_a_good_enough_delta_ends_the_search(tmp_path):
+    versions = history(8, 3)  # versions[2] is one edit step from versions[1], two from versions[0]
+    far, near, target = item(versions[0]), item(versions[1]), item(versions[2])
+    picked = {}
+    for good_ratio in (0.0, delta.DEFAULT_GOOD_RATIO):
+        s = PackChunkStore(tmp_path / str(good_ratio), fsync=False, policy=delta.DeltaPolicy(good_ratio=good_ratio))
+        s.put_many([far, near])
+        s.put_many([target], {target[0]: [far[0], near[0]]})
+        entry = s.index.get(target[0])
+        assert entry.frame_bytes < delta.DEFAULT_GOOD_RATIO * len(target[1])
+        assert s.get(target[0]) == versions[2]
+        picked[good_ratio] = entry.base
+        s.close()
+    assert picked == {0.0: near[0], delta.DEFAULT_GOOD_RATIO: far[0]}
+
+
 def test_hints_that_cannot_help_store_plain_frames(store):
     base = item(os.urandom(40_000))
     store.put(*base)

@@ -71,3 +71,39 @@ def test_json_file_with_a_server_table_and_unknown_keys(tmp_path: Path):
     as_json.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="table of settings"):
         load_config(as_json, environ={})
+
+
+def test_retention_rules_from_a_file_and_the_environment(tmp_path: Path):
+    from cas.retention import UNLIMITED, Duration
+
+    f = tmp_path / "s.toml"
+    f.write_text('retention_interval_s = 5\n[[retention]]\nprefix = "backups"\nkeep_daily = 7\n'
+                 'keep_monthly = "unlimited"\nkeep_within = "1y2m"\n'
+                 '[[retention]]\nnamespace = "team"\nkeep_last = 3\n')
+    cfg = load_config(f, environ={})
+    assert cfg.retention_interval_s == 5
+    first, second = cfg.retention
+    assert (first.namespace, first.prefix) == ("default", "backups")
+    assert (first.policy.daily, first.policy.monthly, first.policy.within) == (7, UNLIMITED, Duration(1, 2))
+    assert (second.namespace, second.prefix, second.policy.last) == ("team", "", 3)
+    env = {"STRATUS_RETENTION": json.dumps([{"prefix": "x/", "keep_hourly": 24}])}
+    assert load_config(None, environ=env).retention[0].policy.hourly == 24
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ({"prefix": "a/"}, r"at least one keep_\* rule"),
+    ({"keep_last": -2}, "keep-last must be a whole number"),
+    ({"keep_daily": "-5"}, "negative values"),
+    ({"keep_within": "2w"}, "invalid duration"),
+    ({"keep_last": 1, "namespace": "bad ns"}, "invalid namespace"),
+    ({"keep_last": 1, "prefix": "../x"}, "retention rule 1"),
+    ({"keep_last": 1, "keep": 2}, "use only the keys"),
+])
+def test_bad_retention_rules_are_refused(rule: dict, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, environ={"STRATUS_RETENTION": json.dumps([rule])})
+
+
+def test_retention_interval_must_be_positive():
+    with pytest.raises(ConfigError, match="retention_interval_s"):
+        load_config(None, environ={"STRATUS_RETENTION_INTERVAL_S": "0"})

@@ -100,3 +100,24 @@ def test_concurrent_appends_share_write_barriers(tmp_path: Path):
     assert len(writes) < 50  # appends waiting while a write runs join the next one
     assert len(read_all(tmp_path)[0]) == 50
     assert os.path.getsize(segments(tmp_path)[-1]) > 0
+
+
+def test_removals_round_trip_and_hide_their_versions_from_the_rebuild(tmp_path: Path):
+    from service.metadata import Event
+    from service.rebuild import forgotten_events, latest_records
+
+    removal = Event(cursor="1700000000100-0", kind="forgotten", path="a/ü b.txt", version=1, size=100,
+                    time_ms=1_700_000_000_100, identity="retention-schedule", manifest_digest=b"\x01" * 32)
+
+    async def go() -> None:
+        journal = Journal(tmp_path, blocking)
+        await journal.append("team", [record("a/ü b.txt", 1), record("a/ü b.txt", 2)])
+        await journal.append_forgotten("team", [removal])
+        await journal.append("team", [record("a/ü b.txt", 3)])
+        journal.close()
+
+    asyncio.run(go())
+    entries, problems = read_all(tmp_path)
+    assert problems == []
+    assert forgotten_events(entries) == [("team", removal)]
+    assert sorted(latest_records(entries)["team"]["a/ü b.txt"]) == [2, 3]

@@ -1,5 +1,7 @@
 -- #include find_missing.lua
--- KEYS: 1 files zset, 2 head hash, 3 versions hash, 4 events stream, 5 chunk index, 6 stats hash
+-- #include timeline.lua
+-- KEYS: 1 files zset, 2 head hash, 3 versions hash, 4 events stream, 5 chunk index, 6 stats hash,
+--       7 timeline zset (kept current once a forget created it)
 -- ARGV: 1 kind ('put'|'delete'), 2 path, 3 if_version ('' = any), 4 now_ms ('' = server clock),
 --       5 record body (JSON object), 6 size, 7 concatenated 32-byte chunk digests,
 --       8 manifest digest hex, 9 identity,
@@ -65,6 +67,7 @@ local size = ARGV[6]
 local deleted = '0'
 if kind == 'delete' then deleted = '1' end
 redis.call('HSET', KEYS[3], vs, rec)
+if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('ZADD', KEYS[7], ts, timeline_member(vs)) end
 redis.call('HSET', KEYS[2], 'version', vs, 'created_ms', ts, 'deleted', deleted)
 redis.call('ZADD', KEYS[1], 0, ARGV[2])
 redis.call('HINCRBY', KEYS[6], 'version_count', 1)
