@@ -172,8 +172,8 @@ class RebuildReport:
     unreadable_spans: int = 0  # damaged spans whose header did not say which digest they held
 
 
-class _BaseCache:
-    """Recently decoded delta bases, bounded by their total size."""
+class BaseCache:
+    """Recently decoded chunks (delta bases), bounded by their total size; thread-safe."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -250,7 +250,7 @@ class PackChunkStore(ChunkStore):
         # enforced by stage(): a read never refuses what a put wrote, nor allocates much more.
         self.max_frame_size = 2 * max_chunk_size + 65536
         self.reader = PackReader(self.root, max_open_packs, HEADER_SIZE + self.max_frame_size)
-        self._bases = _BaseCache(base_cache_bytes)
+        self._bases = BaseCache(base_cache_bytes)
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
         self._damaged = {

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.packstore import Hints, LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
+from service.deltadownload import DeltaFrames
 from service.journal import Journal
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
 
@@ -126,6 +127,7 @@ class Repository:
         self.verify_reads = verify_reads
         # Only pack stores keep delta records; the files layout stores every chunk whole.
         self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
+        self.deltas = DeltaFrames(self.chunks, params.max_size)
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
@@ -214,26 +216,60 @@ class Repository:
             absent.update(await self.metadata.missing_chunks(ns, digests, view))
         return absent
 
-    async def read_frames(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
-        """Frames of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
+    async def read_frames(
+        self, ns: str, digests: list[bytes], view: str | None = None,
+        bases: Mapping[bytes, tuple[bytes, ...]] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """(frame, base) of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
 
         The error is the same whether a chunk is stored nowhere, only in other namespaces or only
         outside ``view``. Every frame is at least header-checked (fully verified with
         ``verify_reads``); a damaged or missing copy is marked damaged and raises
-        CorruptChunkError (DATA_LOSS).
+        CorruptChunkError (DATA_LOSS). ``bases`` proposes, per digest, chunks to send it as a delta
+        against (service/deltadownload.py); the answer's base is then the first of them. A proposal
+        is used only when all its bases are in ``ns``'s chunk index (and ``view``) and none is the
+        digest itself, else it is dropped whole without a trace, so the answer is the plain frame
+        with base ``b""`` exactly as without it.
         """
         not_held = await self._not_held(ns, digests, view)
         absent = [d for d in dict.fromkeys(digests) if d in not_held]
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
-        # A few slices on the worker threads, each with one index query: not a task and a
-        # metadata round trip per chunk.
+        usable = await self._held_bases(ns, bases or {}, view)
+        # A few slices on the worker threads, the plain frames of each read with one index query:
+        # not a task and a metadata round trip per chunk.
         step = max(1, -(-len(digests) // self.store_parallelism))
         parts = await asyncio.gather(*(
-            self.run_blocking(_indexed, self.chunks, self.chunks.get_frames, digests[i:i + step], self.verify_reads)
-            for i in range(0, len(digests), step)
+            self.run_blocking(self._answers, digests[i:i + step], usable) for i in range(0, len(digests), step)
         ))
-        return [frame for part in parts for frame in part]
+        return [answer for part in parts for answer in part]
+
+    def _answers(self, digests: list[bytes], usable: Mapping[bytes, tuple[bytes, ...]]) -> list[tuple[bytes, bytes]]:
+        """:meth:`_answer` of each digest, in order; those without usable bases in one index query."""
+        plain = [d for d in digests if not usable.get(d)]
+        frames = dict(zip(plain, _indexed(self.chunks, self.chunks.get_frames, plain, self.verify_reads), strict=True))
+        return [(frames[d], b"") if d in frames else self._answer(d, usable[d]) for d in digests]
+
+    async def _held_bases(
+        self, ns: str, bases: Mapping[bytes, tuple[bytes, ...]], view: str | None
+    ) -> dict[bytes, tuple[bytes, ...]]:
+        """The proposals whose bases ``ns`` (and ``view``) all hold, none of them the chunk itself."""
+        proposals = {d: b for d, b in bases.items() if b and d not in b}
+        if not proposals:
+            return {}
+        not_held = await self._not_held(ns, list({x for b in proposals.values() for x in b}), view)
+        return {d: b for d, b in proposals.items() if not not_held.intersection(b)}
+
+    def _answer(self, digest: bytes, bases: tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """(frame, first base) for one chunk on a worker thread: a delta against ``bases`` when it pays."""
+        if bases and not self.verify_reads and (stored := self.deltas.stored(digest, bases)) is not None:
+            return stored, bases[0]
+        frame = _indexed(self.chunks, self.chunks.get_frame, digest, self.verify_reads)
+        if bases:
+            found = self.deltas.frame(digest, bases, frame)
+            if found is not None:
+                return found, bases[0]
+        return frame, b""
 
     async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
         """Re-verify the chunks a client found damaged; per digest (request order), True if its
