@@ -14,7 +14,8 @@ rsync -z, with and without delta downloads), stages (CPU seconds per GiB by stag
 server, sampled with py-spy), startup (wall time of ``stratus --help``
 and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
 Stat p99 while one identity floods the server), forget (``stratus forget`` vs ``restic forget``, reads
-before and after a forget). ``--quick`` shrinks everything to
+before and after a forget), check (``stratus admin check`` and ``--read-data`` vs ``restic check`` on
+the 1 GiB mixed file). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
 """
 
@@ -32,13 +33,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import flood, forget, latency, memory, peers, report, servers, stages, startup, transfer
+from bench import check, flood, forget, latency, memory, peers, report, servers, stages, startup, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
           "history": peers.run_history, "get_over_old": peers.run_get_over_old, "startup": startup.run,
-          "flood": flood.run, "forget": forget.run, "stages": stages.run}
+          "flood": flood.run, "forget": forget.run, "check": check.run, "stages": stages.run}
 
 
 def _log(message: str) -> None:

@@ -443,6 +443,19 @@ def _startup_md(s: dict) -> list[str]:
     return ["## CLI start-up (fresh process per run)", "", "```", *summary_lines(s), "```", ""]
 
 
+def _check_md(c: dict) -> list[str]:
+    names = list(c["stored_bytes"])
+    lines = [f"## Store check ({_bytes(c['logical_bytes'])} logical; restic {c.get('restic_version', 'absent')})", "",
+             "Each check as a process, the fastest of the rounds; MB/s of the file's size and of the bytes "
+             "stored (packs; restic's data folder).", ""]
+    rows = [["stored bytes"] + [_bytes(c["stored_bytes"][n]) for n in names]]
+    for kind, label in (("check", "check"), ("check_read_data", "check --read-data")):
+        rows.append([f"{label}: seconds"] + [_fmt(c[f"{n}_{kind}"]["seconds"], "", 2) for n in names])
+        rows.append([f"{label}: MB/s logical"] + [_fmt(c[f"{n}_{kind}"]["logical_mb_per_s"], "", 0) for n in names])
+        rows.append([f"{label}: MB/s stored"] + [_fmt(c[f"{n}_{kind}"]["stored_mb_per_s"], "", 0) for n in names])
+    return lines + _table(["check"] + names, rows)
+
+
 def markdown(results: dict) -> str:
     """The whole report as Markdown."""
     meta = results["meta"]
@@ -463,7 +476,7 @@ def markdown(results: dict) -> str:
     g = results["groups"]
     for name, render in (("transfer", _transfer_md), ("latency", _latency_md), ("memory", _memory_md),
                          ("peers", _peers_md), ("history", _history_md), ("get_over_old", _get_over_old_md),
-                         ("startup", _startup_md)):
+                         ("startup", _startup_md), ("check", _check_md)):
         if name in g and "error" not in g[name]:
             lines += render(g[name])
         elif name in g:

@@ -184,6 +184,7 @@ class LocalChunkStore(ChunkStore):
         self.max_chunk_size = max_chunk_size
         self._fsync = fsync
         self._lock = threading.Lock()  # chunk names appear and vanish, and counters change, under it
+        self._room = threading.Lock()  # the free-space check and the writes it allows are one step
         self._count = _Count()
         self._folders: set[str] = set()  # level-2 folders known to exist: saves a stat per put
         self.staging = self.root / _STAGING
@@ -233,17 +234,25 @@ class LocalChunkStore(ChunkStore):
                 continue
             todo.append((index, frame, final))
         if todo:
-            check_room(self.staging, sum(len(frame) for _, frame, _ in todo))
-        try:
-            for index, frame, final in todo:
-                staged.folders |= self._make_folder(final.parent)
-                temp = self.staging / f"{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-                _write_file(temp, frame)
-                staged.files.append((index, temp, final, len(frame)))
-        except BaseException:
-            self.discard(staged)
-            raise
+            self._write_temps(staged, todo)
         return staged
+
+    def _write_temps(self, staged: Staged, todo: list[tuple[int, bytes, Path]]) -> None:
+        """Check for room and write the batch's temp files as one step (under ``_room``): concurrent
+        batches could otherwise each see room that only one of them has. Once written, a batch's
+        bytes are taken from the free space the next check sees, so no reserve accounting is
+        needed. On failure no temp file of the batch is left."""
+        with self._room:
+            check_room(self.staging, sum(len(frame) for _, frame, _ in todo))
+            try:
+                for index, frame, final in todo:
+                    staged.folders |= self._make_folder(final.parent)
+                    temp = self.staging / f"{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+                    _write_file(temp, frame)
+                    staged.files.append((index, temp, final, len(frame)))
+            except BaseException:
+                self.discard(staged)
+                raise
 
     def publish(self, *batches: Staged) -> list[bool]:
         """Make staged frames durable, give them their names, make the names durable.

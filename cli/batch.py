@@ -10,12 +10,14 @@ served one call per file.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from cas.errors import CasError, IntegrityError, LimitExceededError
+from cli.pacing import RateLimitBudget, retry_rate_limited
 from cli.remote import Remote
 from cli.rpc_errors import map_item_error, map_rpc_error
 from proto import stratus_pb2 as pb
@@ -24,15 +26,20 @@ R = TypeVar("R")
 Q = TypeVar("Q")
 
 
-def commit_many(remote: Remote, requests: Sequence[pb.CommitFileRequest]) -> list[pb.CommitFileResponse | CasError]:
+def commit_many(
+    remote: Remote, requests: Sequence[pb.CommitFileRequest], budget: RateLimitBudget | None = None
+) -> list[pb.CommitFileResponse | CasError]:
     """Commit every request; returns, in order, each file's response or the typed error that refused it.
 
     Errors that concern the whole call (the server is unreachable, the credentials are refused)
-    are raised.
+    are raised. A rate-limited CommitFiles call is retried within ``budget`` (a new one when None):
+    the server refused it before committing anything.
     """
+    budget = budget or RateLimitBudget()
     out: list[pb.CommitFileResponse | CasError] = []
     for part in _parts(remote, requests, lambda r: len(r.manifest.chunks)):
-        results = _batch_call(remote, remote.stub.CommitFiles, pb.CommitFilesRequest(files=part))
+        call = functools.partial(_batch_call, remote, remote.stub.CommitFiles, pb.CommitFilesRequest(files=part))
+        results = retry_rate_limited(call, budget)
         if results is None:
             out += [_single(remote, remote.stub.CommitFile, r) for r in part]
             continue

@@ -86,7 +86,10 @@ def with_namespace(channel: grpc.Channel, namespace: str | None) -> grpc.Channel
 # exponential backoff, at most RETRY_ATTEMPTS tries in all (about 1.5 s for a server that cannot be
 # reached). A server whose metadata store is down says when to retry (grpc-retry-pushback-ms), so
 # a short outage of the store is bridged: each try also waits on the server's own store retries.
-# Writes are never retried blindly.
+# RESOURCE_EXHAUSTED is retried only when it is a rate limit: the server then sends its retry
+# delay as the pushback, and -1 (no retry, per the gRPC retry spec) for every other exhausted
+# resource. Writes are never retried blindly (the engines retry rate-limited uploads and commits
+# themselves: cli/pacing.py).
 IDEMPOTENT_METHODS = (
     "ServerInfo", "Stat", "ListFiles", "ListVersions", "GetManifest", "GetManifests", "GetChunks",
     "FindMissingChunks", "Diff", "Changes",
@@ -97,13 +100,14 @@ RETRY_MAX_BACKOFF_S = 1.0
 
 
 def retry_service_config() -> str:
-    """The gRPC service config (JSON) that retries the idempotent calls on UNAVAILABLE."""
+    """The gRPC service config (JSON) that retries the idempotent calls on UNAVAILABLE and on
+    RESOURCE_EXHAUSTED that the server allows a retry of (a rate limit)."""
     policy = {
         "maxAttempts": RETRY_ATTEMPTS,
         "initialBackoff": f"{RETRY_INITIAL_BACKOFF_S}s",
         "maxBackoff": f"{RETRY_MAX_BACKOFF_S}s",
         "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+        "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
     }
     names = [{"service": "stratus.v1.Stratus", "method": m} for m in IDEMPOTENT_METHODS]
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})

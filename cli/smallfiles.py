@@ -22,6 +22,7 @@ from cli import batch
 from cli.deltahints import group_bases
 from cli.grouping import SMALL_FILE_MAX
 from cli.manifestdelta import ManifestCache
+from cli.pacing import RateLimitBudget, retry_rate_limited
 from cli.remote import Remote
 from cli.results import Version
 from cli.upload import (
@@ -89,9 +90,11 @@ def _hints(
     return hints
 
 
-def _send(remote: Remote, prepared: list[_Prepared], existing: Container[str] | None) -> None:
+def _send(remote: Remote, prepared: list[_Prepared], existing: Container[str] | None,
+          budget: RateLimitBudget) -> None:
     """Find and send the group's missing chunks on one call (with delta hints); each chunk is
-    counted for the first file that holds it. Raises if the call fails (that dooms the whole group)."""
+    counted for the first file that holds it. A rate-limited PutChunks is sent again within
+    ``budget``; other failures are raised (that dooms the whole group)."""
     first: dict[bytes, tuple[HashedChunk, _Prepared]] = {}
     for p in prepared:
         for c in p.chunks:
@@ -101,18 +104,25 @@ def _send(remote: Remote, prepared: list[_Prepared], existing: Container[str] | 
         return
     owners = [first[d] for d in first if d in missing]
     hints = _hints(remote, owners, existing)
-    sender = _Sender(remote, remote.params, _Meter(None), track=True)
-    try:
-        sender.submit([c for c, _ in owners], hints)
-        sender.finish()
-    except BaseException:
-        sender.abort()
-        raise
+    # Asked once: a retry sends the same chunks again (see cli.upload._resend_missing for why).
+    sender = retry_rate_limited(lambda: _send_chunks(remote, [c for c, _ in owners], hints), budget)
     assert sender.frames is not None
     for d, size in sender.frames.items():
         owner = first[d][1].outcome
         owner.chunks_sent += 1
         owner.bytes_sent += size
+
+
+def _send_chunks(remote: Remote, chunks: list[HashedChunk], hints: dict[bytes, list[bytes]]) -> _Sender:
+    """One PutChunks call carrying ``chunks`` and their delta ``hints``."""
+    sender = _Sender(remote, remote.params, _Meter(None), track=True)
+    try:
+        sender.submit(chunks, hints)
+        sender.finish()
+    except BaseException:
+        sender.abort()
+        raise
+    return sender
 
 
 def upload_group(
@@ -139,20 +149,23 @@ def upload_group(
         outcomes.append(p.outcome)
         prepared.append(p)
     if prepared:
-        _send(remote, prepared, existing)
-        _commit(remote, prepared, sign_key, cache)
+        budget = RateLimitBudget()
+        _send(remote, prepared, existing, budget)
+        _commit(remote, prepared, sign_key, cache, budget)
     if advance is not None:
         advance(sum(o.bytes_read for o in outcomes))
     return outcomes
 
 
-def _commit(remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None) -> None:
+def _commit(
+    remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None, budget: RateLimitBudget
+) -> None:
     requests = [
         commit_request(p.outcome.remote, p.manifest, mode=p.mode, mtime_ns=p.mtime_ns, sign_key=sign_key)
         for p in prepared
     ]
     with committing():
-        answers = batch.commit_many(remote, requests)
+        answers = batch.commit_many(remote, requests, budget)
     for p, answer in zip(prepared, answers, strict=True):
         o = p.outcome
         if isinstance(answer, MissingChunksError):

@@ -18,6 +18,12 @@ For a big file or a stream, the stages run at once, so memory stays constant wha
 Then CommitFile. If the server reports missing chunks at commit (a garbage collection raced the
 upload), they are read again from the source, sent, and the commit is retried once.
 
+A rate-limited PutChunks or CommitFile is retried after the delay the server names, within a
+bound on the total wait (:mod:`cli.pacing`). A PutChunks stream refused mid-way is not resent at
+once: chunking goes on to the end (the manifest needs every digest), and then the chunks the
+server still lacks are read again from the source and sent; a source that cannot be read twice
+(a pipe) fails with the refusal instead.
+
 With a manifest cache (:mod:`cli.manifestdelta`) holding the head's manifest, chunks of that
 manifest are not asked about and the commit is sent as a delta against it; if the server refuses
 the base, the full manifest is sent once instead. Chunks that are sent carry delta hints (the
@@ -40,13 +46,21 @@ import grpc
 
 from cas.digest import digest as blake3_digest
 from cas.digest import new_hasher
-from cas.errors import CasError, CommitUnansweredError, InvalidInputError, MissingChunksError, ServerUnavailableError
+from cas.errors import (
+    CasError,
+    CommitUnansweredError,
+    InvalidInputError,
+    MissingChunksError,
+    RateLimitedError,
+    ServerUnavailableError,
+)
 from cas.manifest import Manifest, ManifestBuilder
 from cas.paths import normalize_path
 from cas.pipeline import HashedChunk, Pipeline
 from cli.deltahints import HINT_OVERHEAD, UploadHints
 from cli.grouping import CHUNK_OVERHEAD
 from cli.manifestdelta import BaseLookup, ManifestCache, commit_file, delta_request
+from cli.pacing import RateLimitBudget, retry_rate_limited
 from cli.remote import Advance, Remote, TransferParams
 from cli.results import Version
 from cli.rpc_errors import map_rpc_error
@@ -131,10 +145,16 @@ class _Sender:
     Memory is bounded by the queue (one window) plus the pipeline's in-flight bytes. With
     ``track``, ``frames`` maps each sent digest to its frame size (a group attributes them to files).
     Delta hints given with a window travel with their chunks (:mod:`cli.deltahints`).
+    With ``tolerate_rate_limit``, a call the server refuses for its rate limit is not an error:
+    ``refused`` holds the refusal, and every later window is dropped (the caller resends what
+    the server lacks afterwards).
     """
 
-    def __init__(self, remote: Remote, params: TransferParams, progress: _Meter, *, track: bool = False) -> None:
+    def __init__(self, remote: Remote, params: TransferParams, progress: _Meter, *, track: bool = False,
+                 tolerate_rate_limit: bool = False) -> None:
         self.frames: dict[bytes, int] | None = {} if track else None
+        self.refused: RateLimitedError | None = None
+        self._tolerate = tolerate_rate_limit
         self._remote = remote
         self._params = params
         self._progress = progress
@@ -150,7 +170,7 @@ class _Sender:
     def submit(self, missing: list[HashedChunk], hints: Mapping[bytes, list[bytes]] | None = None) -> None:
         """Queue a window's missing chunks (blocks while the queue is full: that bounds memory),
         with the delta hints of some of them (digest -> base digests)."""
-        if not missing:
+        if not missing or self.refused is not None:
             return
         if hints:
             self._hints.update(hints)  # before the chunks are queued: read when each is encoded
@@ -165,7 +185,9 @@ class _Sender:
         assert self._future is not None
         while True:
             if self._future.done():
-                self._raise_failure()
+                self._tolerating(self._raise_failure)
+                if self.refused is not None:
+                    return
                 raise CasError("the chunk upload stream ended early")
             try:
                 self._queue.put(item, timeout=0.1)
@@ -230,22 +252,26 @@ class _Sender:
         except grpc.RpcError as err:
             raise map_rpc_error(err, self._remote.target) from err
 
+    def _tolerating(self, fail: Callable[[], None]) -> None:
+        """Run ``fail``; a rate-limit refusal it raises becomes ``refused`` when tolerated."""
+        try:
+            fail()
+        except RateLimitedError as refusal:
+            if not self._tolerate:
+                raise
+            self.refused = refusal
+
     def finish(self) -> pb.PutChunksResponse | None:
-        """Close the stream and wait for the server's answer (None if nothing was ever sent)."""
+        """Close the stream and wait for the server's answer (None if nothing was ever sent, or
+        the call was refused for the rate limit and that is tolerated)."""
         if self._future is None:
             return None
         self._put(_END)
         try:
-            response = self._future.result()
-        except grpc.RpcError as err:
-            if self._error is not None:
-                raise self._error from err
-            raise map_rpc_error(err, self._remote.target) from err
+            self._tolerating(self._raise_failure)
         finally:
             self._close_pipe()
-        if self._error is not None:
-            raise self._error
-        return response
+        return None if self.refused is not None else self._future.result()
 
     def abort(self) -> None:
         """Cancel the call after a failure on the reading side."""
@@ -299,11 +325,12 @@ def _check_limits(params: TransferParams, count: int) -> None:
 
 
 def _send_stream(
-    remote: Remote, stream: BinaryIO, hasher: object, progress: _Meter, base: BaseLookup,
+    remote: Remote, source: Source, hasher: object, progress: _Meter, base: BaseLookup,
     hints: UploadHints | None,
 ) -> tuple[ManifestBuilder, int, int, _Sender, int]:
-    """Stages 1-3 over one stream; returns the manifest builder, bytes read, chunk count, sender
-    and how many digests were asked about. ``hints`` adds delta hints to the chunks sent.
+    """Stages 1-3 over one source; returns the manifest builder, bytes read, chunk count, sender
+    and how many digests were asked about. ``hints`` adds delta hints to the chunks sent. A
+    source that can be read again tolerates a rate-limited PutChunks (see ``_Sender.refused``).
 
     A window's FindMissingChunks answer is awaited only when the next window is ready, so the
     round trip overlaps the reading and hashing of the next window instead of stalling it. A
@@ -311,8 +338,9 @@ def _send_stream(
     answer is used).
     """
     params = remote.params
+    stream = source.stream
     builder = ManifestBuilder()
-    sender = _Sender(remote, params, progress)
+    sender = _Sender(remote, params, progress, tolerate_rate_limit=source.reopen is not None)
     queued: set[bytes] = set()  # digests already sent (or queued) by this upload
     window: list[HashedChunk] = []
     window_bytes = bytes_read = count = 0
@@ -320,6 +348,8 @@ def _send_stream(
     pending: list[tuple[list[HashedChunk], grpc.Future | None]] = []  # asked, answer not used yet
 
     def flush() -> None:
+        if sender.refused is not None:
+            return  # rate-limited: the rest is asked about and sent once the manifest is whole
         # The base manifest's chunks are committed content of the namespace: no need to ask.
         known = base.digests
         ask = list(dict.fromkeys(c.digest for c in window if c.digest not in queued and c.digest not in known))
@@ -368,13 +398,26 @@ def _send_stream(
     return builder, bytes_read, count, sender, asked[0]
 
 
-def _resend_missing(remote: Remote, source: Source, manifest: Manifest, progress: _Meter) -> _Sender:
-    """Send again the manifest's chunks that the server lacks now, read back from the source."""
-    assert source.reopen is not None
+def _resend_missing(remote: Remote, source: Source, manifest: Manifest, progress: _Meter,
+                    budget: RateLimitBudget) -> _Sender:
+    """Send again the manifest's chunks that the server lacks now, read back from the source.
+
+    What is missing is asked once; a rate-limited PutChunks is sent again (the same chunks)
+    within ``budget``. Asking again before each try would need two calls per waited-out delay,
+    which a server that admits one call per delay would refuse for ever.
+    """
     digests = manifest.unique_digests()
     missing: set[bytes] = set()
     for start in range(0, len(digests), FIND_BATCH):
         missing |= find_missing(remote, digests[start : start + FIND_BATCH])
+    return retry_rate_limited(lambda: _send_from_source(remote, source, manifest, set(missing), progress), budget)
+
+
+def _send_from_source(remote: Remote, source: Source, manifest: Manifest, missing: set[bytes],
+                      progress: _Meter) -> _Sender:
+    """Send the manifest's chunks named in ``missing`` (emptied as they are sent), read back from
+    the source, on one PutChunks call."""
+    assert source.reopen is not None
     sender = _Sender(remote, remote.params, progress)
     stream = source.reopen()
     try:
@@ -470,18 +513,23 @@ def upload(
     use_cache = cache is not None and info.manifest_deltas
     base = BaseLookup(remote, cache if use_cache else None, path, stat=info.delta_hints)
     hints = UploadHints(remote, base, path) if info.delta_hints else None
+    budget = RateLimitBudget()
     try:
-        builder, bytes_read, count, sender, asked = _send_stream(
-            remote, source.stream, hasher, _Meter(advance), base, hints
-        )
+        builder, bytes_read, count, sender, asked = _send_stream(remote, source, hasher, _Meter(advance), base, hints)
     finally:
         base.cancel()
     manifest = builder.build(hasher.digest())
+    if sender.refused is not None:
+        # What the refused call carried, and everything after it, is sent again once allowed.
+        budget.wait(sender.refused)
+        again = _resend_missing(remote, source, manifest, _Meter(advance), budget)
+        sender.chunks_sent += again.chunks_sent
+        sender.bytes_sent += again.bytes_sent
     request = commit_request(path, manifest, mode=mode, mtime_ns=mtime_ns, if_version=if_version, sign_key=sign_key)
     delta = delta_request(request, base.manifest, manifest) if base.manifest is not None else None
     outcome = FileOutcome(path, local, "uploaded", bytes_read=bytes_read, chunks_total=count,
                           chunks_sent=sender.chunks_sent, bytes_sent=sender.bytes_sent, digests_checked=asked)
-    response, delta = _commit(remote, source, manifest, (request, delta), outcome)
+    response, delta = _commit(remote, source, manifest, (request, delta), outcome, budget)
     if use_cache and cache is not None:
         cache.put(manifest)
     outcome.version = Version.from_message(response.version)
@@ -494,21 +542,26 @@ def upload(
 def _commit(
     remote: Remote, source: Source, manifest: Manifest,
     requests: tuple[pb.CommitFileRequest, pb.CommitFileRequest | None], outcome: FileOutcome,
+    budget: RateLimitBudget,
 ) -> tuple[pb.CommitFileResponse, pb.CommitFileRequest | None]:
     """The commit stage: CommitFile (as a delta when there is one); chunks the server lost since
-    they were found present are read again from the source and sent, then the commit is retried once."""
+    they were found present are read again from the source and sent, then the commit is retried once.
+    Rate-limited calls are retried within ``budget``."""
     request, delta = requests
-    try:
+
+    def commit() -> tuple[pb.CommitFileResponse, pb.CommitFileRequest | None]:
         with committing():
-            return commit_file(remote, request, delta)
+            return retry_rate_limited(lambda: commit_file(remote, request, delta), budget)
+
+    try:
+        return commit()
     except MissingChunksError:
         if source.reopen is None:
             raise
-    again = _resend_missing(remote, source, manifest, _Meter(None))
+    again = _resend_missing(remote, source, manifest, _Meter(None), budget)
     outcome.chunks_sent += again.chunks_sent
     outcome.bytes_sent += again.bytes_sent
-    with committing():
-        return commit_file(remote, request, delta)
+    return commit()
 
 
 def upload_path(

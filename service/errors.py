@@ -42,6 +42,9 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode, int]] = [
 _INTERNAL = (grpc.StatusCode.INTERNAL, Reason.INTERNAL)
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# A rate limit that lifts later than this is not waited out by a client's channel (which has no
+# bound of its own on a pushback): the call fails at once, with the delay in its ErrorDetail.
+RATE_LIMIT_PUSHBACK_MAX_MS = 10_000
 BACKEND_RETRY_AFTER_S = 0.5  # when a client may try again after the metadata store was unreachable
 MAX_MISSING_IN_DETAIL = 4096  # 128 KiB of digests; the client re-asks FindMissingChunks for more
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -108,8 +111,9 @@ def public_message(exc: BaseException, where: str) -> str:
 def grpc_status(exc: BaseException, where: str) -> grpc.Status:
     """The status to end a call with: code, message, and the ErrorDetail in ``grpc-status-details-bin``.
 
-    An UNAVAILABLE status also carries ``grpc-retry-pushback-ms``, the standard hint with which a
-    client's gRPC channel paces its retries of idempotent calls.
+    UNAVAILABLE and RESOURCE_EXHAUSTED statuses also carry ``grpc-retry-pushback-ms``, the standard
+    hint with which a client's gRPC channel paces its retries of idempotent calls (see
+    :func:`pushback_ms`).
     """
     detail = error_detail(exc)
     packed = any_pb2.Any()
@@ -118,7 +122,25 @@ def grpc_status(exc: BaseException, where: str) -> grpc.Status:
     status = rpc_status.to_status(
         status_pb2.Status(code=code.value[0], message=public_message(exc, where), details=[packed])
     )
-    if code is grpc.StatusCode.UNAVAILABLE and detail.retry_after_ms:
-        pushback = ((PUSHBACK_KEY, str(detail.retry_after_ms)),)
-        status = status._replace(trailing_metadata=tuple(status.trailing_metadata) + pushback)  # type: ignore[attr-defined]
+    pushback = pushback_ms(code, detail)
+    if pushback is not None:
+        extra = ((PUSHBACK_KEY, str(pushback)),)
+        status = status._replace(trailing_metadata=tuple(status.trailing_metadata) + extra)  # type: ignore[attr-defined]
     return status
+
+
+def pushback_ms(code: grpc.StatusCode, detail: pb.ErrorDetail) -> int | None:
+    """The ``grpc-retry-pushback-ms`` value of a failure, None for none.
+
+    UNAVAILABLE with a retry delay: that delay. RESOURCE_EXHAUSTED, which clients retry too: the
+    retry delay of a rate limit (RATE_LIMITED) up to RATE_LIMIT_PUSHBACK_MAX_MS, and -1 for a
+    longer one and for every other exhausted resource (a limit of the request, a full disk):
+    by the gRPC retry spec a negative pushback forbids a retry, as waiting would not (soon)
+    change the answer.
+    """
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return detail.retry_after_ms or None
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        waits = detail.reason == Reason.RATE_LIMITED and 0 < detail.retry_after_ms <= RATE_LIMIT_PUSHBACK_MAX_MS
+        return detail.retry_after_ms if waits else -1
+    return None

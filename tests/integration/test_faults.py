@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,12 +21,14 @@ import grpc
 import pytest
 import redis
 from cli_helpers import ROOT, isolated_env, run_process, start_process, write_random
+from concurrency import run_threads
 from server_fixtures import RunningServer, drop_prefix, new_prefix
 
 from cas import codec
 from cas.digest import digest
 from cas.errors import BackendUnavailableError, NotFoundError, StorageFullError
-from cas.store import _write_file
+from cas.packstore import PackChunkStore
+from cas.store import RESERVE_FRACTION, RESERVE_MAX_BYTES, LocalChunkStore, _write_file
 from cli.client import StratusClient
 from cli.rpc_errors import error_detail, map_rpc_error
 from proto import stratus_pb2 as pb
@@ -146,6 +149,32 @@ def test_a_chunk_write_that_meets_a_full_disk_leaves_no_file(small_disk):
         _write_file(target, os.urandom(256 * 1024))
     assert info.value.errno == errno.ENOSPC
     assert not target.exists()
+    ballast.unlink()
+
+
+@pytest.mark.parametrize("layout", ["files", "pack"])
+def test_concurrent_batches_never_share_the_last_room(small_disk, layout):
+    """Batches racing for room that only one of them fits in: one is stored, the others are
+    refused with StorageFullError (never ENOSPC), and the reserve stays free."""
+    root = small_disk / "chunks"
+    store = LocalChunkStore(root, fsync=False) if layout == "files" else PackChunkStore(root, fsync=False)
+    batch = 2 * MIB
+    st = os.statvfs(small_disk)
+    reserve = min(RESERVE_MAX_BYTES, st.f_blocks * st.f_frsize * RESERVE_FRACTION)
+    ballast = _fill(small_disk, int(reserve + batch * 1.5))
+    frames = [[(digest(b), codec.encode(b)) for b in (os.urandom(256 << 10) for _ in range(batch >> 18))]
+              for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def put(k: int) -> None:
+        barrier.wait()
+        store.put_many(frames[k])
+
+    errors = run_threads(put, 4)
+    assert len(errors) == 3 and all(isinstance(e, StorageFullError) for e in errors), errors
+    st = os.statvfs(small_disk)
+    assert st.f_bavail * st.f_frsize >= reserve
+    store.close()
     ballast.unlink()
 
 
