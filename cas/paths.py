@@ -11,6 +11,7 @@ and the line and paragraph separators U+2028/U+2029.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from cas.errors import InvalidPathError
@@ -23,6 +24,9 @@ _BIDI_CONTROLS = frozenset(
     [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
 )
 _ZERO_WIDTH = frozenset([0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF])
+
+
+_PLAIN_ASCII = re.compile(r"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
 
 
 def _is_control(ch: str) -> bool:
@@ -45,17 +49,8 @@ def misreadable(ch: str) -> str | None:
     return None
 
 
-def normalize_path(path: str) -> str:
-    """Return ``path`` in NFC after validating it; raise :class:`InvalidPathError` saying what is wrong."""
-    if not isinstance(path, str):
-        raise InvalidPathError(f"path must be a string, not {type(path).__name__}")
-    if path == "":
-        raise InvalidPathError("path is empty")
-    # Lone surrogates cannot be encoded as UTF-8 and so cannot name anything; refuse them before NFC.
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidPathError(f"path contains an unpaired surrogate at index {exc.start}") from None
+def _checked_characters(path: str) -> str:
+    """``path`` in NFC; InvalidPathError for a NUL, control or misreadable character or a backslash."""
     path = unicodedata.normalize("NFC", path)
     for index, ch in enumerate(path):
         if ch == "\0":
@@ -67,6 +62,22 @@ def normalize_path(path: str) -> str:
             raise InvalidPathError(f"path contains {kind} U+{ord(ch):04X} at index {index}")
         if ch == "\\":
             raise InvalidPathError(f"path contains a backslash at index {index}; the separator is '/'")
+    return path
+
+
+def normalize_path(path: str) -> str:
+    """Return ``path`` in NFC after validating it; raise :class:`InvalidPathError` saying what is wrong."""
+    if not isinstance(path, str):
+        raise InvalidPathError(f"path must be a string, not {type(path).__name__}")
+    if path == "":
+        raise InvalidPathError("path is empty")
+    # Lone surrogates cannot be encoded as UTF-8 and so cannot name anything; refuse them before NFC.
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPathError(f"path contains an unpaired surrogate at index {exc.start}") from None
+    if not _PLAIN_ASCII.fullmatch(path):  # printable ASCII is NFC already and holds none of these
+        path = _checked_characters(path)
     size = len(path.encode("utf-8"))
     if size > MAX_PATH_BYTES:
         raise InvalidPathError(f"path is {size} bytes in UTF-8, limit is {MAX_PATH_BYTES}")

@@ -69,7 +69,9 @@ def _prepare(remote: Remote, local: str, path: str) -> _Prepared:
         builder.add(d, chunk.length)
         chunks.append(HashedChunk(chunk.offset, chunk.length, d, chunk.data))
     outcome = FileOutcome(path, local, "uploaded", bytes_read=len(data), chunks_total=len(chunks))
-    return _Prepared(outcome, builder.build(blake3_digest(data)), chunks, st.st_mode & 0o777, st.st_mtime_ns)
+    # A file of one chunk is hashed once: its file digest is that chunk's digest (the same bytes).
+    whole = chunks[0].digest if len(chunks) == 1 else blake3_digest(data)
+    return _Prepared(outcome, builder.build(whole), chunks, st.st_mode & 0o777, st.st_mtime_ns)
 
 
 def _hints(

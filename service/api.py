@@ -386,7 +386,7 @@ class StratusService(pb_grpc.StratusServicer):
         path = normalize_path(request.path)
         caller = self._enter(context, "GetManifest", path)
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
-        manifest = await self.repo.load_manifest(record.manifest_digest)
+        manifest = await self.repo.manifest(record)
         await show_manifest(self.repo, caller, manifest)
         full = pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
         delta = await self._manifest_delta(caller, path, manifest, request.base_manifest_digest)
@@ -405,10 +405,9 @@ class StratusService(pb_grpc.StratusServicer):
         if not self.config.delta_downloads or len(base_digest) != digest.DIGEST_SIZE:
             return None
         try:
-            await self.committer.check_base(caller.namespace, path, base_digest)
+            base = await self.repo.manifest(await self.committer.base_record(caller.namespace, path, base_digest))
         except NotFoundError:
             return None
-        base = await self.repo.load_manifest(base_digest)
         return pb.GetManifestResponse(
             manifest=pb.Manifest(size=manifest.size, file_digest=manifest.file_digest),
             base_manifest_digest=base_digest, pieces=pieces_message(pieces_between(base.chunks, manifest.chunks)),
@@ -557,7 +556,7 @@ class StratusService(pb_grpc.StratusServicer):
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         if request.offset > record.size:
             raise InvalidInputError(f"offset {request.offset} is past the end of {path} ({record.size} bytes)")
-        manifest = await self.repo.load_manifest(record.manifest_digest)
+        manifest = await self.repo.manifest(record)
         await self._send_all(context, caller, "Download", self._pieces(record, manifest, request.offset, caller))
 
     async def _pieces(

@@ -116,7 +116,7 @@ class BatchCalls:
                 load.append((n, record))
                 answers.append(None)
         manifests = await asyncio.gather(
-            *(self.repo.load_manifest(record.manifest_digest) for _, record in load), return_exceptions=True
+            *(self.repo.manifest(record) for _, record in load), return_exceptions=True
         )
         await asyncio.gather(*(show_manifest(self.repo, caller, m) for m in manifests if isinstance(m, Manifest)))
         for (n, record), manifest in zip(load, manifests, strict=True):

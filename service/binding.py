@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cas.errors import CasError
 from cas.store import ChunkStore
+from service.manifests import ManifestStore
 from service.metadata import MetadataStore
 
 STORE_ID_FILE = "STORE_ID"
@@ -62,11 +63,11 @@ def write_store_id(data_dir: Path, store_id: str) -> None:
         os.close(fd)
 
 
-def _has_chunks(stores: tuple[ChunkStore, ...]) -> bool:
+def _has_chunks(stores: tuple[ChunkStore | ManifestStore, ...]) -> bool:
     return any(not store.is_empty() for store in stores)
 
 
-async def bind_store(data_dir: Path, metadata: MetadataStore, stores: tuple[ChunkStore, ...]) -> str:
+async def bind_store(data_dir: Path, metadata: MetadataStore, stores: tuple[ChunkStore | ManifestStore, ...]) -> str:
     """Check (or create) the binding of ``data_dir`` to ``metadata``; returns the store id.
 
     Raises :class:`StoreBindingError`, with one line naming both sides and what to do, whenever

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cas.errors import StorageFullError
 from cas.pack import fsync_dir
 from service.metadata import Event, VersionRecord
 from service.metadata.records import record_fields, record_from_fields
@@ -64,6 +65,7 @@ MAGIC = b"SVJ1"
 _HEADER = struct.Struct(">4sII")
 SEGMENT_BYTES = 64 << 20
 MAX_RECORD_BYTES = 16 << 20
+JOURNAL_MARGIN_BYTES = 64 << 10  # free space a commit leaves at least, beyond its own records
 SUFFIX = ".log"
 
 
@@ -173,7 +175,7 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._seq = 0
-        self._pending: list[bytes] = []
+        self._pending: list[Callable[[], list[bytes]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.cut_bytes = self._open()
@@ -219,6 +221,18 @@ class Journal:
         os.replace(temp, self.folder / f"{0:08d}{SUFFIX}")
         fsync_dir(self.folder)
 
+    def check_room(self, nbytes: int) -> None:
+        """Refuse (StorageFullError) when the journal's file system lacks ``nbytes`` plus a margin.
+
+        Called before a commit script runs: a version is written to Redis/Valkey before it is
+        journaled, so a journal append that fails on a full disk would leave a version readers see
+        but no client was told of. Commits may use the free-space reserve that chunk writes keep
+        (cas.store.check_room), so this asks only for the bytes themselves.
+        """
+        st = os.statvfs(self.folder)
+        if st.f_bavail * st.f_frsize < nbytes + JOURNAL_MARGIN_BYTES:
+            raise StorageFullError()
+
     def close(self) -> None:
         """Close the segment file (appends after this fail)."""
         with self._lock:
@@ -244,28 +258,34 @@ class Journal:
 
     async def append(self, ns: str, records: Sequence[VersionRecord]) -> None:
         """Make ``records`` of namespace ``ns`` durable; returns once they are on disk."""
-        await self._append([encode_entry(ns, r) for r in records])
+        if records:
+            await self._append(lambda: [encode_entry(ns, r) for r in records])
 
     async def append_forgotten(self, ns: str, events: Sequence[Event]) -> None:
         """Make the removals a forget made (their ``forgotten`` events) durable."""
-        await self._append([encode_forget(ns, e) for e in events])
+        if events:
+            await self._append(lambda: [encode_forget(ns, e) for e in events])
 
-    async def _append(self, blobs: list[bytes]) -> None:
-        if not blobs:
-            return
+    async def _append(self, encode: Callable[[], list[bytes]]) -> None:
+        """Queue ``encode`` (run on the worker thread that writes, off the event loop) for the next
+        group write; returns once its records are on disk."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending += blobs
+        self._pending.append(encode)
         self._waiters.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         await asyncio.shield(future)
 
+    def _encode_and_write(self, pending: Sequence[Callable[[], list[bytes]]]) -> None:
+        """Encode the queued records and write them durably, in the order they were queued."""
+        self.write_durably([blob for encode in pending for blob in encode()])
+
     async def _flush(self) -> None:
         while self._pending:
-            blobs, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
             try:
-                await self._run(self.write_durably, blobs)
+                await self._run(self._encode_and_write, pending)
             except Exception as exc:  # noqa: BLE001 - handed to every append that shared the write
                 for w in waiters:
                     if not w.done():
@@ -274,4 +294,3 @@ class Journal:
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
-

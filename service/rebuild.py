@@ -38,9 +38,9 @@ from cas.packstore import PackChunkStore
 from service.binding import read_store_id, write_store_id
 from service.config import ServerConfig
 from service.journal import Entry, ForgetEntry, encode_entry, read_all
-from service.metadata import Event, MetadataStore, VersionRecord
-from service.metadata.locations import RedisLocationIndex
-from service.repository import Repository, open_chunk_store, store_layout
+from service.metadata import Event, VersionRecord
+from service.offline import offline_metadata
+from service.repository import Repository, open_stores, store_layout
 
 
 class RebuildRefusedError(CasError):
@@ -128,8 +128,9 @@ async def rebuild_index(repo: Repository, data_dir: Path) -> RebuildReport:
             "(stop the server; use a fresh Redis/Valkey or key prefix)"
         )
     report = RebuildReport()
-    if isinstance(repo.chunks, PackChunkStore):  # the chunk location index, from the packs alone
+    if isinstance(repo.chunks, PackChunkStore):  # the location indexes, from the packs alone
         await repo.run_blocking(repo.chunks.rebuild_index)
+        await repo.run_blocking(repo.manifests.rebuild_index)
     entries, report.problems = await repo.run_blocking(read_all, data_dir / "journal")
     report.journal_records = len(entries)
     on_disk = set(await repo.run_blocking(lambda: list(repo.chunks.iterate())))
@@ -195,7 +196,7 @@ async def _index_manifest(
     """Add the chunks of ``rec``'s manifest to ``chunks``; False (and a problem) if it is unreadable."""
     where = f"{ns}:{rec.path} version {rec.version}"
     try:
-        manifest = await repo.load_manifest(rec.manifest_digest)
+        manifest = await repo.manifest(rec)
     except CasError as exc:
         problems.append(f"{where}: manifest {rec.manifest_digest.hex()} cannot be read ({exc}); version not restored")
         return False
@@ -224,39 +225,16 @@ async def seed_journal(repo: Repository) -> int:
 
 
 async def rebuild_offline(config: ServerConfig) -> RebuildReport:
-    """Rebuild the metadata of ``config``'s store with the server stopped: takes the data dir's
-    lock (DataDirBusyError while a server runs on it) and, without ``redis_url``, runs the
-    embedded Valkey itself, as the server would."""
-    from service.server import location_client, metadata_client
-    from service.valkey import DataDirLock, EmbeddedValkey
-
-    lock: DataDirLock | None = None
-    valkey: EmbeddedValkey | None = None
-    if config.redis_url:
-        lock = DataDirLock(config.data_dir)
-        lock.acquire()
-        url = config.redis_url
-    else:
-        valkey = EmbeddedValkey(config.data_dir)
-        valkey.start()
-        url = valkey.url
-    redis = metadata_client(url)
-    locations = location_client(url, 4)
-    layout = store_layout(config.data_dir, config.store_format)
-    chunks = await asyncio.to_thread(
-        open_chunk_store, config.data_dir, layout, config.chunk_params,
-        lambda: RedisLocationIndex(locations, config.redis_prefix), config.pack_size,
-    )
-    repo = Repository(
-        config.data_dir, MetadataStore(redis, prefix=config.redis_prefix), config.chunk_params, chunks=chunks
-    )
-    try:
-        return await rebuild_index(repo, config.data_dir)
-    finally:
-        repo.close()
-        locations.close()
-        await redis.aclose()
-        if valkey is not None:
-            valkey.stop()
-        if lock is not None:
-            lock.release()
+    """Rebuild the metadata of ``config``'s store with the server stopped (service/offline.py)."""
+    async with offline_metadata(config) as offline:
+        layout = store_layout(config.data_dir, config.store_format)
+        chunks, manifests = await asyncio.to_thread(
+            open_stores, config.data_dir, layout, config.chunk_params, offline.index, config.pack_size
+        )
+        repo = Repository(
+            config.data_dir, offline.metadata, config.chunk_params, chunks=chunks, manifests=manifests
+        )
+        try:
+            return await rebuild_index(repo, config.data_dir)
+        finally:
+            repo.close()

@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cas import codec
 from cas.chunker import ChunkParams
 from cas.diff import ManifestDiff, diff_manifests
+from cas.digest import digest as blake3
 from cas.errors import (
     ChunkNotFoundError,
     ChunkTooLargeError,
@@ -35,21 +36,27 @@ from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
 from service.deltadownload import DeltaFrames
 from service.journal import Journal
+from service.manifests import ManifestStore, from_inline, inline_form, open_manifest_store
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
+from service.metadata.store import HeadMoved, PutVersion
 
 log = logging.getLogger("stratus.server")
-# Manifests are stored as frames too; a manifest of 4M chunks is about 150 MiB.
-MAX_MANIFEST_BYTES = 1 << 30
 T = TypeVar("T")
 PACKS, FILES = "packs", "files"
+MIGRATING = "MIGRATING"  # in the data dir while a migration to packs is unfinished
 
 
 def store_layout(data_dir: Path, wanted: str) -> str:
     """The chunk layout of ``data_dir``: the one it already has, else ``wanted`` (a new data dir).
 
     A data dir holding ``chunks/`` (one file per chunk, the layout before packs) keeps it until it
-    is migrated; one holding ``packs/`` refuses to be served as files (its chunks would vanish).
+    is migrated (``stratus admin migrate``, service/migrate.py); one holding ``packs/`` refuses to
+    be served as files (its chunks would vanish), and one whose migration has not finished
+    (``MIGRATING``) refuses to be served at all.
     """
+    if (data_dir / MIGRATING).exists():
+        raise ConfigError(f"data dir {data_dir} is being migrated to packs; run `stratus admin migrate "
+                          f"--data-dir {data_dir}` again to finish it")
     if (data_dir / "packs").is_dir():
         if wanted == FILES:
             raise ConfigError(f"store_format is 'files' but data dir {data_dir} holds packs; "
@@ -67,7 +74,17 @@ def open_chunk_store(
     return PackChunkStore(data_dir, index(), max_chunk_size=params.max_size, max_pack_size=pack_size)
 
 
-def _indexed(store: ChunkStore, read: Callable[..., T], key: object, *args: object) -> T:
+def open_stores(
+    data_dir: Path, layout: str, params: ChunkParams, index: Callable[[str], LocationIndex], pack_size: int
+) -> tuple[ChunkStore, ManifestStore]:
+    """The chunk and manifest stores of ``data_dir`` in ``layout`` (blocking: opening packs cuts
+    torn tails). ``index(name)`` makes a pack location index: "chunks" or "manifests"."""
+    chunks = open_chunk_store(data_dir, layout, params, lambda: index("chunks"), pack_size)
+    packs = layout == PACKS
+    return chunks, open_manifest_store(data_dir, packs, index("manifests") if packs else None)
+
+
+def _indexed(store: ChunkStore | ManifestStore, read: Callable[..., T], key: object, *args: object) -> T:
     """``read(key, *args)`` of chunks or a manifest the metadata names (``key`` is a digest or a
     list of them): an absence from the disk is data loss, so that chunk is marked damaged
     (repaired when it is stored again) and reported corrupt."""
@@ -118,12 +135,13 @@ class Repository:
         verify_reads: bool = False,
         threads: int = 0,
         chunks: ChunkStore | None = None,
+        manifests: ManifestStore | None = None,
         delta_hints: bool = True,
     ) -> None:
         self.params = params
         self.metadata = metadata
         self.chunks = chunks or LocalChunkStore(data_dir / "chunks", max_chunk_size=params.max_size)
-        self.manifests: ChunkStore = LocalChunkStore(data_dir / "manifests", max_chunk_size=MAX_MANIFEST_BYTES)
+        self.manifests = manifests or open_manifest_store(data_dir, packs=False)
         self.verify_reads = verify_reads
         # Only pack stores keep delta records; the files layout stores every chunk whole.
         self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
@@ -142,6 +160,7 @@ class Repository:
         self.pool.shutdown(wait=True)
         self.journal.close()
         self.chunks.close()
+        self.manifests.close()
 
     async def disk_stats(self, wait: float) -> StoreStats | None:
         """Chunks and bytes on disk (all namespaces), without ever blocking the event loop.
@@ -329,8 +348,6 @@ class Repository:
         return [d for d, ok in zip(digests, held, strict=True)
                 if d not in known and not ok and self.chunks.mark_damaged(d)]
 
-    # ---- manifests ------------------------------------------------------------------------
-
     # ---- metadata: what the handlers ask of it (they reach storage and metadata only through here) ----
 
     async def namespace_stats(self, ns: str) -> NamespaceStats:
@@ -377,9 +394,10 @@ class Repository:
 
         return await asyncio.shield(remove_and_journal())
 
-    async def commit_version(self, ns: str, path: str, **record: Any) -> VersionRecord:
-        """Append a version (one atomic script: chunks present with their lengths, head check, event)."""
-        return await self.metadata.commit(ns, path, **record)
+    async def commit_group(self, ns: str, puts: Sequence[PutVersion]) -> list[VersionRecord | HeadMoved | Exception]:
+        """Append versions of distinct paths, each on its own (one script call: chunks present with
+        their lengths, head checks, events); see :meth:`MetadataStore.commit_group`."""
+        return await self.metadata.commit_group(ns, puts)
 
     async def journal_versions(self, ns: str, records: Sequence[VersionRecord]) -> None:
         """Make committed versions durable in the data dir's journal (one barrier for all of them);
@@ -408,35 +426,35 @@ class Repository:
         """The digests a confined caller's chunk view lacks (request order)."""
         return await self.metadata.missing_chunks(ns, list(digests), view)
 
-    async def save_manifest(self, manifest: Manifest) -> bytes:
-        """Store a manifest under its digest (idempotent) and return the digest."""
-        raw = manifest.to_bytes()
-        digest = manifest.digest()
-        frame = await self.run_blocking(codec.encode, raw, 1)
-        await self.run_blocking(self.manifests.put, digest, frame)
-        return digest
+    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[tuple[bytes, bytes]]:
+        """(digest, inline encoding or b"") per manifest, in order (service/manifests.py).
 
-    async def save_manifests(self, manifests: Sequence[Manifest]) -> list[bytes]:
-        """Store many manifests with one durability barrier for all; returns their digests in order."""
-
-        def save() -> list[bytes]:
-            digests = [m.digest() for m in manifests]
-            unique = {d: m for d, m in zip(digests, manifests, strict=True)}
-            self.manifests.put_many([(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()])
-            return digests
-
-        return await self.run_blocking(save)
+        The manifests too large to travel inline are stored first, with one durability barrier
+        for all of them, so a version record never names a manifest a crash could lose."""
+        encoded = [m.to_bytes() for m in manifests]
+        inline = [inline_form(raw) for raw in encoded]
+        stored = [m for m, kept in zip(manifests, inline, strict=True) if not kept]
+        if stored:
+            await self.run_blocking(self.manifests.put_many, stored)
+        return [(blake3(raw), kept) for raw, kept in zip(encoded, inline, strict=True)]
 
     async def load_manifest(self, digest: bytes) -> Manifest:
-        """Load and verify the manifest named by ``digest``."""
+        """Load and verify the stored manifest named by ``digest`` (not an inline one)."""
         raw = await self.run_blocking(_indexed, self.manifests, self.manifests.get, digest)
         return Manifest.from_bytes(raw)
 
+    async def manifest(self, record: VersionRecord) -> Manifest:
+        """The verified manifest of a version that is not a delete marker: inline in the record,
+        else stored."""
+        if record.manifest:
+            return from_inline(record.manifest_digest, record.manifest)
+        return await self.load_manifest(record.manifest_digest)
+
     async def manifest_of(self, record: VersionRecord | None) -> Manifest | None:
-        """The manifest of a version, or None for no version or a tombstone."""
+        """The manifest of a version, or None for no version or a delete marker."""
         if record is None or record.deleted:
             return None
-        return await self.load_manifest(record.manifest_digest)
+        return await self.manifest(record)
 
     # ---- versions ---------------------------------------------------------------------------
 

@@ -41,10 +41,10 @@ from service.config import ConfigError, ServerConfig, load_config
 from service.decoding import tolerant_handlers
 from service.gate import Gate
 from service.metadata import MetadataStore
-from service.metadata.locations import RedisLocationIndex
+from service.metadata.locations import RedisLocationIndex, named_index
 from service.ratelimit import RateLimiter
 from service.rebuild import seed_journal
-from service.repository import PACKS, Repository, open_chunk_store, store_layout
+from service.repository import FILES, PACKS, Repository, open_stores, store_layout
 from service.retention_schedule import RetentionSchedule
 from service.valkey import DataDirLock, EmbeddedValkey
 
@@ -201,18 +201,23 @@ class Server:
         layout = store_layout(cfg.data_dir, cfg.store_format)
         log.info("chunk store: %s in %s%s", layout, cfg.data_dir,
                  "" if layout == cfg.store_format else " (the layout this data dir already has)")
+        if layout == FILES and cfg.store_format == PACKS:
+            log.warning("data dir %s keeps one file per chunk; to move it to packs, stop the server and run "
+                        "`stratus admin migrate --data-dir %s` (resumable; see README)", cfg.data_dir, cfg.data_dir)
 
-        def index() -> RedisLocationIndex:
-            self._locations = location_client(url, threads)
-            return RedisLocationIndex(self._locations, cfg.redis_prefix)
+        def index(name: str) -> RedisLocationIndex:
+            if self._locations is None:
+                self._locations = location_client(url, threads)
+            return named_index(self._locations, cfg.redis_prefix, name)
 
-        chunks = await asyncio.to_thread(
-            open_chunk_store, cfg.data_dir, layout, cfg.chunk_params, index, cfg.pack_size
+        chunks, manifests = await asyncio.to_thread(
+            open_stores, cfg.data_dir, layout, cfg.chunk_params, index, cfg.pack_size
         )
         self.store_format = layout
         self._repo = Repository(
             cfg.data_dir, MetadataStore(self._redis, prefix=cfg.redis_prefix), cfg.chunk_params,
-            verify_reads=cfg.verify_reads, threads=threads, chunks=chunks, delta_hints=cfg.delta_hints,
+            verify_reads=cfg.verify_reads, threads=threads, chunks=chunks, manifests=manifests,
+            delta_hints=cfg.delta_hints,
         )
         self.store_id = await bind_store(
             cfg.data_dir, self._repo.metadata, (self._repo.chunks, self._repo.manifests)

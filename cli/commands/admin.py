@@ -58,6 +58,7 @@ content (put the affected files again).
 
   stratus admin rebuild-index --data-dir ~/vault --redis-url redis://127.0.0.1:6379
                                           [dim]# server stopped: metadata from the data dir[/dim]
+  stratus admin migrate --data-dir ~/vault [dim]# server stopped: one file per chunk -> packs[/dim]
 """
 
 admin_app = typer.Typer(help="Store maintenance (needs the admin role).", no_args_is_help=True)
@@ -235,6 +236,45 @@ def admin_rebuild_index(
         for problem in r.problems:
             rt.out.print(f"  not recovered: {problem}", markup=False)
     if r.problems:
+        raise typer.Exit(INTEGRITY)
+
+
+@admin_app.command("migrate", epilog=ADMIN_EPILOG)
+def admin_migrate(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", metavar="DIR", help="The stopped server's data dir.")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis-url", metavar="URL", help="The store's Redis/Valkey (default: the embedded Valkey).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", metavar="FILE", help="The server's settings.")] = None,
+    batch_mib: Annotated[int, typer.Option(
+        "--batch-mib", min=1, metavar="MIB", help="Chunk files moved per durable step.")] = 64,
+) -> None:
+    """Move a files-layout data dir (one file per chunk and manifest) into pack files, with the
+    server stopped. Resumable: after an interruption, run it again."""
+    from service.config import ConfigError, load_config
+    from service.migrate import MigrationProgress, migrate_offline
+
+    rt = Runtime.of(ctx)
+    try:
+        settings = load_config(config, {"data_dir": data_dir, "redis_url": redis_url})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+    def progress(p: MigrationProgress) -> None:
+        rt.out.note(f"{p.kind}: {p.done}/{p.total} files, {p.bytes_done / 2**20:.1f}/{p.bytes_total / 2**20:.1f} MiB")
+
+    r = asyncio.run(migrate_offline(settings, progress, batch_mib << 20))
+    if rt.out.json:
+        rt.out.document(vars(r))
+    else:
+        rt.out.done(f"{'finished the migration' if r.resumed else 'migrated'}: {r.chunks} chunks "
+                    f"({r.chunk_bytes / 2**20:.1f} MiB) and {r.manifests} manifests moved into packs")
+        for digest in r.damaged:
+            rt.out.print(f"  damaged (repaired by the next upload of its content): {digest}", markup=False)
+    if r.damaged:
+        from cli.errors import INTEGRITY
+
         raise typer.Exit(INTEGRITY)
 
 

@@ -17,6 +17,8 @@ a namespace lives on one slot and the multi-key scripts stay legal on a cluster)
     P:store-id          STRING  id of the chunk store (data dir) this metadata belongs to
     P:loc:{<hhhh>}      HASH    chunk location index of a pack store, one bucket per first two
                                 digest bytes (hex in the hash tag): digest[2:] -> IndexEntry bytes
+    P:manifests:loc:{<hhhh>} HASH  the same for the manifests stored as pack records
+                                (service/manifests.py), apart so the chunk index lists chunks only
 
 ``<path>`` is the UTF-8 path, appended raw: the hash tag is the first ``{...}`` of a key, which is
 always the namespace, so braces or colons inside a path cannot move a key to another slot.
@@ -36,6 +38,11 @@ LOCATION_BUCKET_BYTES = 2  # 65,536 buckets: spread over every cluster slot, sma
 def location_bucket(prefix: str, digest: bytes) -> bytes:
     """The location-index bucket of ``digest`` (its own hash tag, never a namespace's key)."""
     return f"{prefix}:loc:{{{digest[:LOCATION_BUCKET_BYTES].hex()}}}".encode()
+
+
+def manifest_index_prefix(prefix: str) -> str:
+    """The prefix of the location index of manifests stored in packs (see the schema above)."""
+    return f"{prefix}:manifests"
 
 
 def location_pattern(prefix: str) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import redis
 
 from cas.packstore import IndexEntry
-from service.metadata.keys import LOCATION_BUCKET_BYTES, location_bucket, location_pattern
+from service.metadata.keys import LOCATION_BUCKET_BYTES, location_bucket, location_pattern, manifest_index_prefix
 
 _SCAN_BATCH = 512
 
@@ -102,3 +102,9 @@ class RedisLocationIndex:
                 pipe.memory_usage(key, samples=0)
             total += sum(n or 0 for n in pipe.execute())
         return total
+
+
+def named_index(client: redis.Redis, prefix: str, name: str) -> RedisLocationIndex:
+    """The location index ``name`` of a pack store under key prefix ``prefix``: "chunks" (the
+    chunk and delta records) or "manifests" (the manifest records, see service/manifests.py)."""
+    return RedisLocationIndex(client, prefix if name == "chunks" else manifest_index_prefix(prefix))

@@ -37,6 +37,7 @@ def _expand(name: str, seen: set[str]) -> list[str]:
 
 
 WRITE_VERSION = load("write_version.lua")
+WRITE_VERSIONS = load("write_versions.lua")
 MISSING_CHUNKS = load("missing_chunks.lua")
 READ_RECORDS = load("read_records.lua")
 READ_VERSIONS = load("read_versions.lua")

@@ -9,6 +9,8 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -34,7 +36,7 @@ from service.metadata.records import (
     stored_form,
 )
 
-__all__ = ["Event", "MetadataStore", "NamespaceStats", "VersionRecord"]
+__all__ = ["Event", "HeadMoved", "MetadataStore", "NamespaceStats", "PutVersion", "VersionRecord"]
 
 DIGEST_SIZE = 32
 
@@ -114,6 +116,65 @@ def _cursor(since: str) -> str:
     return since
 
 
+@dataclass(frozen=True)
+class PutVersion:
+    """One file of a commit: the version record's fields, and the checks the script makes.
+
+    ``if_version`` is the caller's condition (VersionConflictError); ``expected`` the head version
+    the caller computed the record against (None: unchecked), answered by :class:`HeadMoved`.
+    ``manifest`` is the inline manifest (service/manifests.py), b"" when it is stored.
+    """
+
+    path: str
+    manifest_digest: bytes
+    size: int
+    file_digest: bytes
+    chunk_digests: Sequence[bytes]
+    chunk_count: int
+    new_chunks: int
+    new_bytes: int
+    identity: str
+    mode: int
+    mtime_ns: int
+    chunk_lengths: Sequence[int] | None = None
+    signature: bytes = b""
+    signer_public_key: bytes = b""
+    if_version: int | None = None
+    expected: int | None = None
+    manifest: bytes = b""
+
+
+@dataclass(frozen=True)
+class HeadMoved:
+    """The answer for a file whose head was not the ``expected`` version: nothing was written;
+    ``head`` is the head record found (None: the path has no version)."""
+
+    head: VersionRecord | None
+
+
+def _reply(path: str, if_version: int | None, res: list[Any]) -> VersionRecord | HeadMoved | Exception:
+    """The outcome of one file's reply from put_version.lua."""
+    tag = res[0]
+    if tag == b"ok":
+        record = decode_record(path, res[1])
+        record.event_id = res[2].decode()
+        return record
+    if tag == b"moved":
+        return HeadMoved(decode_record(path, res[2]) if res[2] else None)
+    if tag == b"conflict":
+        return VersionConflictError(path, 0 if if_version is None else if_version, int(res[1]))
+    if tag == b"missing":
+        return MissingChunksError(_split_digests(res[1]))
+    if tag == b"notfound":
+        return NotFoundError(f"{path}: no such file")
+    if tag == b"badlength":
+        return ManifestError(
+            f"{path}: the manifest gives chunk {res[1].hex()} a length of {int(res[3])} bytes but the "
+            f"stored chunk has {int(res[2])} bytes; nothing was committed"
+        )
+    return RuntimeError(f"unexpected reply from the commit script: {res!r:.200}")
+
+
 class MetadataStore:
     """Versions, heads, listings, change feed and chunk index of every namespace, in Redis/Valkey.
 
@@ -129,6 +190,7 @@ class MetadataStore:
         self._redis = redis
         self.prefix = prefix
         self._write = redis.register_script(lua.WRITE_VERSION)
+        self._write_group = redis.register_script(lua.WRITE_VERSIONS)
         self._read = redis.register_script(lua.READ_RECORDS)
         self._versions = redis.register_script(lua.READ_VERSIONS)
         self._add_chunks = redis.register_script(lua.ADD_CHUNKS)
@@ -142,28 +204,9 @@ class MetadataStore:
 
     # ---- writes ---------------------------------------------------------------------------
 
-    async def commit(
-        self,
-        ns: str,
-        path: str,
-        *,
-        manifest_digest: bytes,
-        size: int,
-        file_digest: bytes,
-        chunk_digests: Sequence[bytes],
-        chunk_lengths: Sequence[int] | None = None,
-        chunk_count: int,
-        new_chunks: int,
-        new_bytes: int,
-        identity: str,
-        mode: int,
-        mtime_ns: int,
-        signature: bytes = b"",
-        signer_public_key: bytes = b"",
-        if_version: int | None = None,
-        now_ms: int | None = None,
-    ) -> VersionRecord:
-        """Atomically write a new version of ``path`` and move its head.
+    async def commit(self, ns: str, path: str, *, now_ms: int | None = None, **put: Any) -> VersionRecord:
+        """Atomically write a new version of ``path`` and move its head (``put``: the fields of
+        :class:`PutVersion` but ``path`` and ``expected``).
 
         Raises VersionConflictError when ``if_version`` is given and is not the head (0 means
         "no live head"), MissingChunksError (in request order) when a digest is not in the
@@ -171,25 +214,67 @@ class MetadataStore:
         ``chunk_digests``) gives a chunk another length than the index holds; in every case
         nothing changes. The lengths are checked inside the commit script: one round trip.
         """
+        outcome = (await self.commit_group(ns, [PutVersion(path=path, **put)], now_ms=now_ms))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, VersionRecord), "no expected head was given, so the head cannot have moved"
+        return outcome
+
+    async def commit_group(
+        self, ns: str, puts: Sequence[PutVersion], *, now_ms: int | None = None
+    ) -> list[VersionRecord | HeadMoved | Exception]:
+        """Write versions of distinct paths in one script call (one round trip, one AOF write).
+
+        Per file, in order: the new record, :class:`HeadMoved` when ``expected`` is set and the
+        head is another version, or the error :meth:`commit` would raise; every file succeeds or
+        fails on its own, and a failed one changes nothing.
+        """
         keys = self._keys(ns)
-        p = _path_bytes(path)
+        script_keys = [keys.files, keys.events, keys.chunks, keys.stats]
+        args: list[str | bytes] = ["" if now_ms is None else str(int(now_ms))]
+        out: list[VersionRecord | HeadMoved | Exception | None] = []
+        sent: list[int] = []
+        for n, put in enumerate(puts):
+            try:
+                p, item = self._put_args(put)
+            except (InvalidInputError, InvalidPathError, InvalidDigestError, ManifestError) as exc:
+                out.append(exc)
+                continue
+            out.append(None)
+            sent.append(n)
+            script_keys += [keys.head(p), keys.versions(p), keys.timeline(p)]
+            args += item
+        if sent:
+            replies = await self._write_group(keys=script_keys, args=args)
+            for n, reply in zip(sent, replies, strict=True):
+                out[n] = _reply(puts[n].path, puts[n].if_version, reply)
+        return [o for o in out if o is not None]
+
+    def _put_args(self, put: PutVersion) -> tuple[bytes, list[str | bytes]]:
+        """The path's key bytes and the ten script arguments of one put (see put_version.lua)."""
+        p = _path_bytes(put.path)
         if not p:
             raise InvalidPathError("path must not be empty")
-        if size < 0:
-            raise InvalidInputError(f"{path}: negative size {size}")
-        unique, joined = _joined_digests(chunk_digests)
-        lengths = "" if chunk_lengths is None else _joined_lengths(path, chunk_digests, chunk_lengths, len(unique))
+        if put.size < 0:
+            raise InvalidInputError(f"{put.path}: negative size {put.size}")
+        if put.if_version is not None and put.if_version < 0:
+            raise InvalidInputError(f"{put.path}: negative if_version {put.if_version}")
+        unique, joined = _joined_digests(put.chunk_digests)
+        lengths = "" if put.chunk_lengths is None else _joined_lengths(
+            put.path, put.chunk_digests, put.chunk_lengths, len(unique)
+        )
         body = encode_body(
-            deleted=False, size=int(size), identity=str(identity), mode=int(mode), mtime_ns=int(mtime_ns),
-            manifest_digest=_digest(manifest_digest, "manifest digest"),
-            file_digest=_digest(file_digest, "file digest"), chunk_count=int(chunk_count),
-            new_chunks=int(new_chunks), new_bytes=int(new_bytes), signature=signature,
-            signer_public_key=signer_public_key,
+            deleted=False, size=int(put.size), identity=str(put.identity), mode=int(put.mode),
+            mtime_ns=int(put.mtime_ns), manifest_digest=_digest(put.manifest_digest, "manifest digest"),
+            file_digest=_digest(put.file_digest, "file digest"), chunk_count=int(put.chunk_count),
+            new_chunks=int(put.new_chunks), new_bytes=int(put.new_bytes), signature=put.signature,
+            signer_public_key=put.signer_public_key, manifest=bytes(put.manifest),
         )
-        return await self._write_version(
-            keys, path, p, "put", body, size, joined, manifest_digest.hex(), identity, if_version, now_ms,
-            lengths,
-        )
+        return p, [
+            "put", p, "" if put.if_version is None else str(int(put.if_version)),
+            "" if put.expected is None else str(int(put.expected)), body, str(int(put.size)), joined,
+            put.manifest_digest.hex(), put.identity, lengths,
+        ]
 
     async def delete(
         self, ns: str, path: str, *, identity: str, if_version: int | None = None, now_ms: int | None = None
@@ -219,23 +304,11 @@ class MetadataStore:
                 identity, lengths,
             ],
         )
-        tag = res[0]
-        if tag == b"ok":
-            record = decode_record(path, res[1])
-            record.event_id = res[2].decode()
-            return record
-        if tag == b"conflict":
-            raise VersionConflictError(path, 0 if if_version is None else if_version, int(res[1]))
-        if tag == b"missing":
-            raise MissingChunksError(_split_digests(res[1]))
-        if tag == b"notfound":
-            raise NotFoundError(f"{path}: no such file")
-        if tag == b"badlength":
-            raise ManifestError(
-                f"{path}: the manifest gives chunk {res[1].hex()} a length of {int(res[3])} bytes but the "
-                f"stored chunk has {int(res[2])} bytes; nothing was committed"
-            )
-        raise RuntimeError(f"unexpected reply from the commit script: {res!r:.200}")
+        outcome = _reply(path, if_version, res)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, VersionRecord)
+        return outcome
 
     async def forget(
         self, ns: str, path: str, *, head_version: int, identity: str, versions: Sequence[VersionRecord]

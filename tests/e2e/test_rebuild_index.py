@@ -13,10 +13,20 @@ from cli_helpers import isolated_env, run_process
 from server_fixtures import RunningServer, drop_prefix, new_prefix, run_to_exit
 from tls_fixtures import connect, tls_server
 
-from cas import signing
+from cas import pack, signing
 from cli.client import StratusClient
 from proto import stratus_pb2 as pb
-from service.journal import scan, segments
+from service.journal import read_all, scan, segments
+from service.manifests import INLINE_MANIFEST_BYTES
+
+# Small chunks, so a file of a few hundred KB has a manifest too large to live in its record.
+SMALL_CHUNKS = {"STRATUS_CHUNK_MIN_SIZE": "256", "STRATUS_CHUNK_AVG_SIZE": "1024", "STRATUS_CHUNK_MAX_SIZE": "4096"}
+
+
+def manifest_records(data_dir: Path) -> dict[bytes, tuple[str, pack.Location]]:
+    """The manifests stored as pack records: digest -> (pack id, location)."""
+    return {r.digest: (p, loc) for p in pack.list_packs(data_dir) for loc, r in pack.scan(data_dir, p)
+            if r.type == pack.RecordType.MANIFEST}
 
 
 def rebuild(server: RunningServer, redis_url: str, tmp: Path, code: int = 0) -> dict:
@@ -107,22 +117,63 @@ def test_acknowledged_commit_survives_sigkill_and_metadata_loss(redis_url, tmp_p
 
 def test_unrecoverable_version_is_listed_not_invented(redis_url, tmp_path):
     prefix = new_prefix()
-    server = RunningServer(tmp_path / "data", redis_url, prefix).start()
+    server = RunningServer(tmp_path / "data", redis_url, prefix, extra_env=SMALL_CHUNKS).start()
     try:
         with StratusClient.connect(server.address, insecure=True) as client:
             client.put_bytes(b"kept", "keep.txt")
-            client.put_bytes(b"lost manifest", "lost.txt")
-            lost = client.list_versions("lost.txt")[0].manifest_digest.hex()
+            client.put_bytes(os.urandom(300_000), "lost.bin")  # a manifest stored in a pack
+            lost = client.list_versions("lost.bin")[0].manifest_digest
         server.stop()
         drop_prefix(redis_url, prefix)
-        manifest_file = next(p for p in (server.data_dir / "manifests").rglob("*") if p.name.startswith(lost))
-        manifest_file.unlink()
+        pack_id, where = manifest_records(server.data_dir)[lost]
+        with open(pack.pack_path(server.data_dir, pack_id), "r+b") as f:  # damage its payload
+            f.seek(where.offset + where.length - 100)
+            f.write(b"\0" * 50)
         report = rebuild(server, redis_url, tmp_path, code=5)
-        assert len(report["problems"]) == 1 and "lost.txt version 1" in report["problems"][0]
+        assert len(report["problems"]) == 1 and "lost.bin version 1" in report["problems"][0]
         server.start()
         with StratusClient.connect(server.address, insecure=True) as client:
             assert client.get_bytes("keep.txt") == b"kept"
             assert [f.path for f in client.list_files("")[0]] == ["keep.txt"]
+    finally:
+        server.kill()
+        drop_prefix(redis_url, prefix)
+
+
+def test_inline_and_pack_manifests_come_back_from_the_data_dir(redis_url, tmp_path):
+    """Small manifests live only in their version records (and so in the journal), large ones only
+    as pack records: no manifest file is written, and a rebuild recovers both kinds."""
+    prefix = new_prefix()
+    server = RunningServer(tmp_path / "data", redis_url, prefix, extra_env=SMALL_CHUNKS).start()
+    big = bytearray(os.urandom(400_000))
+    try:
+        with StratusClient.connect(server.address, insecure=True) as client:
+            client.put_bytes(b"small v1", "s.txt")
+            client.put_bytes(b"small v2", "s.txt")
+            client.put_bytes(bytes(big), "big.bin")
+            big[200_000:200_010] = b"0123456789"
+            client.put_bytes(bytes(big), "big.bin")
+            paths = ["s.txt", "big.bin"]
+            before = snapshot(client, paths)
+            diffs = [client.diff(p).SerializeToString(deterministic=True) for p in paths]
+            small = [v.manifest_digest for v in client.list_versions("s.txt")]
+            large = [v.manifest_digest for v in client.list_versions("big.bin")]
+        server.stop()
+        assert not (server.data_dir / "manifests").exists()
+        assert set(manifest_records(server.data_dir)) == set(large)
+        journaled = {(e.record.path, e.record.version): e.record for e in read_all(server.data_dir / "journal")[0]}
+        assert all(0 < len(journaled["s.txt", v].manifest) <= INLINE_MANIFEST_BYTES for v in (1, 2))
+        assert {journaled["s.txt", v].manifest_digest for v in (1, 2)} == set(small)
+        assert not any(journaled["big.bin", v].manifest for v in (1, 2))
+        drop_prefix(redis_url, prefix)
+        assert rebuild(server, redis_url, tmp_path)["problems"] == []
+        server.start()
+        with StratusClient.connect(server.address, insecure=True) as client:
+            assert snapshot(client, paths) == before
+            assert [client.diff(p).SerializeToString(deterministic=True) for p in paths] == diffs
+            big[0:4] = b"head"
+            assert client.put_bytes(bytes(big), "big.bin").version.version == 3
+            assert client.get_bytes("big.bin") == bytes(big)
     finally:
         server.kill()
         drop_prefix(redis_url, prefix)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
+from collections.abc import Callable
 
 import grpc
 import pytest
+import redis
 from server_fixtures import RunningServer, drop_prefix, new_prefix
 from test_security_api import connect, tls_server  # noqa: F401 - the module's TLS server fixture
 
@@ -111,6 +114,70 @@ def test_failures_stay_with_their_file(client):
     assert isinstance(answers[1], VersionConflictError)
     assert (answers[1].expected, answers[1].actual) == (5, 1)
     assert isinstance(answers[2], MissingChunksError) and answers[2].missing == [digest(absent)]
+
+
+def _commands(redis_url: str, prefix: str, action: Callable[[], object]) -> list[str]:
+    """The names of the Redis/Valkey commands clients sent naming keys under ``prefix`` while
+    ``action`` runs (MONITOR on a connection of its own; an ECHO of a marker ends the recording)."""
+    monitor_client = redis.Redis.from_url(redis_url)
+    seen: list[str] = []
+    marker = f"end-{uuid.uuid4().hex}"
+    started = threading.Event()
+
+    def record() -> None:
+        with monitor_client.monitor() as m:
+            started.set()
+            for cmd in m.listen():
+                if marker in cmd["command"]:
+                    return
+                if f"{prefix}:" in cmd["command"] and cmd.get("client_type") != "lua":  # not a script's own
+                    seen.append(cmd["command"].split()[0].upper())
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        action()
+    finally:
+        redis.Redis.from_url(redis_url).echo(marker)
+        thread.join(30)
+        monitor_client.close()
+    return seen
+
+
+def test_a_batch_is_one_commit_script_call(server, client, redis_url):
+    base = _base()
+    blobs = [f"round trip {n}".encode() for n in range(41)]
+    manifests = _upload(client.stub, blobs)
+    client.stub.CommitFile(_commit(f"{base}/existing", manifests[0]))
+    absent = os.urandom(64)
+    requests = [_commit(f"{base}/new{n:02d}", m) for n, m in enumerate(manifests[1:])] + [
+        _commit(f"{base}/existing", manifests[1], if_version=7),
+        _commit(f"{base}/missing", _manifest(absent)),
+    ]
+
+    def commit(files: list[pb.CommitFileRequest]) -> list[pb.CommitFileResult]:
+        results: list[pb.CommitFileResult] = []
+        call = lambda: results.extend(client.stub.CommitFiles(pb.CommitFilesRequest(files=files)).results)  # noqa: E731
+        calls.append(_commands(redis_url, server.prefix, call))
+        return results
+
+    calls: list[list[str]] = []
+    results = commit(requests)
+    assert calls[-1] == ["EVALSHA"]  # 42 files, one metadata round trip
+    assert [r.ok.version.version for r in results[:40]] == [1] * 40
+    assert results[40].error.code == _code(grpc.StatusCode.ABORTED)
+    assert results[40].error.detail.version_conflict.actual == 1
+    assert list(results[41].error.detail.missing_chunks.digests) == [digest(absent)]
+    assert client.get_bytes(f"{base}/new39") == blobs[40]
+    # Files that already have a head: the first call finds them, the second writes against them.
+    again = [_commit(f"{base}/new{n:02d}", manifests[(n + 2) % 41]) for n in range(40)]
+    assert [r.ok.version.version for r in commit(again)] == [2] * 40
+    assert calls[-1] == ["EVALSHA"] * 2
+    assert client.list_versions(f"{base}/new00")[0].new_chunks == 1
+    # Unchanged files are known from the first call's answer: nothing is written.
+    assert all(r.ok.unchanged and r.ok.version.version == 2 for r in commit(again))
+    assert calls[-1] == ["EVALSHA"]
 
 
 def test_an_over_limit_batch_is_refused_whole(client):

@@ -25,6 +25,7 @@ from cas.errors import (
     VersionConflictError,
 )
 from service.metadata import Event, MetadataStore, VersionRecord
+from service.metadata.store import HeadMoved, PutVersion
 
 NS = "team-a"
 
@@ -596,3 +597,39 @@ async def test_store_refuses_a_decoding_client_and_a_bad_prefix(redis_url: str):
             MetadataStore(client, prefix="sv{x}")
     finally:
         await client.aclose()
+
+
+def _put_version(path: str, digests: list[bytes], **extra) -> PutVersion:
+    fields = dict(
+        path=path, manifest_digest=rand_digest(), size=10 * len(digests), file_digest=rand_digest(),
+        chunk_digests=digests, chunk_count=len(digests), new_chunks=len(digests), new_bytes=10 * len(digests),
+        identity="alice", mode=0o644, mtime_ns=1,
+    )
+    fields.update(extra)
+    return PutVersion(**fields)
+
+
+async def test_commit_group_answers_each_file_on_its_own(metadata: MetadataStore):
+    digests = [rand_digest() for _ in range(3)]
+    await metadata.add_chunks(NS, [(d, 10) for d in digests])
+    old = await put(metadata, "g/old")
+    inline = b"inline manifest bytes"
+    group = [
+        _put_version("g/new", digests, expected=0, manifest=inline),
+        _put_version("g/old", digests, expected=0),  # believed new, but it has a head
+        _put_version("g/old2", digests, if_version=3),
+        _put_version("", digests),
+        _put_version("g/hole", [rand_digest()]),
+        _put_version("g/unchecked", digests[:1], expected=None),
+    ]
+    new, moved, conflict, bad_path, missing, unchecked = await metadata.commit_group(NS, group, now_ms=5_000)
+    assert isinstance(new, VersionRecord) and new.version == 1 and new.manifest == inline
+    assert (await metadata.head(NS, "g/new")).manifest == inline
+    assert isinstance(moved, HeadMoved) and moved.head == old
+    assert isinstance(conflict, VersionConflictError) and conflict.actual == 0
+    assert isinstance(bad_path, InvalidPathError)
+    assert isinstance(missing, MissingChunksError)
+    assert isinstance(unchecked, VersionRecord) and unchecked.created_ms == new.created_ms == 5_000
+    assert (await metadata.head(NS, "g/old")) == old  # a moved head changes nothing
+    assert (await metadata.stats(NS)).version_count == 3
+    assert await metadata.head(NS, "g/hole") is None
