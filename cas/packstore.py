@@ -173,7 +173,13 @@ class RebuildReport:
 
 
 class _BaseCache:
-    """Recently decoded delta bases, bounded by their total size."""
+    """Decoded delta bases, bounded by their total size, least recently used evicted first.
+
+    A version history is a stream: each new chunk is encoded against the previous version's chunk
+    at its offset, then becomes the base the next version hints at. So a base looked up for an
+    encode is not made recent (``touch=False``): it has served, and the new chunk put after it is
+    what the next version wants. A cache the size of one version's new chunks then always hits.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -181,10 +187,10 @@ class _BaseCache:
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, digest: bytes) -> bytes | None:
+    def get(self, digest: bytes, touch: bool = True) -> bytes | None:
         with self._lock:
             data = self._items.get(digest)
-            if data is not None:
+            if data is not None and touch:
                 self._items.move_to_end(digest)
             return data
 
@@ -226,7 +232,7 @@ class PackChunkStore(ChunkStore):
         max_pack_size: int = DEFAULT_MAX_PACK_SIZE,
         policy: delta.DeltaPolicy = delta.DeltaPolicy(),
         read_level: int = 1,
-        base_cache_bytes: int = 32 * 1024 * 1024,
+        base_cache_bytes: int = 64 * 1024 * 1024,
         max_candidates: int = 3,
         max_open_packs: int = 64,
         kind: RecordType = RecordType.CHUNK,
@@ -274,14 +280,19 @@ class PackChunkStore(ChunkStore):
         predecessors' digests (hints: see :meth:`stage`)."""
         return self.publish(self.stage(items, bases))
 
-    def stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None) -> PackStaged:
+    def stage(
+        self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None,
+        decoded: Mapping[bytes, bytes] | None = None,
+    ) -> PackStaged:
         """Append records for the frames not yet stored (or stored damaged), without a barrier.
 
         ``bases`` maps a digest to one candidate base digest or a sequence of them. Of the
         candidates the store holds undamaged, below the maximum depth (at most
         ``max_candidates``, in the given order), the one giving the smallest delta frame is used
         when :func:`cas.delta.encode_if_smaller` says it pays; otherwise the frame is stored as
-        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`). A batch
+        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`), and so
+        are ``decoded`` (digest -> the frame's bytes, which the caller's check had in hand: the
+        store then need not decode the frame again to encode a delta). A batch
         that would leave less than the free-space reserve is refused whole (StorageFullError, see
         :func:`cas.store.check_room`).
         """
@@ -305,7 +316,7 @@ class PackChunkStore(ChunkStore):
         records, owners = [], []
         for i, d, frame, candidates in wanted:
             found = [usable[h] for h in candidates if usable.get(h) is not None and usable[h][0] != d]
-            records.append(self._record(d, frame, found, chains))
+            records.append(self._record(d, frame, found, chains, (decoded or {}).get(d)))
             owners.append((i, d))
         # A batch that would eat into the free-space reserve is refused whole; the check and the
         # append are one step, or concurrent batches could each see room that only one of them has.
@@ -319,7 +330,7 @@ class PackChunkStore(ChunkStore):
 
     def _record(
         self, digest: bytes, frame: bytes, candidates: Sequence[tuple[bytes, IndexEntry]],
-        chains: Mapping[bytes, IndexEntry],
+        chains: Mapping[bytes, IndexEntry], data: bytes | None = None,
     ) -> Record:
         """The record for a verified frame: the smallest worthwhile delta against one of the
         candidate bases (in order, stopping at one under ``policy.good_ratio``), else the frame itself.
@@ -327,10 +338,9 @@ class PackChunkStore(ChunkStore):
         The chunk's decoded bytes, once decoded, go to the base cache: the next version of the
         file hints at this chunk, so its delta encode finds its base without a read."""
         best: Record | None = None
-        data: bytes | None = None
         for base, entry in candidates:
             try:
-                base_data = self._base_data(base, entry, chains)
+                base_data = self._candidate_data(base, entry, chains)
                 data = codec.decode(frame, self.max_chunk_size) if data is None else data
             except (CorruptChunkError, InvalidInputError):
                 continue
@@ -341,8 +351,10 @@ class PackChunkStore(ChunkStore):
                 best = Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
                 if len(frame_delta) < self.policy.good_ratio * len(frame):
                     break  # good enough: the other candidates cost an encode each
-        if data is not None:
-            self._bases.put(digest, data)  # verified bytes: the caller checked the frame's digest
+        if data is not None and (best is None or best.depth < self.policy.max_depth):
+            # Verified bytes (the caller checked the frame's digest). A record at the maximum depth
+            # is never a base itself (the next version re-anchors on its base), so is not kept.
+            self._bases.put(digest, data)
         if best is not None:
             return best
         method = frame[3] if len(frame) > 3 else 0
@@ -384,6 +396,18 @@ class PackChunkStore(ChunkStore):
             known.update(found)
             step = [e.base for _, e in found if e.base is not None]
         return known
+
+    def _candidate_data(self, base: bytes, entry: IndexEntry, chains: Mapping[bytes, IndexEntry]) -> bytes:
+        """A candidate base's bytes for an encode. A base one below the maximum depth is where
+        chains at the maximum re-anchor (see :meth:`_usable_bases`): every later version is encoded
+        against it, so it is kept and made recent; any other base has served once it is used."""
+        anchor = entry.depth == self.policy.max_depth - 1
+        data = self._bases.get(base, touch=anchor)
+        if data is None:
+            data = self._data(base, entry, 0, chains)
+            if anchor:
+                self._bases.put(base, data)
+        return data
 
     def _base_data(self, digest: bytes, entry: IndexEntry, known: Mapping[bytes, IndexEntry], depth: int = 0) -> bytes:
         """A base's decoded, verified bytes: from the cache, else decoded (then cached); the
