@@ -9,7 +9,8 @@ Groups: transfer (throughput, re-upload, deltas, TLS cost), latency (Stat/ListFi
 concurrency, 1000 Watch streams), memory (peak RSS moving a 4 GiB file), peers (restic, borg,
 rsync with and without -z on the same data, every tool timed as a process; the ones not installed
 are skipped), history (8 django releases file by file: bytes on disk and time, us vs the
-peers), startup (wall time of ``stratus --help``
+peers), get_over_old (a download over an old copy after 10 scattered 4 KiB edits: bytes vs rsync and
+rsync -z, with and without delta downloads), startup (wall time of ``stratus --help``
 and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
 Stat p99 while one identity floods the server), forget (``stratus forget`` vs ``restic forget``, reads
 before and after a forget). ``--quick`` shrinks everything to
@@ -35,7 +36,8 @@ from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
-          "history": peers.run_history, "startup": startup.run, "flood": flood.run, "forget": forget.run}
+          "history": peers.run_history, "get_over_old": peers.run_get_over_old, "startup": startup.run,
+          "flood": flood.run, "forget": forget.run}
 
 
 def _log(message: str) -> None:

@@ -4,7 +4,11 @@ Every tool works on its own copy of the data and its own repository (or destinat
 through the same steps: fresh upload, unchanged re-upload, three edits (10 scattered 4 KiB
 overwrites, a 1-byte insertion at the front, a 1 MiB append), restore of the latest version;
 then every release of the ``versions`` dataset in turn (bytes on disk at the end); then the
-``tree`` dataset (fresh, unchanged, 1% changed). Edited files get a later mtime, as they would
+``tree`` dataset (fresh, unchanged, 1% changed). The ``get_over_old`` scenario is the download
+direction: a client holds version 1 of the mixed file, version 2 (10 scattered 4 KiB overwrites)
+is pushed, and the client fetches it over its old copy (StratusVault: ``stratus get``, once with
+delta downloads and once against a server with them off, ``stratusvault-plain``; rsync: from the
+pushed copy into the old one with the delta algorithm forced). Edited files get a later mtime, as they would
 between two nightly runs, so tools that skip files by (size, mtime) see every edit.
 
 Every tool is timed the way a user runs it, as a process: StratusVault through its CLI
@@ -91,6 +95,11 @@ class Peer(ABC):
     def restore(self, source_name: str, dest: Path) -> float:
         """Write the latest version of ``source_name`` into folder ``dest``; returns seconds."""
 
+    def fetch(self, source_name: str, dest: Path) -> Step:
+        """Bring ``dest/source_name`` to the latest version, reusing what it holds (a tool with a
+        wire: "sent" is what travelled towards ``dest``)."""
+        raise NotImplementedError(f"{self.name} has no download over an old copy")
+
     def disk_parts(self) -> dict[str, list[int]] | None:
         """(apparent, allocated) bytes per top-level entry of the data dir, or None."""
         return None
@@ -117,7 +126,6 @@ class StratusPeer(Peer):
     process per command, every protocol byte of it counted (:mod:`bench.wire`)."""
 
     name = "stratusvault"
-
     server_env: dict[str, str] = {}
 
     def __init__(self, work: Path, ws: Workspace) -> None:
@@ -167,6 +175,12 @@ class StratusPeer(Peer):
         dest.mkdir(parents=True, exist_ok=True)
         return self.cli("get", f"bench/{source_name}", str(dest / source_name))[0]
 
+    def fetch(self, source_name: str, dest: Path) -> Step:
+        dest.mkdir(parents=True, exist_ok=True)
+        seconds, stats, wire = self.cli("get", f"bench/{source_name}", str(dest / source_name))
+        return Step(seconds, wire.get("received"), None, {"method": "CLI (stratus get REMOTE LOCAL)", **stats,
+                                                          "all_traffic": wire.get("sent", 0) + wire.get("received", 0)})
+
     def disk(self) -> tuple[int, int]:
         return self.server.disk()
 
@@ -177,6 +191,14 @@ class StratusPeer(Peer):
 
     def close(self) -> None:
         self.server.stop()
+
+
+class StratusPlainPeer(StratusPeer):
+    """StratusVault with the server setting ``delta_downloads`` off: every changed chunk and the
+    manifest travel whole (what a download over an old copy cost before delta downloads)."""
+
+    name = "stratusvault-plain"
+    server_env = {"STRATUS_DELTA_DOWNLOADS": "0"}
 
 
 class StratusNoHintsPeer(StratusPeer):
@@ -271,7 +293,14 @@ class RsyncPeer(Peer):
         return int(re.sub(r"[,.]", "", match.group(1))) if match else 0
 
     def push(self, source: Path) -> Step:
-        cmd = ["rsync", "-a", *self.options, "--no-whole-file", "--stats", str(source), str(self.dest) + "/"]
+        return self._sync(source, self.dest)
+
+    def fetch(self, source_name: str, dest: Path) -> Step:
+        dest.mkdir(parents=True, exist_ok=True)
+        return self._sync(self.dest / source_name, dest)
+
+    def _sync(self, source: Path, dest: Path) -> Step:
+        cmd = ["rsync", "-a", *self.options, "--no-whole-file", "--stats", str(source), str(dest) + "/"]
         seconds, out = _run(cmd)
         sent, received = self._number(self._SENT, out), self._number(self._RECEIVED, out)
         # sent: literal data (compressed with -z) plus block references; received: the receiver's checksums
@@ -293,8 +322,9 @@ class RsyncCompressedPeer(RsyncPeer):
 
 PEER_CLASSES: dict[str, type[Peer]] = {
     "stratusvault": StratusPeer, "restic": ResticPeer, "borg": BorgPeer, "rsync": RsyncPeer,
-    "rsync-z": RsyncCompressedPeer, "stratusvault-nohints": StratusNoHintsPeer,
+    "rsync-z": RsyncCompressedPeer, "stratusvault-plain": StratusPlainPeer, "stratusvault-nohints": StratusNoHintsPeer,
 }
+GET_PEERS = ("stratusvault", "stratusvault-plain", "rsync", "rsync-z")  # the tools with a download wire
 
 
 def available() -> tuple[list[str], list[str]]:
@@ -382,6 +412,31 @@ def mixed_scenario(peer: Peer, pristine: Path) -> dict:
     out["restore"] = {"seconds": seconds, "mb_per_s": restored.stat().st_size / seconds / 1e6,
                       "identical": _file_digest(restored) == _file_digest(work), "others_cpu": others}
     shutil.rmtree(restore_dir)
+    work.unlink()
+    return out
+
+
+def get_over_old_scenario(peer: Peer, pristine: Path) -> dict:
+    """Version 1 fetched into an empty folder, version 2 (10 scattered 4 KiB overwrites) pushed,
+    then fetched over the old copy: seconds, bytes towards the client, both ways, identical."""
+    work = peer.work / "src" / pristine.name
+    work.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pristine, work)
+    peer.push(work)
+    local = peer.work / "local"
+    first = peer.fetch(work.name, local)
+    datasets.scattered_edits(work)
+    datasets.touch_later(work)
+    peer.push(work)
+    settle()
+    probe = _probe(peer)
+    step = peer.fetch(work.name, local)
+    cpu = probe.stop()
+    out = {"full": {"seconds": first.seconds, "bytes": first.sent},
+           "edit_10x4k": {"seconds": step.seconds, "bytes": step.sent, **step.detail, "all_traffic": _all_traffic(step),
+                          "others_cpu": cpu["others_cpu"],
+                          "identical": _file_digest(local / work.name) == _file_digest(work)}}
+    shutil.rmtree(local)
     work.unlink()
     return out
 
@@ -476,6 +531,7 @@ def run(ws: Workspace) -> dict:
     """The whole peer comparison (the small ``versions`` history; ``history`` is the big one)."""
     names, notes = available()
     result: dict = {"peers": names, "notes": notes, "versions": {}, "mixed": {}, "tree": {}, "tool_versions": {}}
+    _get_over_old_into(ws, names, result)
     mixed = ws.mixed()
     versions = ws.versions()
     tree = ws.tree()
@@ -488,6 +544,23 @@ def run(ws: Workspace) -> dict:
     ws.log("peers: stratusvault in-process figures")
     result["in_process"] = in_process(ws, mixed)
     return result
+
+
+def run_get_over_old(ws: Workspace) -> dict:
+    """The download over an old copy alone (``python -m bench --only get_over_old``): StratusVault
+    with and without delta downloads, rsync and rsync -z, in the same run."""
+    names, notes = available()
+    result: dict = {"notes": notes, "tool_versions": {}}
+    _get_over_old_into(ws, names, result)
+    return result
+
+
+def _get_over_old_into(ws: Workspace, available_names: list[str], result: dict) -> None:
+    """Run :func:`get_over_old_scenario` for the tools with a download wire; results into ``result``."""
+    names = [n for n in GET_PEERS if n in available_names or n == "stratusvault-plain"]
+    mixed = ws.mixed()
+    result.update({"get_peers": names, "get_over_old": {}, "mixed_size": mixed.stat().st_size})
+    _with_peers(ws, names, "get_over_old", result["notes"], result, lambda peer: get_over_old_scenario(peer, mixed))
 
 
 def run_history(ws: Workspace) -> dict:

@@ -94,6 +94,9 @@ def evaluate(results: dict) -> list[dict]:
     peers = _get(g, "peers")
     if peers:
         out += _peer_targets(peers)
+    for name in ("peers", "get_over_old"):
+        if _get(g, name, "get_over_old"):
+            out += _get_over_old_targets(g[name])
     history = _get(g, "history")
     if history:
         out += _history_targets(history)
@@ -142,6 +145,35 @@ def _peer_targets(p: dict) -> list[dict]:
     out.append(_target("unchanged tree re-push (CLI)", _fmt(unchanged, "s", 2), "< 1 s",
                        None if unchanged is None else unchanged < 1.0))
     return out
+
+
+def _get_over_old_targets(p: dict) -> list[dict]:
+    """A download over an old copy after 10 scattered 4 KiB edits moves fewer bytes than rsync -z."""
+    runs = p["get_over_old"]
+    return [_bytes_target(f"get over the old copy after 10 x 4 KiB edits: bytes received vs {peer} total bytes sent",
+                          _get(runs, "stratusvault", "edit_10x4k", "bytes"), _get(runs, peer, "edit_10x4k", "bytes"),
+                          1.0) for peer in ("rsync-z", "stratusvault-plain")]
+
+
+def _get_over_old_md(p: dict) -> list[str]:
+    runs = p["get_over_old"]
+    names = [n for n in p["get_peers"] if n in runs]
+    lines = [f"## Get over an old copy ({_bytes(p['mixed_size'])} mixed file)", "",
+             "The client holds version 1, version 2 (10 scattered 4 KiB overwrites) is pushed, then fetched over "
+             "the old copy. Bytes: StratusVault = every protocol message byte the CLI received (`stratus get`; "
+             "`stratusvault-plain`: a server with delta_downloads off, i.e. before delta downloads); rsync = "
+             "\"Total bytes sent\" by the side holding version 2 (`--no-whole-file`). \"All protocol bytes\" adds "
+             "the other direction (our requests; rsync's block checksums).", ""]
+    rows = [["first get (empty folder): bytes"] + [_bytes(_get(runs, n, "full", "bytes")) for n in names]]
+    count: Callable[[object], str] = lambda v: _fmt(v, "", 0)  # noqa: E731
+    for label, key, fmt in (("seconds", "seconds", lambda v: _fmt(v, "", 2)), ("bytes", "bytes", _bytes),
+                            ("all protocol bytes, both ways", "all_traffic", _bytes),
+                            ("chunks fetched", "cli_chunks_fetched", count),
+                            ("of which deltas", "cli_chunks_delta", count),
+                            ("rsync literal data", "literal_data", _bytes), ("identical", "identical", _fmt),
+                            ("CPU s other processes used meanwhile", "others_cpu", _fmt)):
+        rows.append([f"edit_10x4k: {label}"] + [fmt(_get(runs, n, "edit_10x4k", key)) for n in names])
+    return lines + _table(["get over old"] + names, rows)
 
 
 def _history_targets(h: dict) -> list[dict]:
@@ -391,6 +423,8 @@ def _peers_md(p: dict) -> list[str]:
         rows.append([f"{step}: CPU s other processes used meanwhile"]
                     + [_fmt(_get(tr, n, step, "others_cpu"), "", 1) for n in names])
     lines += _table(["tree"] + names, rows)
+    if p.get("get_over_old"):
+        lines += _get_over_old_md(p)
     return lines
 
 
@@ -428,7 +462,8 @@ def markdown(results: dict) -> str:
         for t in results["targets"]])
     g = results["groups"]
     for name, render in (("transfer", _transfer_md), ("latency", _latency_md), ("memory", _memory_md),
-                         ("peers", _peers_md), ("history", _history_md), ("startup", _startup_md)):
+                         ("peers", _peers_md), ("history", _history_md), ("get_over_old", _get_over_old_md),
+                         ("startup", _startup_md)):
         if name in g and "error" not in g[name]:
             lines += render(g[name])
         elif name in g:

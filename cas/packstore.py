@@ -172,8 +172,9 @@ class RebuildReport:
     unreadable_spans: int = 0  # damaged spans whose header did not say which digest they held
 
 
-class _BaseCache:
-    """Decoded delta bases, bounded by their total size, least recently used evicted first.
+class BaseCache:
+    """Decoded chunks (delta bases), bounded by their total size, least recently used evicted
+    first; thread-safe.
 
     A version history is a stream: each new chunk is encoded against the previous version's chunk
     at its offset, then becomes the base the next version hints at. So a base looked up for an
@@ -256,7 +257,7 @@ class PackChunkStore(ChunkStore):
         # enforced by stage(): a read never refuses what a put wrote, nor allocates much more.
         self.max_frame_size = 2 * max_chunk_size + 65536
         self.reader = PackReader(self.root, max_open_packs, HEADER_SIZE + self.max_frame_size)
-        self._bases = _BaseCache(base_cache_bytes)
+        self._bases = BaseCache(base_cache_bytes)
         self._lock = threading.Lock()
         self._stats: StoreStats | None = None
         self._damaged = {

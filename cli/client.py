@@ -265,18 +265,22 @@ class StratusClient:
         as_of_ms: int | None = None,
         verify_key: object = None,
         progress: ProgressFn | None = None,
+        base_manifest_digest: bytes = b"",
     ) -> GetOutcome:
         """Download a version (head, ``version``, or the newest at ``as_of_ms``) to ``local_path``.
 
         Chunks the existing local file already holds are reused, the rest is fetched; everything is
         verified and the file is replaced atomically (a failure leaves the old file untouched).
         ``verify_key`` (public key, any form :func:`cas.signing.load_public_key` reads) requires a
-        valid signature by that key, checked before anything is written.
+        valid signature by that key, checked before anything is written. ``base_manifest_digest``
+        names the manifest of the version the local file holds (the state cache knows it): when the
+        manifest cache has it, the server may send the new manifest as a delta of it.
         """
+        cache = self._manifests
         return _download.get_file(
             self._remote, remote_path, local_path, version=version, as_of_ms=as_of_ms,
-            verify_key=verify_key, progress=progress,
-            keep=self._manifests.put if self._manifests is not None else None,
+            verify_key=verify_key, progress=progress, keep=cache.put if cache is not None else None,
+            base_manifest=cache.get(base_manifest_digest) if cache is not None else None,
         )
 
     def get_stream(

@@ -40,6 +40,7 @@ from cas.errors import (
     SignatureError,
 )
 from cas.manifest import ChunkRef, Manifest
+from cas.manifestpieces import apply_pieces
 from cas.paths import normalize_path
 from cas.pipeline import Pipeline
 from cli.batch import get_manifests
@@ -47,14 +48,16 @@ from cli.fetch import CallFailed, Fetcher, fetch_one
 from cli.grouping import is_fatal
 from cli.localdir import Folder, LocalTarget
 from cli.localfile import AtomicFile, index_local_file, read_exact, take_partial, touch_fd, write_all
-from cli.plan import Source, Step, fetch_windows, plan_files
+from cli.plan import BaseRef, OldChunks, Source, Step, fetch_windows, plan_files
 from cli.remote import Advance, ProgressFn, Remote, cumulative
 from cli.results import Version
 from cli.statecache import FileState
 from proto import stratus_pb2 as pb
+from proto.pieces import pieces_from_message
 
 FETCH_WINDOW_BYTES = 64 * 1024 * 1024  # per GetChunks call; fewer calls, better overlap
 FETCH_WINDOW_CHUNKS = 1024
+MAX_EXPANDED_CHUNKS = 1 << 24  # a manifest delta from a server that announces no manifest limit
 LOCAL_IN_MEMORY = 1024 * 1024  # reusable local bytes up to this are read while planning: a group keeps no file open
 
 
@@ -78,6 +81,7 @@ class GetOutcome:
     chunks_reused: int = 0
     chunks_fetched: int = 0
     bytes_fetched: int = 0  # frame bytes received from the server
+    chunks_delta: int = 0  # of chunks_fetched, those that came as delta frames against the old copy
     error: BaseException | None = None
     state: FileState | None = None  # the local file as the download left it (from an fstat), for the state cache
 
@@ -124,12 +128,32 @@ def receive(
 
 
 def fetch_manifest(
-    remote: Remote, path: str, version: int | None, as_of_ms: int | None, verify_key: object = None
+    remote: Remote, path: str, version: int | None, as_of_ms: int | None, verify_key: object = None,
+    base: Manifest | None = None,
 ) -> tuple[Version, Manifest]:
-    """GetManifest of a version (head, ``version`` or the newest at ``as_of_ms``), checked by :func:`receive`."""
+    """GetManifest of a version (head, ``version`` or the newest at ``as_of_ms``), checked by :func:`receive`.
+
+    ``base``: a manifest of a version of ``path`` the client holds (its local copy's), offered so the
+    server may answer in the delta form (pieces of ``base``), which is expanded here before the check.
+    """
     at = pb.VersionSelector(version=version or 0, as_of_ms=as_of_ms or 0)
-    resp = remote.call(remote.stub.GetManifest, pb.GetManifestRequest(path=path, at=at))
+    request = pb.GetManifestRequest(path=path, at=at, base_manifest_digest=base.digest() if base else b"")
+    resp = remote.call(remote.stub.GetManifest, request)
+    if resp.base_manifest_digest:
+        _expand(path, resp, base, remote.params.max_manifest_chunks or MAX_EXPANDED_CHUNKS)
     return receive(path, resp, remote.params.chunking.max_size, verify_key)
+
+
+def _expand(path: str, resp: pb.GetManifestResponse, base: Manifest | None, max_chunks: int) -> None:
+    """Replace the delta form of ``resp`` by the full chunk list (IntegrityError when it does not fit)."""
+    if base is None or resp.base_manifest_digest != base.digest():
+        raise IntegrityError(f"{path}: the server answered against a base manifest this client did not offer")
+    try:
+        chunks = apply_pieces(base.chunks, pieces_from_message(resp.pieces), max_chunks)
+    except CasError as exc:
+        raise IntegrityError(f"{path}: the server sent an invalid manifest delta: {exc}") from None
+    resp.manifest.chunks.extend(pb.ChunkRef(digest=ref.digest, length=ref.length) for ref in chunks)
+    resp.ClearField("pieces")
 
 
 def verify_signature(path: str, info: pb.VersionInfo, manifest: Manifest, verify_key: object) -> None:
@@ -155,8 +179,10 @@ class FilePlan:
 
     ``target`` None means the job's writer (a stream). ``local`` maps digests to (offset, length,
     source) in ``sources`` (0: the old copy, 1: a killed download's temp file), each an open fd or
-    the reusable bytes read while planning; every chunk taken from them is verified by digest first.
-    ``pending`` until the file is written or has failed.
+    the reusable ranges read while planning (:class:`LocalExtracts`, same offsets); every chunk taken
+    from them is verified by digest first. ``old`` lists the old copy's other chunks: delta bases to
+    propose for fetched chunks, verified by digest when read. ``pending`` until the file is written
+    or has failed.
     """
 
     version: Version
@@ -164,14 +190,15 @@ class FilePlan:
     outcome: GetOutcome
     target: LocalTarget | None = None
     local: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
-    sources: list[int | bytes | None] = field(default_factory=lambda: [None, None])
+    sources: list[int | LocalExtracts | None] = field(default_factory=lambda: [None, None])
+    old: OldChunks | None = None
     pending: bool = True
 
     def fail(self, error: BaseException) -> None:
         """Settle the file as failed (nothing of it was written)."""
         o = self.outcome
         o.status, o.error, self.pending = "failed", error, False
-        o.chunks_total = o.chunks_reused = o.chunks_fetched = o.bytes_fetched = 0
+        o.chunks_total = o.chunks_reused = o.chunks_fetched = o.bytes_fetched = o.chunks_delta = 0
 
     def close(self) -> None:
         """Close the local files (idempotent)."""
@@ -183,9 +210,10 @@ class FilePlan:
 
 def plan_local(
     params: ChunkParams, version: Version, manifest: Manifest, target: LocalTarget | None,
-    pipeline: Pipeline | None = None,
+    pipeline: Pipeline | None = None, *, bases: bool = False,
 ) -> FilePlan:
-    """Stage 1 for one file: what the old copy at ``target`` and its ``.NAME.svpart`` already hold.
+    """Stage 1 for one file: what the old copy at ``target`` and its ``.NAME.svpart`` already hold
+    (and, with ``bases``, the old copy's other chunks, to propose as delta bases).
 
     Both are opened with O_NOFOLLOW relative to the folder's fd, only when they are regular files;
     the temp file's name is removed at once (its fd is read). When the old copy already is this
@@ -203,6 +231,8 @@ def plan_local(
         with folder:
             plan.sources[0] = folder.open_regular(target.name)
             plan.sources[1] = take_partial(folder, target.name)
+        if bases and plan.sources[0] is not None:
+            plan.old = OldChunks()
         _index(plan, params, pipeline)
     except BaseException:
         plan.close()
@@ -220,14 +250,14 @@ def _index(plan: FilePlan, params: ChunkParams, pipeline: Pipeline | None) -> No
     wanted = set(plan.manifest.unique_digests())
     if isinstance(old, int):
         hasher = new_hasher()
-        plan.local.update(index_local_file(old, params, wanted, hasher, pipeline))
+        plan.local.update(index_local_file(old, params, wanted, hasher, pipeline, plan.old))
         if os.fstat(old).st_size == plan.manifest.size and hasher.digest() == plan.manifest.file_digest:
             _settle_up_to_date(plan, old)
             return
     if isinstance(part, int):
         found = index_local_file(part, params, wanted - plan.local.keys(), pipeline=pipeline)
         plan.local.update({d: (offset, length, 1) for d, (offset, length) in found.items()})
-    if sum(at[1] for at in plan.local.values()) <= LOCAL_IN_MEMORY:
+    if sum(at[1] for at in plan.local.values()) + (plan.old.nbytes if plan.old else 0) <= LOCAL_IN_MEMORY:
         _read_local_chunks(plan)
 
 
@@ -243,24 +273,54 @@ def _settle_up_to_date(plan: FilePlan, fd: int) -> None:
 
 
 def _read_local_chunks(plan: FilePlan) -> None:
-    """Copy the few reusable local chunks into memory and close the local files (still verified when used)."""
-    buffer = bytearray()
-    local: dict[bytes, tuple[int, ...]] = {}
-    for d, (offset, length, *source) in plan.local.items():
-        data = _read_source(plan.sources[source[0] if source else 0], offset, length)
-        if data is not None:
-            local[d] = (len(buffer), length)
-            buffer += data
+    """Copy the few reusable local chunks (and delta bases) into memory and close the local files
+    (still verified when used). They keep their offsets: planning sees the same file either way."""
+    copies = [LocalExtracts(), LocalExtracts()]
+    for offset, length, *source in plan.local.values():
+        number = source[0] if source else 0
+        copies[number].add(offset, _read_source(plan.sources[number], offset, length))
+    for ref in plan.old or ():
+        copies[0].add(ref.offset, _read_source(plan.sources[0], ref.offset, ref.length))
     plan.close()
-    plan.sources, plan.local = [bytes(buffer), None], local
+    plan.sources = [copies[0], copies[1]]
 
 
-def _read_source(source: int | bytes | None, offset: int, length: int) -> bytes | None:
+class LocalExtracts:
+    """Byte ranges of a local file held in memory, read back by their offset in the file."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[int, bytes] = {}
+
+    def add(self, offset: int, data: bytes | None) -> None:
+        """Keep ``data`` (None: the file was shorter, nothing to keep) found at ``offset``."""
+        if data is not None:
+            self._ranges[offset] = data
+
+    def read(self, offset: int, length: int) -> bytes | None:
+        """The ``length`` bytes kept at ``offset``, or None."""
+        data = self._ranges.get(offset)
+        return data if data is not None and len(data) == length else None
+
+
+def _base_reader(plans: Sequence[FilePlan]) -> Callable[[int, BaseRef], bytes | None]:
+    """``read(file number, base)``: the base's bytes from that plan's old copy, or None when they
+    no longer hash to the base's digest (the old copy changed since it was indexed)."""
+
+    def read(number: int, ref: BaseRef) -> bytes | None:
+        try:
+            data = _read_source(plans[number].sources[0], ref.offset, ref.length)
+        except OSError:
+            return None
+        return data if data is not None and blake3_digest(data) == ref.digest else None
+
+    return read
+
+
+def _read_source(source: int | LocalExtracts | None, offset: int, length: int) -> bytes | None:
     """``length`` bytes at ``offset`` of a local source; None when it is shorter (it changed)."""
     if isinstance(source, int):
         return read_exact(source, length, offset)
-    data = source[offset : offset + length] if source is not None else b""
-    return data if len(data) == length else None
+    return source.read(offset, length) if source is not None else None
 
 
 def _mode(version: Version) -> int | None:
@@ -296,14 +356,15 @@ def _assemble(
     """Write the file's bytes in order to ``sink`` (an fd or a binary writer), each chunk verified, then
     check its size and whole-file BLAKE3. A local chunk that no longer hashes to its digest is fetched."""
     o = plan.outcome
-    o.chunks_reused = o.chunks_fetched = o.bytes_fetched = 0
+    o.chunks_reused = o.chunks_fetched = o.bytes_fetched = o.chunks_delta = 0
     hasher = new_hasher()
     written = 0
     for step in steps:
         if step.source is Source.FETCH:
-            data, frame = fetcher.take(step.window, step.digest)
+            data, frame, was_delta = fetcher.take(step.window, step.digest)
             o.chunks_fetched += frame > 0
             o.chunks_reused += frame == 0
+            o.chunks_delta += was_delta
             o.bytes_fetched += frame
         elif step.source is Source.REPEAT:
             assert isinstance(sink, int)
@@ -363,9 +424,9 @@ def fetch_and_write(
     todo = [p for p in plans if p.pending]
     if not todo:
         return
-    steps = partial(plan_files, [(p.manifest.chunks, p.local) for p in todo], repeat_from_output=writer is None,
+    steps = partial(plan_files, [(p.manifest.chunks, p.local, p.old) for p in todo], repeat_from_output=writer is None,
                     window_bytes=FETCH_WINDOW_BYTES, window_chunks=FETCH_WINDOW_CHUNKS)
-    fetcher = Fetcher(remote, fetch_windows(steps()))
+    fetcher = Fetcher(remote, fetch_windows(steps()), _base_reader(todo))
     cursor = _Cursor(steps())
     alone: list[FilePlan] = []
     try:
@@ -403,18 +464,21 @@ def get_file(
     verify_key: object = None,
     progress: ProgressFn | None = None,
     keep: Callable[[Manifest], None] | None = None,
+    base_manifest: Manifest | None = None,
 ) -> GetOutcome:
     """Download a version into ``local_path``, reusing the chunks a previous local copy already has.
 
     ``local_path`` is a path (its parent, named by the caller, may be a symlink and is followed) or
     a :class:`LocalTarget` below an opened destination root, whose folders are entered without
     following symlinks (cli/localdir.py). ``keep`` is given the version's manifest once the file is
-    in place (a manifest cache). Nothing is written before the manifest (and signature) checked out.
+    in place (a manifest cache); ``base_manifest`` (the local copy's version's, say) lets the server
+    send the manifest as a delta of it. Nothing is written before the manifest (and signature)
+    checked out.
     """
     path = normalize_path(remote_path)
     if not isinstance(local_path, LocalTarget) and Path(local_path).is_dir():
         raise InvalidInputError(f"{local_path} is a directory; give the file name to write")
-    info, manifest = fetch_manifest(remote, path, version, as_of_ms, verify_key)
+    info, manifest = fetch_manifest(remote, path, version, as_of_ms, verify_key, base_manifest)
     advance = cumulative(progress, info.size)
     if isinstance(local_path, LocalTarget):
         (outcome,) = _get_planned(remote, [(info, manifest, local_path)], advance)
@@ -480,11 +544,12 @@ def _get_planned(
     A file that cannot be planned (a symlink where a folder is expected, say) fails alone.
     """
     plans: list[FilePlan] = []
+    bases = remote.info().delta_downloads
     try:
         with Pipeline(remote.params.chunking) as pipeline:
             for version, manifest, target in files:
                 try:
-                    plans.append(plan_local(remote.params.chunking, version, manifest, target, pipeline))
+                    plans.append(plan_local(remote.params.chunking, version, manifest, target, pipeline, bases=bases))
                 except (CasError, OSError) as exc:
                     if is_fatal(exc):
                         raise

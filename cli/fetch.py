@@ -7,6 +7,13 @@ check is an error of the files that use it; a call that fails as a whole (server
 missing) is :class:`CallFailed` for every chunk not yet arrived. Chunks that fail the check are
 reported to the server when the fetch ends (ReportDamagedChunks), which verifies its copies again
 and marks the damaged ones, so the next upload of that content repairs them.
+
+Delta downloads: a window proposes, for some digests, chunks of the old local copy as delta bases
+(cli/plan.py); the server may answer such a digest with a delta frame against them (ChunkData.base
+names the first). The bases' bytes are read from the old copy and each is checked against its
+digest before use; when one no longer matches (the old copy changed) the chunk is fetched again as
+a plain frame. A delta frame naming another base than the first proposed, or one that does not
+decode to the digest, is a corrupt chunk like any other.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import grpc
 
-from cas import codec
+from cas import codec, delta
 from cas.errors import (
     CasError,
     ChunkTooLargeError,
@@ -29,7 +37,7 @@ from cas.errors import (
     IntegrityError,
     MalformedFrameError,
 )
-from cli.plan import FetchWindow
+from cli.plan import BaseRef, FetchWindow
 from cli.remote import Remote
 from cli.rpc_errors import map_rpc_error
 from proto import stratus_pb2 as pb
@@ -37,11 +45,23 @@ from proto import stratus_pb2 as pb
 QUEUE_ITEMS = 64  # decoded chunks waiting for the writer: <= 64 * max chunk size
 POOL_DECODE_BYTES = 1024 * 1024  # batches from this size on are decoded on a small thread pool
 _END = object()
+Proposals = dict[bytes, tuple[int, tuple[BaseRef, ...]]]  # digest -> (file number, proposed bases)
+BaseReader = Callable[[int, BaseRef], "bytes | None"]  # (file number, base) -> its verified bytes, or None
 
 
-def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
-    """Decode a frame from the server and verify its digest; CorruptChunkError on any mismatch."""
+class _Stale:
+    """What the decoder hands over for a delta frame whose local base changed: fetch it plain."""
+
+
+_STALE = _Stale()
+
+
+def decode_chunk(digest: bytes, frame: bytes, max_size: int, base: bytes | None = None) -> bytes:
+    """Decode a frame from the server (a delta frame against ``base`` when given) and verify its
+    digest; CorruptChunkError on any mismatch."""
     try:
+        if base is not None:
+            return delta.decode_verified(digest, frame, base, max_size)
         return codec.decode_verified(digest, frame, max_size)
     except DigestMismatchError as exc:
         raise CorruptChunkError(digest, f"received bytes hash to {exc.actual.hex()}") from None
@@ -49,10 +69,10 @@ def decode_chunk(digest: bytes, frame: bytes, max_size: int) -> bytes:
         raise CorruptChunkError(digest, str(exc)) from None
 
 
-def _decoded(digest: bytes, frame: bytes, max_size: int) -> bytes | CorruptChunkError:
+def _decoded(digest: bytes, frame: bytes, max_size: int, base: bytes | None = None) -> bytes | CorruptChunkError:
     """The chunk's bytes, or the error that belongs to the file(s) using it, not to the whole call."""
     try:
-        return decode_chunk(digest, frame, max_size)
+        return decode_chunk(digest, frame, max_size, base)
     except CorruptChunkError as exc:
         return exc
 
@@ -82,12 +102,14 @@ class Fetcher:
     """Streams the fetch windows of a plan on a background thread into a bounded queue.
 
     The writer takes chunks by (window, digest); chunks that arrive before they are needed wait
-    in a small buffer, so the server may answer a window in any order.
+    in a small buffer, so the server may answer a window in any order. ``read_base`` reads the
+    delta bases the windows propose (none are proposed without it).
     """
 
-    def __init__(self, remote: Remote, windows: Iterator[FetchWindow]) -> None:
+    def __init__(self, remote: Remote, windows: Iterator[FetchWindow], read_base: BaseReader | None = None) -> None:
         self._remote = remote
         self._windows = windows
+        self._read_base = read_base
         self._max_size = remote.params.chunking.max_size
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
         self._stop = threading.Event()
@@ -113,7 +135,9 @@ class Fetcher:
 
     def _fetch_window(self, window: FetchWindow, pool: ThreadPoolExecutor) -> None:
         pending = dict(window.uses)
-        call = self._remote.stub.GetChunks(pb.GetChunksRequest(digests=window.digests))
+        bases = window.bases if self._read_base is not None else {}
+        proposals = [pb.DeltaBase(digest=d, base=ref.digest) for d, (_, refs) in bases.items() for ref in refs]
+        call = self._remote.stub.GetChunks(pb.GetChunksRequest(digests=window.digests, bases=proposals))
         self._call = call
         if self._stop.is_set():
             call.cancel()
@@ -127,17 +151,28 @@ class Fetcher:
             # Decoding (zstd + BLAKE3) releases the GIL: a big batch is spread over the pool; the
             # frames of small files are decoded right here, cheaper than a hand-off to other threads.
             big = sum(len(c.frame) for c in batch.chunks) >= POOL_DECODE_BYTES
-            datas = (pool.map if big else map)(self._decode, batch.chunks)
+            datas = (pool.map if big else map)(partial(self._decode, bases), batch.chunks)
             for c, data in zip(batch.chunks, datas, strict=True):
-                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest), len(c.frame)))
+                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest), len(c.frame), bool(c.base)))
         if pending:
             first = next(iter(pending))
             raise IntegrityError(
                 f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
             )
 
-    def _decode(self, chunk: pb.ChunkData) -> bytes | CorruptChunkError:
-        data = _decoded(chunk.digest, chunk.frame, self._max_size)
+    def _decode(self, bases: Proposals, chunk: pb.ChunkData) -> bytes | CorruptChunkError | _Stale:
+        base = None
+        if chunk.base:
+            proposed = bases.get(chunk.digest)
+            if proposed is None or proposed[1][0].digest != chunk.base:
+                return CorruptChunkError(chunk.digest, "a delta frame against a base this client did not propose")
+            assert self._read_base is not None
+            number, refs = proposed
+            parts = [self._read_base(number, ref) for ref in refs]
+            if any(part is None for part in parts):
+                return _STALE
+            base = b"".join(parts)  # type: ignore[arg-type]
+        data = _decoded(chunk.digest, chunk.frame, self._max_size, base)
         if isinstance(data, CorruptChunkError):
             self._corrupt.add(bytes(chunk.digest))  # set.add: safe from the decoding threads
         return data
@@ -156,9 +191,10 @@ class Fetcher:
             except queue.Full:
                 continue
 
-    def take(self, window: int, digest: bytes) -> tuple[bytes, int]:
-        """The bytes of ``digest`` from fetch window ``window`` (blocks until they arrive), and the frame
-        bytes received for them (0 when an earlier step already took them).
+    def take(self, window: int, digest: bytes) -> tuple[bytes, int, bool]:
+        """The bytes of ``digest`` from fetch window ``window`` (blocks until they arrive), the frame
+        bytes received for them (0 when an earlier step already took them) and whether they came as
+        a delta frame. A delta whose local base changed is fetched again, plain, here.
 
         CorruptChunkError when that chunk was corrupt; CallFailed, now and for every chunk not yet
         arrived, when the call as a whole failed.
@@ -173,8 +209,8 @@ class Fetcher:
             elif item is _END:
                 self._failed = IntegrityError(f"chunk {digest.hex()} never arrived from the server")
             else:
-                w, d, data, uses, frame = item  # type: ignore[misc]
-                self._buffer[(w, d)] = [data, uses, frame]
+                w, d, data, uses, frame, was_delta = item  # type: ignore[misc]
+                self._buffer[(w, d)] = [data, uses, frame, was_delta]
         entry = self._buffer[key]
         entry[1] -= 1
         if entry[1] <= 0:
@@ -182,7 +218,10 @@ class Fetcher:
         frame, entry[2] = entry[2], 0
         if isinstance(entry[0], BaseException):
             raise entry[0]
-        return entry[0], frame
+        if entry[0] is _STALE:
+            entry[0], plain = fetch_plain(self._remote, digest)
+            entry[3], frame = False, frame + plain
+        return entry[0], frame, entry[3]
 
     def close(self) -> None:
         """Stop the background thread (cancelling an in-flight GetChunks), then report the chunks
@@ -195,14 +234,21 @@ class Fetcher:
         self._report()
 
 
-def fetch_one(remote: Remote, digest: bytes) -> bytes:
-    """Fetch a single chunk synchronously (used when a local copy turned out to have changed)."""
+def fetch_plain(remote: Remote, digest: bytes) -> tuple[bytes, int]:
+    """Fetch a single chunk synchronously, as a plain frame: its bytes and the frame's size."""
     max_size = remote.params.chunking.max_size
     try:
         for batch in remote.stub.GetChunks(pb.GetChunksRequest(digests=[digest])):
             for c in batch.chunks:
                 if c.digest == digest:
-                    return decode_chunk(digest, c.frame, max_size)
+                    if c.base:
+                        raise CorruptChunkError(digest, "a delta frame where none was asked for")
+                    return decode_chunk(digest, c.frame, max_size), len(c.frame)
     except grpc.RpcError as err:
         raise map_rpc_error(err, remote.target) from err
     raise IntegrityError(f"the server did not send chunk {digest.hex()}")
+
+
+def fetch_one(remote: Remote, digest: bytes) -> bytes:
+    """Fetch a single chunk synchronously (used when a local copy turned out to have changed)."""
+    return fetch_plain(remote, digest)[0]

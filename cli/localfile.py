@@ -19,6 +19,7 @@ import blake3
 from cas.chunker import ChunkParams
 from cas.pipeline import Pipeline
 from cli.localdir import PART_SUFFIX, Folder, part_name
+from cli.plan import OldChunks
 
 _FALLBACK_UMASK = 0o022
 
@@ -61,12 +62,14 @@ def index_local_file(
     wanted: Collection[bytes],
     file_hasher: blake3.blake3 | None = None,
     pipeline: Pipeline | None = None,
+    others: OldChunks | None = None,
 ) -> dict[bytes, tuple[int, int]]:
     """Chunk an open local file and return ``digest -> (offset, length)`` for the wanted digests.
 
     Only digests in ``wanted`` are kept (the first occurrence), so memory is bounded by what the
     download can use. ``file_hasher`` is fed the whole file, which tells the caller whether the
-    local copy already is the wanted version.
+    local copy already is the wanted version. ``others``, when given, gets every chunk whose digest
+    is not wanted (the delta base candidates), in file order.
     """
     index: dict[bytes, tuple[int, int]] = {}
     own = pipeline is None
@@ -75,7 +78,10 @@ def index_local_file(
         # A duplicate fd gets its own file position, so the caller's fd can keep using pread.
         with os.fdopen(os.dup(fd), "rb") as stream:
             for chunk in pipe.hash_stream(stream, file_hasher):
-                if chunk.digest in wanted and chunk.digest not in index:
+                if chunk.digest not in wanted:
+                    if others is not None:
+                        others.add(chunk.offset, chunk.length, chunk.digest)
+                elif chunk.digest not in index:
                     index[chunk.digest] = (chunk.offset, chunk.length)
     finally:
         if own:

@@ -27,8 +27,10 @@ import grpc
 from cas.digest import digest as blake3_digest
 from cas.errors import CasError, InvalidInputError, NotFoundError
 from cas.manifest import ChunkRef, Manifest
+from cas.manifestpieces import pieces_between
 from cli.remote import Remote
 from proto import stratus_pb2 as pb
+from proto.pieces import pieces_message
 
 MIN_CHUNKS = 64  # smaller manifests cost less than a Stat round trip and a cache file
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -164,29 +166,7 @@ class BaseLookup:
 
 def delta_pieces(base: Sequence[ChunkRef], new: Sequence[ChunkRef]) -> list[pb.ManifestPiece]:
     """``new`` as runs of ``base`` (extended while the next chunks match) and literal chunks."""
-    first: dict[ChunkRef, int] = {}
-    for n, ref in enumerate(base):
-        first.setdefault(ref, n)
-    pieces: list[pb.ManifestPiece] = []
-    start = end = -1  # the open run: base[start:end]
-
-    def close_run() -> None:
-        if start >= 0:
-            pieces.append(pb.ManifestPiece(copy=pb.ManifestRun(start=start, count=end - start)))
-
-    for ref in new:
-        if 0 <= end < len(base) and base[end] == ref:
-            end += 1
-            continue
-        close_run()
-        position = first.get(ref)
-        if position is None:
-            pieces.append(pb.ManifestPiece(chunk=pb.ChunkRef(digest=ref.digest, length=ref.length)))
-            start = end = -1
-        else:
-            start, end = position, position + 1
-    close_run()
-    return pieces
+    return pieces_message(pieces_between(base, new))
 
 
 def delta_request(

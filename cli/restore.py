@@ -77,6 +77,7 @@ class GetStats:
     chunks_total: int = 0
     chunks_reused: int = 0
     chunks_fetched: int = 0
+    chunks_delta: int = 0  # of chunks_fetched, those sent as delta frames against the old local copy
     seconds: float = 0.0
 
     def account(self, outcome: GetOutcome) -> None:
@@ -89,6 +90,7 @@ class GetStats:
         self.bytes_fetched += outcome.bytes_fetched
         self.chunks_reused += outcome.chunks_reused
         self.chunks_fetched += outcome.chunks_fetched
+        self.chunks_delta += outcome.chunks_delta
         self.chunks_total += outcome.chunks_total
 
 
@@ -180,7 +182,8 @@ class Downloader:
         report.stats.files_listed = 1
         report.stats.bytes_total = info.size
         item = RestoreItem(info, dest)
-        if self._is_current(item, self._cached({info.path: info}, info.path).get(info.path)):
+        entry = self._cached({info.path: info}, info.path).get(info.path)
+        if self._is_current(item, entry):
             report.add(GetOutcome(info.path, str(dest), "skipped", info, info.size))
         else:
             self._emit("start", info.size, 1, f"get {info.path}")
@@ -188,7 +191,8 @@ class Downloader:
                 with Folder.open_root(dest.parent) as root:
                     outcome = self.client.get_file(info.path, LocalTarget(root, (), dest.name, dest),
                                                    version=info.version, verify_key=self.options.verify_key,
-                                                   progress=self._file_progress())
+                                                   progress=self._file_progress(),
+                                                   base_manifest_digest=entry.manifest_digest if entry else b"")
             finally:
                 self._emit("file")
             report.add(outcome)

@@ -92,7 +92,7 @@ class StoreStats(_message.Message):
     def __init__(self, chunk_count: _Optional[int] = ..., unique_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., version_count: _Optional[int] = ..., store_chunk_count: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files", "manifest_deltas", "delta_hints")
+    __slots__ = ("server_version", "chunking", "compression", "compression_level", "max_message_bytes", "max_batch_bytes", "max_page_size", "identity", "namespace", "stats", "max_manifest_chunks", "max_batch_files", "manifest_deltas", "delta_hints", "delta_downloads")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class ServerInfoResponse(_message.Message):
     MAX_BATCH_FILES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DELTAS_FIELD_NUMBER: _ClassVar[int]
     DELTA_HINTS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     chunking: ChunkParams
     compression: str
@@ -121,7 +122,8 @@ class ServerInfoResponse(_message.Message):
     max_batch_files: int
     manifest_deltas: bool
     delta_hints: bool
-    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ..., manifest_deltas: _Optional[bool] = ..., delta_hints: _Optional[bool] = ...) -> None: ...
+    delta_downloads: bool
+    def __init__(self, server_version: _Optional[str] = ..., chunking: _Optional[_Union[ChunkParams, _Mapping]] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_page_size: _Optional[int] = ..., identity: _Optional[str] = ..., namespace: _Optional[str] = ..., stats: _Optional[_Union[StoreStats, _Mapping]] = ..., max_manifest_chunks: _Optional[int] = ..., max_batch_files: _Optional[int] = ..., manifest_deltas: _Optional[bool] = ..., delta_hints: _Optional[bool] = ..., delta_downloads: _Optional[bool] = ...) -> None: ...
 
 class FindMissingChunksRequest(_message.Message):
     __slots__ = ("digests",)
@@ -136,14 +138,16 @@ class FindMissingChunksResponse(_message.Message):
     def __init__(self, missing: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ChunkData(_message.Message):
-    __slots__ = ("digest", "frame", "base_hints")
+    __slots__ = ("digest", "frame", "base_hints", "base")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     BASE_HINTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
     frame: bytes
     base_hints: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, digest: _Optional[bytes] = ..., frame: _Optional[bytes] = ..., base_hints: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    base: bytes
+    def __init__(self, digest: _Optional[bytes] = ..., frame: _Optional[bytes] = ..., base_hints: _Optional[_Iterable[bytes]] = ..., base: _Optional[bytes] = ...) -> None: ...
 
 class ChunkBatch(_message.Message):
     __slots__ = ("chunks",)
@@ -332,20 +336,26 @@ class VersionSelector(_message.Message):
     def __init__(self, version: _Optional[int] = ..., as_of_ms: _Optional[int] = ...) -> None: ...
 
 class GetManifestRequest(_message.Message):
-    __slots__ = ("path", "at")
+    __slots__ = ("path", "at", "base_manifest_digest")
     PATH_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     path: str
     at: VersionSelector
-    def __init__(self, path: _Optional[str] = ..., at: _Optional[_Union[VersionSelector, _Mapping]] = ...) -> None: ...
+    base_manifest_digest: bytes
+    def __init__(self, path: _Optional[str] = ..., at: _Optional[_Union[VersionSelector, _Mapping]] = ..., base_manifest_digest: _Optional[bytes] = ...) -> None: ...
 
 class GetManifestResponse(_message.Message):
-    __slots__ = ("version", "manifest")
+    __slots__ = ("version", "manifest", "base_manifest_digest", "pieces")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    BASE_MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
     version: VersionInfo
     manifest: Manifest
-    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ...) -> None: ...
+    base_manifest_digest: bytes
+    pieces: _containers.RepeatedCompositeFieldContainer[ManifestPiece]
+    def __init__(self, version: _Optional[_Union[VersionInfo, _Mapping]] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., base_manifest_digest: _Optional[bytes] = ..., pieces: _Optional[_Iterable[_Union[ManifestPiece, _Mapping]]] = ...) -> None: ...
 
 class GetManifestsRequest(_message.Message):
     __slots__ = ("files",)
@@ -368,10 +378,20 @@ class GetManifestsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[GetManifestResult, _Mapping]]] = ...) -> None: ...
 
 class GetChunksRequest(_message.Message):
-    __slots__ = ("digests",)
+    __slots__ = ("digests", "bases")
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    BASES_FIELD_NUMBER: _ClassVar[int]
     digests: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    bases: _containers.RepeatedCompositeFieldContainer[DeltaBase]
+    def __init__(self, digests: _Optional[_Iterable[bytes]] = ..., bases: _Optional[_Iterable[_Union[DeltaBase, _Mapping]]] = ...) -> None: ...
+
+class DeltaBase(_message.Message):
+    __slots__ = ("digest", "base")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    base: bytes
+    def __init__(self, digest: _Optional[bytes] = ..., base: _Optional[bytes] = ...) -> None: ...
 
 class ReportDamagedChunksRequest(_message.Message):
     __slots__ = ("digests",)

@@ -27,16 +27,19 @@ from cas.errors import (
     RateLimitedError,
 )
 from cas.manifest import Manifest, ManifestBuilder
+from cas.manifestpieces import pieces_between
 from cas.packstore import Hints
 from cas.paths import normalize_path, normalize_prefix
 from cas.pipeline import Pipeline
 from proto import stratus_pb2 as pb
 from proto import stratus_pb2_grpc as pb_grpc
+from proto.pieces import pieces_message
 from service.admission import MAX_HINTS_PER_CHUNK, ByteBudget, OversizeBatch, StreamLimits
 from service.batches import BatchCalls, item_error
 from service.calls import note, rpc
 from service.commits import CommitRequest, Committer
 from service.config import ServerConfig
+from service.deltadownload import MAX_DELTA_BASES
 from service.gate import Caller, Gate
 from service.messages import (
     commit_manifest_from_message,
@@ -177,7 +180,7 @@ class StratusService(pb_grpc.StratusServicer):
             max_message_bytes=self.config.max_message_bytes, max_batch_bytes=self.config.batch_bytes,
             max_page_size=self.config.max_page_size, identity=caller.identity, namespace=caller.namespace,
             max_manifest_chunks=self.config.max_manifest_chunks, max_batch_files=self.config.max_batch_files,
-            manifest_deltas=True, delta_hints=self.repo.takes_hints,
+            manifest_deltas=True, delta_hints=self.repo.takes_hints, delta_downloads=self.config.delta_downloads,
             stats=pb.StoreStats(
                 chunk_count=ns_stats.chunk_count, unique_bytes=ns_stats.unique_bytes,
                 logical_bytes=ns_stats.logical_bytes, file_count=ns_stats.file_count,
@@ -380,7 +383,31 @@ class StratusService(pb_grpc.StratusServicer):
         record = await self.repo.resolve(caller.namespace, path, selector_from_message(request.at))
         manifest = await self.repo.load_manifest(record.manifest_digest)
         await show_manifest(self.repo, caller, manifest)
-        return pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
+        full = pb.GetManifestResponse(version=version_info(record), manifest=manifest_message(manifest))
+        delta = await self._manifest_delta(caller, path, manifest, request.base_manifest_digest)
+        if delta is not None:
+            delta.version.CopyFrom(full.version)
+            if delta.ByteSize() < full.ByteSize():
+                return delta
+        return full
+
+    async def _manifest_delta(
+        self, caller: Caller, path: str, manifest: Manifest, base_digest: bytes
+    ) -> pb.GetManifestResponse | None:
+        """GetManifest's delta form against ``base_digest`` (without the version), or None when that
+        is not the manifest of a version of ``path`` in the caller's namespace: a client learns
+        nothing it could not read already (ListVersions), and an unusable base costs the full form."""
+        if not self.config.delta_downloads or len(base_digest) != digest.DIGEST_SIZE:
+            return None
+        try:
+            await self.committer.check_base(caller.namespace, path, base_digest)
+        except NotFoundError:
+            return None
+        base = await self.repo.load_manifest(base_digest)
+        return pb.GetManifestResponse(
+            manifest=pb.Manifest(size=manifest.size, file_digest=manifest.file_digest),
+            base_manifest_digest=base_digest, pieces=pieces_message(pieces_between(base.chunks, manifest.chunks)),
+        )
 
     @rpc
     async def GetManifests(self, request: pb.GetManifestsRequest, context: Ctx) -> pb.GetManifestsResponse:
@@ -390,9 +417,38 @@ class StratusService(pb_grpc.StratusServicer):
     async def GetChunks(self, request: pb.GetChunksRequest, context: Ctx) -> None:
         caller = self._enter_chunks(context, "GetChunks", write=False)
         digests = _check_digests(list(request.digests), self.config.max_find_digests)
-        await self._send_all(context, caller, "GetChunks", self._chunk_batches(caller, digests))
+        bases = self._proposed_bases(request)
+        await self._send_all(context, caller, "GetChunks", self._chunk_batches(caller, digests, bases))
 
-    async def _chunk_batches(self, caller: Caller, digests: list[bytes]) -> AsyncIterator[pb.ChunkBatch]:
+    def _proposed_bases(self, request: pb.GetChunksRequest) -> dict[bytes, tuple[bytes, ...]]:
+        """digest -> its proposed delta bases in request order; empty when the server setting
+        ``delta_downloads`` is off. Only the form is checked here (INVALID_ARGUMENT for a malformed
+        digest or more than MAX_DELTA_BASES bases for one digest); whether the caller holds the
+        bases is :meth:`Repository.read_frames`'s business."""
+        limit = self.config.max_find_digests
+        _check_digests([b.base for b in request.bases], limit)
+        _check_digests([b.digest for b in request.bases], limit)
+        bases: dict[bytes, tuple[bytes, ...]] = {}
+        for proposal in request.bases:
+            bases[proposal.digest] = (*bases.get(proposal.digest, ()), proposal.base)
+            if len(bases[proposal.digest]) > MAX_DELTA_BASES:
+                raise InvalidInputError(f"more than {MAX_DELTA_BASES} delta bases for chunk {proposal.digest.hex()}")
+        return bases if self.config.delta_downloads else {}
+
+    def _affordable(
+        self, caller: Caller, part: list[bytes], bases: dict[bytes, tuple[bytes, ...]]
+    ) -> dict[bytes, tuple[bytes, ...]]:
+        """The proposals of one window that the caller's upload chunk budget pays for (one token per
+        base), all or none: when the budget is short the window goes out in plain frames."""
+        proposals = {d: bases[d] for d in part if d in bases}
+        cost = sum(len(b) for b in proposals.values())
+        if cost and self.chunk_rate.acquire(caller.share, cost) > 0:
+            return {}
+        return proposals
+
+    async def _chunk_batches(
+        self, caller: Caller, digests: list[bytes], bases: dict[bytes, tuple[bytes, ...]]
+    ) -> AsyncIterator[pb.ChunkBatch]:
         async with self.downloads.slot(caller.share):
             # Read the next window while the current one is on the wire, so disk, hashing and
             # network overlap; at most two windows are in memory.
@@ -402,14 +458,16 @@ class StratusService(pb_grpc.StratusServicer):
             def read(n: int) -> asyncio.Future | None:
                 if n >= len(parts):
                     return None
-                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, parts[n], caller.view))
+                proposals = self._affordable(caller, parts[n], bases)
+                return asyncio.ensure_future(
+                    self.repo.read_frames(caller.namespace, parts[n], caller.view, proposals))
 
             ahead = read(0)
             try:
                 for n, part in enumerate(parts):
-                    frames = await ahead
+                    answers = await ahead
                     ahead = read(n + 1)
-                    chunks = [pb.ChunkData(digest=d, frame=f) for d, f in zip(part, frames, strict=True)]
+                    chunks = [pb.ChunkData(digest=d, frame=f, base=b) for d, (f, b) in zip(part, answers, strict=True)]
                     yield pb.ChunkBatch(chunks=chunks)
             finally:
                 if ahead is not None:

@@ -24,13 +24,11 @@ from dataclasses import dataclass, replace
 
 from cas import signing
 from cas.diff import diff_manifests
-from cas.errors import ChunkTooLargeError, InvalidInputError, ManifestError, MissingChunksError, NotFoundError
-from cas.manifest import ChunkRef, Manifest
+from cas.errors import InvalidInputError, ManifestError, MissingChunksError, NotFoundError
+from cas.manifest import Manifest
+from cas.manifestpieces import Piece, apply_pieces
 from service.metadata import VersionRecord
 from service.repository import Repository
-
-# A run of the base manifest (start, count), or a chunk given literally.
-Piece = tuple[int, int] | ChunkRef
 
 
 @dataclass(frozen=True)
@@ -41,32 +39,6 @@ class ManifestDelta:
     pieces: tuple[Piece, ...]
     size: int
     file_digest: bytes
-
-
-def apply_pieces(base: Sequence[ChunkRef], pieces: Sequence[Piece], max_chunks: int) -> list[ChunkRef]:
-    """The chunk list ``pieces`` describe over ``base``; ManifestError for a run outside the base.
-
-    The running count is checked before each run is copied, so a hostile delta cannot make the
-    server allocate more than ``max_chunks`` references.
-    """
-    chunks: list[ChunkRef] = []
-    for piece in pieces:
-        if isinstance(piece, ChunkRef):
-            added = 1
-        else:
-            start, count = piece
-            if count < 1 or start + count > len(base):
-                raise ManifestError(
-                    f"manifest run {start}+{count} is outside the base manifest's {len(base)} chunks"
-                )
-            added = count
-        if len(chunks) + added > max_chunks:
-            raise ChunkTooLargeError(f"the delta expands to more than {max_chunks} chunks, the limit")
-        if isinstance(piece, ChunkRef):
-            chunks.append(piece)
-        else:
-            chunks.extend(base[piece[0] : piece[0] + piece[1]])
-    return chunks
 
 
 @dataclass(frozen=True)
@@ -102,7 +74,7 @@ class Committer:
         delta = c.manifest
         if isinstance(delta, Manifest):
             return c
-        await self._check_base(ns, c.path, delta.base_digest)
+        await self.check_base(ns, c.path, delta.base_digest)
         base = await self.repo.load_manifest(delta.base_digest)
         chunks = apply_pieces(base.chunks, delta.pieces, self.max_manifest_chunks)
         total = sum(ref.length for ref in chunks)
@@ -110,7 +82,8 @@ class Committer:
             raise ManifestError(f"manifest size {delta.size} does not equal the sum of its chunk lengths ({total})")
         return replace(c, manifest=Manifest(chunks=tuple(chunks), size=delta.size, file_digest=delta.file_digest))
 
-    async def _check_base(self, ns: str, path: str, base_digest: bytes) -> None:
+    async def check_base(self, ns: str, path: str, base_digest: bytes) -> None:
+        """NotFoundError unless ``base_digest`` is the manifest of a version of ``path`` in ``ns``."""
         # The head is the usual base; the whole history is read only when it is not.
         head = await self.repo.head(ns, path)
         if head is not None and head.manifest_digest == base_digest:

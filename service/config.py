@@ -154,6 +154,11 @@ class ServerConfig:
     # Re-hash chunks before GetChunks sends them. Off by default: every client verifies every chunk
     # and the whole file anyway, and this halves the server's CPU per byte served.
     verify_reads: bool = False
+    # GetChunks answers a chunk with a delta frame against chunks the client says it holds (and the
+    # caller's namespace holds) when that is clearly smaller; each base proposed costs the caller one
+    # token of its upload_chunks_per_second budget, and a window is sent plain when that is short.
+    # GetManifest answers in the delta form against the manifest the client holds (same switch).
+    delta_downloads: bool = True
     io_threads: int = 0  # 0: twice the CPU count
     # Retention rules the server applies itself (service/retention_schedule.py), every this often.
     retention: tuple[RetentionRule, ...] = ()

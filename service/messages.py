@@ -7,7 +7,8 @@ from cas.errors import ManifestError
 from cas.manifest import ChunkRef, Manifest
 from cas.retention import Duration, RetentionPolicy
 from proto import stratus_pb2 as pb
-from service.commits import ManifestDelta, Piece
+from proto.pieces import pieces_from_message
+from service.commits import ManifestDelta
 from service.metadata import Event, VersionRecord
 from service.repository import Selector
 
@@ -58,17 +59,7 @@ def commit_manifest_from_message(r: pb.CommitFileRequest) -> Manifest | Manifest
         raise ManifestError("a delta commit gives its chunks as pieces, not in the manifest")
     if len(r.manifest.file_digest) != digest.DIGEST_SIZE:
         raise ManifestError("manifest file_digest must be 32 bytes")
-    pieces: list[Piece] = []
-    for piece in r.pieces:
-        kind = piece.WhichOneof("piece")
-        if kind == "copy":
-            pieces.append((piece.copy.start, piece.copy.count))
-        elif kind == "chunk":
-            if len(piece.chunk.digest) != digest.DIGEST_SIZE:
-                raise ManifestError(f"manifest chunk digest must be {digest.DIGEST_SIZE} bytes")
-            pieces.append(ChunkRef(piece.chunk.digest, piece.chunk.length))
-        else:
-            raise ManifestError("a manifest piece must be a copy run or a chunk")
+    pieces = pieces_from_message(r.pieces)
     return ManifestDelta(r.base_manifest_digest, tuple(pieces), r.manifest.size, r.manifest.file_digest)
 
 

@@ -33,6 +33,7 @@ from cas.manifest import EMPTY_FILE_DIGEST, Manifest
 from cas.packstore import Hints, LocationIndex, PackChunkStore
 from cas.store import ChunkStore, LocalChunkStore, Staged, StoreStats
 from service.config import ConfigError
+from service.deltadownload import DeltaFrames
 from service.journal import Journal
 from service.metadata import Event, MetadataStore, NamespaceStats, VersionRecord
 
@@ -125,6 +126,7 @@ class Repository:
         self.verify_reads = verify_reads
         # Only pack stores keep delta records; the files layout stores every chunk whole.
         self.takes_hints = delta_hints and isinstance(self.chunks, PackChunkStore)
+        self.deltas = DeltaFrames(self.chunks, params.max_size)
         self.store_parallelism = max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(threads or 2 * (os.cpu_count() or 2), thread_name_prefix="stratus-io")
         self._disk_count: asyncio.Future[StoreStats] | None = None
@@ -213,25 +215,51 @@ class Repository:
             absent.update(await self.metadata.missing_chunks(ns, digests, view))
         return absent
 
-    async def read_frames(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bytes]:
-        """Frames of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
+    async def read_frames(
+        self, ns: str, digests: list[bytes], view: str | None = None,
+        bases: Mapping[bytes, tuple[bytes, ...]] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """(frame, base) of chunks that ``ns`` (and ``view``) may read; NotFoundError names any it may not.
 
         The error is the same whether a chunk is stored nowhere, only in other namespaces or only
         outside ``view``. Every frame is at least header-checked (fully verified with
         ``verify_reads``); a damaged or missing copy is marked damaged and raises
-        CorruptChunkError (DATA_LOSS).
+        CorruptChunkError (DATA_LOSS). ``bases`` proposes, per digest, chunks to send it as a delta
+        against (service/deltadownload.py); the answer's base is then the first of them. A proposal
+        is used only when all its bases are in ``ns``'s chunk index (and ``view``) and none is the
+        digest itself, else it is dropped whole without a trace, so the answer is the plain frame
+        with base ``b""`` exactly as without it.
         """
         not_held = await self._not_held(ns, digests, view)
         absent = [d for d in dict.fromkeys(digests) if d in not_held]
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
+        usable = await self._held_bases(ns, bases or {}, view)
         loop = asyncio.get_running_loop()
         return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(self.pool, _indexed, self.chunks, self.chunks.get_frame, d, self.verify_reads)
-                  for d in digests)
-            )
+            await asyncio.gather(*(loop.run_in_executor(self.pool, self._answer, d, usable.get(d)) for d in digests))
         )
+
+    async def _held_bases(
+        self, ns: str, bases: Mapping[bytes, tuple[bytes, ...]], view: str | None
+    ) -> dict[bytes, tuple[bytes, ...]]:
+        """The proposals whose bases ``ns`` (and ``view``) all hold, none of them the chunk itself."""
+        proposals = {d: b for d, b in bases.items() if b and d not in b}
+        if not proposals:
+            return {}
+        not_held = await self._not_held(ns, list({x for b in proposals.values() for x in b}), view)
+        return {d: b for d, b in proposals.items() if not not_held.intersection(b)}
+
+    def _answer(self, digest: bytes, bases: tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """(frame, first base) for one chunk on a worker thread: a delta against ``bases`` when it pays."""
+        if bases and not self.verify_reads and (stored := self.deltas.stored(digest, bases)) is not None:
+            return stored, bases[0]
+        frame = _indexed(self.chunks, self.chunks.get_frame, digest, self.verify_reads)
+        if bases:
+            found = self.deltas.frame(digest, bases, frame)
+            if found is not None:
+                return found, bases[0]
+        return frame, b""
 
     async def report_damaged(self, ns: str, digests: list[bytes], view: str | None = None) -> list[bool]:
         """Re-verify the chunks a client found damaged; per digest (request order), True if its

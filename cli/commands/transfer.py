@@ -192,7 +192,7 @@ class _ProgressBar:
 # ---- JSON of get ------------------------------------------------------------------------------------
 
 _FILE_FIELDS = ("remote", "local", "status", "version", "size", "chunks_total", "chunks_reused", "chunks_fetched",
-                "bytes_fetched")
+                "chunks_delta", "bytes_fetched")
 
 
 def get_exit_code(report: GetReport) -> int:
@@ -337,8 +337,8 @@ def _render_get(out: Output, report: GetReport, *, to_stderr: bool = False) -> N
             say(f"up to date: {o.local} already is {o.remote} version {_version_number(o)}")
         else:
             say(f"downloaded {o.remote} version {_version_number(o)} -> {o.local}: {human_bytes(o.size)}, "
-                f"reused {o.chunks_reused} chunks, fetched {o.chunks_fetched} ({human_bytes(o.bytes_fetched)}) "
-                f"in {s.seconds:.2f} s")
+                f"reused {o.chunks_reused} chunks, fetched {o.chunks_fetched} ({human_bytes(o.bytes_fetched)}"
+                f"{f', {o.chunks_delta} as deltas' if o.chunks_delta else ''}) in {s.seconds:.2f} s")
         return
     say(
         f"{report.remote or '/'}{when} -> {report.local}: {s.files_listed} files ({human_bytes(s.bytes_total)}), "
