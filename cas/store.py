@@ -211,12 +211,14 @@ class LocalChunkStore(ChunkStore):
         return self.publish(self.stage(items))
 
     def stage(
-        self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, Sequence[bytes]] | None = None
+        self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, Sequence[bytes]] | None = None,
+        decoded: Mapping[bytes, bytes] | None = None,
     ) -> Staged:
         """Write temp files for the frames not yet stored, without any durability barrier.
 
-        ``bases`` (delta hints, as for :meth:`cas.packstore.PackChunkStore.stage`) is ignored: this
-        layout stores every chunk as its own frame.
+        ``bases`` and ``decoded`` (delta hints and the frames' bytes, as for
+        :meth:`cas.packstore.PackChunkStore.stage`) are ignored: this layout stores every chunk as
+        its own frame.
 
         Nothing is visible under a chunk's name until :meth:`publish`; :meth:`discard` removes
         the temp files of a batch that will not be published. Callers stage several batches and

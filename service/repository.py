@@ -212,9 +212,9 @@ class Repository:
 
     # ---- chunks ---------------------------------------------------------------------------
 
-    def verify(self, digest: bytes, frame: bytes) -> int:
-        """Decode and BLAKE3-check a frame; returns the chunk's length."""
-        return len(codec.decode_verified(digest, frame, self.params.max_size))
+    def verify(self, digest: bytes, frame: bytes) -> bytes:
+        """Decode and BLAKE3-check a frame; returns the chunk's bytes."""
+        return codec.decode_verified(digest, frame, self.params.max_size)
 
     def open_upload(self, ns: str, flush_bytes: int, view: str | None = None) -> ChunkUpload:
         """Start taking a stream of uploaded chunk batches into namespace ``ns`` (and ``view``)."""
@@ -547,9 +547,13 @@ class ChunkUpload:
         step = max(1, -(-len(items) // self.repo.store_parallelism))
         slices = [items[i:i + step] for i in range(0, len(items), step)]
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
-        lengths = [n for part in verified for n in part]
+        data = [b for part in verified for b in part]
+        lengths = [len(b) for b in data]
         bases = await self._own_hints(hints or {})
-        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases) for part in slices))
+        # The bytes the check decoded, for the chunks a delta may be encoded for (not decoded twice).
+        decoded = {d: b for (d, _), b in zip(items, data, strict=True) if d in bases}
+        del data, verified
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases, decoded) for part in slices))
         if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
             return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
@@ -561,7 +565,7 @@ class ChunkUpload:
             await self._settle()
             self._publishing = asyncio.ensure_future(self._publish(*self._take()))
 
-    def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         return [self.repo.verify(d, f) for d, f in items]
 
     async def _own_hints(self, hints: Hints) -> Hints:
@@ -576,10 +580,10 @@ class ChunkUpload:
         own = {d: [b for b in bases if b not in not_held] for d, bases in hints.items()}
         return {d: bases for d, bases in own.items() if bases}
 
-    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints) -> None:
+    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints, decoded: Mapping[bytes, bytes]) -> None:
         """Write ``items`` (on a worker thread), as deltas against ``bases`` where that pays, and
         record them, unless discarded."""
-        staged = self.repo.chunks.stage(items, bases=bases)
+        staged = self.repo.chunks.stage(items, bases=bases, decoded=decoded)
         with self._lock:
             if not self._closed:
                 self._staged.append(staged)
