@@ -10,11 +10,13 @@ concurrency, 1000 Watch streams), memory (peak RSS moving a 4 GiB file), peers (
 rsync with and without -z on the same data, every tool timed as a process; the ones not installed
 are skipped), history (8 django releases file by file: bytes on disk and time, us vs the
 peers), get_over_old (a download over an old copy after 10 scattered 4 KiB edits: bytes vs rsync and
-rsync -z, with and without delta downloads), startup (wall time of ``stratus --help``
+rsync -z, with and without delta downloads), stages (CPU seconds per GiB by stage, client and
+server, sampled with py-spy), startup (wall time of ``stratus --help``
 and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
 Stat p99 while one identity floods the server), forget (``stratus forget`` vs ``restic forget``, reads
 before and after a forget), check (``stratus admin check`` and ``--read-data`` vs ``restic check`` on
-the 1 GiB mixed file). ``--quick`` shrinks everything to
+the 1 GiB mixed file), sync (the sync daemon: propagation latency, a 4 KiB edit of a big file, idle CPU
+and RSS, first and unchanged sync of a tree). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
 """
 
@@ -32,13 +34,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import check, flood, forget, latency, memory, peers, report, servers, startup, transfer
+from bench import check, flood, forget, latency, memory, peers, report, servers, stages, startup, sync, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
           "history": peers.run_history, "get_over_old": peers.run_get_over_old, "startup": startup.run,
-          "flood": flood.run, "forget": forget.run, "check": check.run}
+          "flood": flood.run, "forget": forget.run, "check": check.run, "stages": stages.run, "sync": sync.run}
 
 
 def _log(message: str) -> None:
