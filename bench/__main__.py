@@ -12,11 +12,13 @@ are skipped), history (8 django releases file by file: bytes on disk and time, u
 peers), get_over_old (a download over an old copy after 10 scattered 4 KiB edits: bytes vs rsync and
 rsync -z, with and without delta downloads), gc (30 daily versions of a file, 23 forgotten: bytes freed,
 time, upload throughput during the collection; restic forget --prune on the same history),
-gc_stress (writers racing collections; ``--cycles N``), startup (wall time of ``stratus --help``
+gc_stress (writers racing collections; ``--cycles N``), stages (CPU seconds per GiB by stage, client and
+server, sampled with py-spy), startup (wall time of ``stratus --help``
 and ``stratus stat``, fresh process per run, against the 150 ms target), flood (another identity's
 Stat p99 while one identity floods the server), forget (``stratus forget`` vs ``restic forget``, reads
 before and after a forget), check (``stratus admin check`` and ``--read-data`` vs ``restic check`` on
-the 1 GiB mixed file). ``--quick`` shrinks everything to
+the 1 GiB mixed file), sync (the sync daemon: propagation latency, a 4 KiB edit of a big file, idle CPU
+and RSS, first and unchanged sync of a tree). ``--quick`` shrinks everything to
 a smoke test (64 MiB, 1,000 files, under 2 minutes); the full run takes about 7 minutes on 2 cores.
 """
 
@@ -35,13 +37,14 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import check, flood, forget, gc, latency, memory, peers, report, servers, startup, transfer
+from bench import check, flood, forget, gc, latency, memory, peers, report, servers, stages, startup, sync, transfer
 from bench.datasets import Sizes, Workspace
 from bench.servers import ROOT, CpuProbe
 
 GROUPS = {"transfer": transfer.run, "latency": latency.run, "memory": memory.run, "peers": peers.run,
           "history": peers.run_history, "get_over_old": peers.run_get_over_old, "startup": startup.run,
-          "flood": flood.run, "forget": forget.run, "check": check.run, "gc": gc.run, "gc_stress": gc.run_stress}
+          "flood": flood.run, "forget": forget.run, "check": check.run, "gc": gc.run, "gc_stress": gc.run_stress,
+          "stages": stages.run, "sync": sync.run}
 
 
 def _log(message: str) -> None:

@@ -101,6 +101,9 @@ def evaluate(results: dict) -> list[dict]:
     if history:
         out += _history_targets(history)
     out += _gc_targets(g)
+    sy = _get(g, "sync")
+    if sy and "error" not in sy:
+        out += _sync_targets(sy)  # type: ignore[arg-type]
     st = _get(g, "startup")
     if st:
         for key, what in (("help", "stratus --help"), ("stat", "stratus stat")):
@@ -465,6 +468,27 @@ def _startup_md(s: dict) -> list[str]:
     return ["## CLI start-up (fresh process per run)", "", "```", *summary_lines(s), "```", ""]
 
 
+def _sync_md(s: dict) -> list[str]:
+    from bench.sync import summary
+
+    return ["## Sync daemon (two `stratus sync --watch` processes, one server)", "", "```", *summary(s), "```", ""]
+
+
+def _sync_targets(s: dict) -> list[dict]:
+    t = s["targets"]
+    p50 = s["small"]["p50_ms"] / 1000
+    resync = s["tree"]["resync_process_s"]
+    cpu = s["idle"]["cpu_share"]
+    return [
+        _target("sync: small file A->B p50", _fmt(p50 * 1000, "ms"), f"< {t['small_p50_s'] * 1000:g} ms",
+                p50 < t["small_p50_s"]),
+        _target(f"sync: idle daemon CPU ({s['idle']['files']} files)", _fmt(cpu * 100, "%", 2),
+                f"< {t['idle_cpu'] * 100:g} %", cpu < t["idle_cpu"]),
+        _target(f"sync: unchanged re-sync of {s['tree']['files']} files (process)", _fmt(resync, "s", 2),
+                f"< {t['resync_s']:g} s", resync < t["resync_s"]),
+    ]
+
+
 def _check_md(c: dict) -> list[str]:
     names = list(c["stored_bytes"])
     lines = [f"## Store check ({_bytes(c['logical_bytes'])} logical; restic {c.get('restic_version', 'absent')})", "",
@@ -498,7 +522,7 @@ def markdown(results: dict) -> str:
     g = results["groups"]
     for name, render in (("transfer", _transfer_md), ("latency", _latency_md), ("memory", _memory_md),
                          ("peers", _peers_md), ("history", _history_md), ("get_over_old", _get_over_old_md),
-                         ("startup", _startup_md), ("check", _check_md)):
+                         ("startup", _startup_md), ("check", _check_md), ("sync", _sync_md)):
         if name in g and "error" not in g[name]:
             lines += render(g[name])
         elif name in g:

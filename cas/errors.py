@@ -181,3 +181,8 @@ class LimitExceededError(InvalidInputError):
         self.limit = limit
         self.value = value
         self.maximum = maximum
+
+
+class LocalChangedError(CasError):
+    """A local file changed between the moment it was looked at and the moment it was to be used
+    (uploaded, replaced or deleted); nothing was done with it, and it is looked at again later."""

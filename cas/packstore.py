@@ -110,7 +110,7 @@ class LocationIndex(Protocol):
         """The entry of ``digest``, or None."""
 
     def get_many(self, digests: Sequence[bytes]) -> list[IndexEntry | None]:
-        """:meth:`get` for each digest, in order."""
+        """:meth:`get` of each digest, in order (one round trip for a remote index)."""
 
     def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
         """Add entries; an existing entry is kept unless ``replace``. True where one was written."""
@@ -140,7 +140,7 @@ class MemoryIndex:
         return self._entries.get(digest)
 
     def get_many(self, digests: Sequence[bytes]) -> list[IndexEntry | None]:
-        """:meth:`get` for each digest, in order."""
+        """:meth:`get` of each digest, in order."""
         return [self._entries.get(d) for d in digests]
 
     def put_many(self, entries: Sequence[tuple[bytes, IndexEntry]], replace: bool = False) -> list[bool]:
@@ -206,7 +206,14 @@ class RebuildReport:
 
 
 class BaseCache:
-    """Recently decoded chunks (delta bases), bounded by their total size; thread-safe."""
+    """Decoded chunks (delta bases), bounded by their total size, least recently used evicted
+    first; thread-safe.
+
+    A version history is a stream: each new chunk is encoded against the previous version's chunk
+    at its offset, then becomes the base the next version hints at. So a base looked up for an
+    encode is not made recent (``touch=False``): it has served, and the new chunk put after it is
+    what the next version wants. A cache the size of one version's new chunks then always hits.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -214,10 +221,10 @@ class BaseCache:
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, digest: bytes) -> bytes | None:
+    def get(self, digest: bytes, touch: bool = True) -> bytes | None:
         with self._lock:
             data = self._items.get(digest)
-            if data is not None:
+            if data is not None and touch:
                 self._items.move_to_end(digest)
             return data
 
@@ -259,7 +266,7 @@ class PackChunkStore(ChunkStore):
         max_pack_size: int = DEFAULT_MAX_PACK_SIZE,
         policy: delta.DeltaPolicy = delta.DeltaPolicy(),
         read_level: int = 1,
-        base_cache_bytes: int = 32 * 1024 * 1024,
+        base_cache_bytes: int = 64 * 1024 * 1024,
         max_candidates: int = 3,
         max_open_packs: int = 64,
         kind: RecordType = RecordType.CHUNK,
@@ -310,14 +317,19 @@ class PackChunkStore(ChunkStore):
         predecessors' digests (hints: see :meth:`stage`)."""
         return self.publish(self.stage(items, bases))
 
-    def stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None) -> PackStaged:
+    def stage(
+        self, items: Sequence[tuple[bytes, bytes]], bases: Hints | None = None,
+        decoded: Mapping[bytes, bytes] | None = None,
+    ) -> PackStaged:
         """Append records for the frames not yet stored (or stored damaged), without a barrier.
 
         ``bases`` maps a digest to one candidate base digest or a sequence of them. Of the
         candidates the store holds undamaged, below the maximum depth (at most
         ``max_candidates``, in the given order), the one giving the smallest delta frame is used
         when :func:`cas.delta.encode_if_smaller` says it pays; otherwise the frame is stored as
-        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`). A batch
+        is. Frames are trusted to be verified by the caller (as for :meth:`ChunkStore.put`), and so
+        are ``decoded`` (digest -> the frame's bytes, which the caller's check had in hand: the
+        store then need not decode the frame again to encode a delta). A batch
         that would leave less than the free-space reserve is refused whole (StorageFullError, see
         :func:`cas.store.check_room`).
         """
@@ -326,7 +338,8 @@ class PackChunkStore(ChunkStore):
             raise ChunkTooLargeError(f"frame of {too_large} bytes, the store takes at most {self.max_frame_size}")
         staged = PackStaged(len(items))
         indexed = self.index.contains_many([check_digest(d) for d, _ in items])
-        records, owners, seen = [], [], set()
+        wanted: list[tuple[int, bytes, bytes, list[bytes]]] = []
+        seen: set[bytes] = set()
         for i, ((d, frame), known) in enumerate(zip(items, indexed, strict=True)):
             if d in seen or (known and d not in self._damaged):
                 if d not in seen:
@@ -337,7 +350,13 @@ class PackChunkStore(ChunkStore):
             # A repair is stored plain: a delta could make a cycle with a record based on it.
             hint = (bases or {}).get(d) if not known and d not in self._damaged else None
             candidates = [hint] if isinstance(hint, bytes) else list(hint or [])
-            records.append(self._record(d, frame, candidates[:self.max_candidates]))
+            wanted.append((i, d, frame, list(dict.fromkeys(candidates[:self.max_candidates]))))
+        usable = self._usable_bases({h for *_, hs in wanted for h in hs}) if self.kind == RecordType.CHUNK else {}
+        chains = self._chain_entries(usable.values())
+        records, owners = [], []
+        for i, d, frame, candidates in wanted:
+            found = [usable[h] for h in candidates if usable.get(h) is not None and usable[h][0] != d]
+            records.append(self._record(d, frame, found, chains, (decoded or {}).get(d)))
             owners.append((i, d))
         # A batch that would eat into the free-space reserve is refused whole; the check and the
         # append are one step, or concurrent batches could each see room that only one of them has.
@@ -372,18 +391,19 @@ class PackChunkStore(ChunkStore):
         with self._room, self._lock:
             return set(self._unpublished)
 
-    def _record(self, digest: bytes, frame: bytes, candidates: list[bytes]) -> Record:
+    def _record(
+        self, digest: bytes, frame: bytes, candidates: Sequence[tuple[bytes, IndexEntry]],
+        chains: Mapping[bytes, IndexEntry], data: bytes | None = None,
+    ) -> Record:
         """The record for a verified frame: the smallest worthwhile delta against one of the
-        candidate bases (in order, stopping at one under ``policy.good_ratio``), else the frame itself."""
+        candidate bases (in order, stopping at one under ``policy.good_ratio``), else the frame itself.
+
+        The chunk's decoded bytes, once decoded, go to the base cache: the next version of the
+        file hints at this chunk, so its delta encode finds its base without a read."""
         best: Record | None = None
-        data: bytes | None = None
-        for hint in dict.fromkeys(candidates) if self.kind == RecordType.CHUNK else ():
-            found = self._usable_base(hint, digest)
-            if found is None:
-                continue
-            base, entry = found
+        for base, entry in candidates:
             try:
-                base_data = self._data(base, entry)
+                base_data = self._candidate_data(base, entry, chains)
                 data = codec.decode(frame, self.max_chunk_size) if data is None else data
             except (CorruptChunkError, InvalidInputError):
                 continue
@@ -394,22 +414,72 @@ class PackChunkStore(ChunkStore):
                 best = Record(RecordType.DELTA, digest, frame_delta, delta.METHOD_DELTA, base, entry.depth + 1)
                 if len(frame_delta) < self.policy.good_ratio * len(frame):
                     break  # good enough: the other candidates cost an encode each
+        if data is not None and (best is None or best.depth < self.policy.max_depth):
+            # Verified bytes (the caller checked the frame's digest). A record at the maximum depth
+            # is never a base itself (the next version re-anchors on its base), so is not kept.
+            self._bases.put(digest, data)
         if best is not None:
             return best
         method = frame[3] if len(frame) > 3 else 0
         return Record(self.kind, digest, bytes(frame), method)
 
-    def _usable_base(self, hint: bytes, digest: bytes) -> tuple[bytes, IndexEntry] | None:
-        """The hinted base, or when it is at the maximum depth its own base (similar content one
-        step up its chain, so long histories keep delta-coding instead of restarting plain)."""
-        base, entry = hint, self.index.get(hint)
+    def _usable_bases(self, hints: Iterable[bytes]) -> dict[bytes, tuple[bytes, IndexEntry]]:
+        """hint -> the base to use for it: the hinted chunk, or when it is at the maximum depth its
+        own base (similar content one step up its chain, so long histories keep delta-coding
+        instead of restarting plain). Hints with no usable base are left out. One batched index
+        lookup per chain step, whatever the number of hints."""
+        current = {h: h for h in hints}
+        found: dict[bytes, tuple[bytes, IndexEntry]] = {}
         for _ in range(MAX_READ_DEPTH):  # bounded even if a corrupt index made a cycle
-            if entry is None or entry.depth < self.policy.max_depth or entry.base is None:
+            names = list(dict.fromkeys(current.values()))
+            entries = dict(zip(names, self.index.get_many(names), strict=True)) if names else {}
+            climb: dict[bytes, bytes] = {}
+            for hint, base in current.items():
+                entry = entries[base]
+                if entry is not None and entry.depth >= self.policy.max_depth and entry.base is not None:
+                    climb[hint] = entry.base
+                elif entry is not None and entry.depth < self.policy.max_depth and base not in self._damaged:
+                    found[hint] = (base, entry)
+            if not climb:
                 break
-            base, entry = entry.base, self.index.get(entry.base)
-        if entry is None or entry.depth >= self.policy.max_depth or base in self._damaged or base == digest:
-            return None
-        return base, entry
+            current = climb
+        return found
+
+    def _chain_entries(self, bases: Iterable[tuple[bytes, IndexEntry]]) -> dict[bytes, IndexEntry]:
+        """The index entries a decode of ``bases`` needs (their chains, down to a cached or plain
+        record): one batched lookup per chain step, so a read of a delta base costs no round trip
+        of its own. A missing entry is left out (the decode then looks it up and fails as usual)."""
+        known: dict[bytes, IndexEntry] = {}
+        step = [entry.base for _, entry in bases if entry.base is not None]
+        for _ in range(self.policy.max_depth):
+            names = [d for d in dict.fromkeys(step) if d not in known and self._bases.get(d) is None]
+            if not names:
+                break
+            found = [(d, e) for d, e in zip(names, self.index.get_many(names), strict=True) if e is not None]
+            known.update(found)
+            step = [e.base for _, e in found if e.base is not None]
+        return known
+
+    def _candidate_data(self, base: bytes, entry: IndexEntry, chains: Mapping[bytes, IndexEntry]) -> bytes:
+        """A candidate base's bytes for an encode. A base one below the maximum depth is where
+        chains at the maximum re-anchor (see :meth:`_usable_bases`): every later version is encoded
+        against it, so it is kept and made recent; any other base has served once it is used."""
+        anchor = entry.depth == self.policy.max_depth - 1
+        data = self._bases.get(base, touch=anchor)
+        if data is None:
+            data = self._data(base, entry, 0, chains)
+            if anchor:
+                self._bases.put(base, data)
+        return data
+
+    def _base_data(self, digest: bytes, entry: IndexEntry, known: Mapping[bytes, IndexEntry], depth: int = 0) -> bytes:
+        """A base's decoded, verified bytes: from the cache, else decoded (then cached); the
+        entries of its chain are taken from ``known`` where there, else looked up."""
+        data = self._bases.get(digest)
+        if data is None:
+            data = self._data(digest, entry, depth, known)
+            self._bases.put(digest, data)
+        return data
 
     def publish(self, *batches: PackStaged) -> list[bool]:
         """Make the staged records durable (one barrier for all batches), then index them.
@@ -496,13 +566,21 @@ class PackChunkStore(ChunkStore):
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _entry(self, digest: bytes) -> IndexEntry:
+    def _entry(self, digest: bytes, known: Mapping[bytes, IndexEntry] | None = None) -> IndexEntry:
         d = check_digest(digest)
-        if d in self._damaged:
-            raise CorruptChunkError(d, "the stored copy is damaged; it is repaired when the chunk is uploaded again")
-        entry = self.index.get(d)
+        entry = None if d in self._damaged or not known else known.get(d)
+        if entry is None and d not in self._damaged:
+            entry = self.index.get(d)
+        return self._usable_entry(d, entry)
+
+    def _usable_entry(self, digest: bytes, entry: IndexEntry | None) -> IndexEntry:
+        """``entry`` (the index's answer for ``digest``), unless the copy is damaged or absent."""
+        if digest in self._damaged:
+            raise CorruptChunkError(
+                digest, "the stored copy is damaged; it is repaired when the chunk is uploaded again"
+            )
         if entry is None:
-            raise ChunkNotFoundError(d)
+            raise ChunkNotFoundError(digest)
         return entry
 
     def _read(self, digest: bytes, entry: IndexEntry) -> Record:
@@ -521,8 +599,11 @@ class PackChunkStore(ChunkStore):
             raise CorruptChunkError(digest, "pack record does not match its index entry")
         return record
 
-    def _data(self, digest: bytes, entry: IndexEntry, depth: int = 0) -> bytes:
-        """Decoded, verified bytes (bases decoded recursively, at most ``policy.max_depth`` deep)."""
+    def _data(
+        self, digest: bytes, entry: IndexEntry, depth: int = 0, known: Mapping[bytes, IndexEntry] | None = None
+    ) -> bytes:
+        """Decoded, verified bytes (bases decoded recursively, at most ``policy.max_depth`` deep;
+        their entries from ``known`` where there, else looked up)."""
         record = self._read(digest, entry)
         if record.type != RecordType.DELTA:
             return self._decode(digest, record.payload)
@@ -532,7 +613,7 @@ class PackChunkStore(ChunkStore):
         base_data = self._bases.get(record.base)
         if base_data is None:
             try:
-                base_data = self._data(record.base, self._entry(record.base), depth + 1)
+                base_data = self._base_data(record.base, self._entry(record.base, known), known or {}, depth + 1)
             except ChunkNotFoundError:
                 fresh = self.index.get(digest)
                 if fresh is None or fresh == entry:
@@ -543,7 +624,6 @@ class PackChunkStore(ChunkStore):
             except CorruptChunkError as exc:
                 self.mark_damaged(record.base)
                 raise CorruptChunkError(digest, f"its delta base is unreadable: {exc}") from None
-            self._bases.put(record.base, base_data)
         try:
             return delta.decode_verified(digest, record.payload, base_data, self.max_chunk_size)
         except InvalidInputError as exc:
@@ -564,7 +644,16 @@ class PackChunkStore(ChunkStore):
 
         Every record's checksums are checked; ``verify`` also decodes and hashes a plain frame.
         """
-        entry = self._entry(digest)
+        return self._frame(digest, self._entry(digest), verify)
+
+    def get_frames(self, digests: Sequence[bytes], verify: bool = True) -> list[bytes]:
+        """:meth:`get_frame` of each digest, in order, with one index query for all of them."""
+        checked = [check_digest(d) for d in digests]
+        entries = self.index.get_many(checked)
+        return [self._frame(d, self._usable_entry(d, e), verify) for d, e in zip(checked, entries, strict=True)]
+
+    def _frame(self, digest: bytes, entry: IndexEntry, verify: bool) -> bytes:
+        """The frame of ``digest`` whose index entry is ``entry`` (see :meth:`get_frame`)."""
         try:
             if entry.type == RecordType.DELTA:
                 return codec.encode(self._data(digest, entry), self.read_level)
@@ -582,8 +671,13 @@ class PackChunkStore(ChunkStore):
 
         ``base`` must be an ancestor on ``entry``'s chain (or None), so the new record is no deeper
         than the old one and records based on it keep within their recorded depth."""
-        frame = codec.encode(self._data(digest, entry), REENCODE_LEVEL)
-        return self._record(digest, frame, [base] if base is not None else [])
+        data = self._data(digest, entry)
+        found = []
+        if base is not None and base not in self._damaged:
+            held = self.index.get(base)
+            if held is not None and held.depth < self.policy.max_depth:
+                found = [(base, held)]
+        return self._record(digest, codec.encode(data, REENCODE_LEVEL), found, self._chain_entries(found), data)
 
     def get_record(self, digest: bytes) -> Record:
         """The stored record as is (checksums checked, a delta not decoded)."""

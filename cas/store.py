@@ -87,6 +87,11 @@ class ChunkStore(ABC):
         Raises :class:`ChunkNotFoundError` when absent.
         """
 
+    def get_frames(self, digests: Sequence[bytes], verify: bool = True) -> list[bytes]:
+        """:meth:`get_frame` of each digest, in order; the first failure raises (a store may look
+        them all up at once, which beats one index query per chunk)."""
+        return [self.get_frame(d, verify) for d in digests]
+
     def get(self, digest: bytes) -> bytes:
         """Return the decoded, verified bytes; :class:`ChunkNotFoundError` or :class:`CorruptChunkError`.
 
@@ -211,12 +216,14 @@ class LocalChunkStore(ChunkStore):
         return self.publish(self.stage(items))
 
     def stage(
-        self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, Sequence[bytes]] | None = None
+        self, items: Sequence[tuple[bytes, bytes]], bases: Mapping[bytes, Sequence[bytes]] | None = None,
+        decoded: Mapping[bytes, bytes] | None = None,
     ) -> Staged:
         """Write temp files for the frames not yet stored, without any durability barrier.
 
-        ``bases`` (delta hints, as for :meth:`cas.packstore.PackChunkStore.stage`) is ignored: this
-        layout stores every chunk as its own frame.
+        ``bases`` and ``decoded`` (delta hints and the frames' bytes, as for
+        :meth:`cas.packstore.PackChunkStore.stage`) are ignored: this layout stores every chunk as
+        its own frame.
 
         Nothing is visible under a chunk's name until :meth:`publish`; :meth:`discard` removes
         the temp files of a batch that will not be published. Callers stage several batches and

@@ -405,7 +405,7 @@ def _write_file(
     else:
         with plan.target.open_folder() as folder, AtomicFile(plan.target.name, folder) as out:
             _assemble(remote, plan, steps, fetcher, out.fd, advance)
-            out.commit(mode=_mode(plan.version), mtime_ns=plan.version.mtime_ns)
+            out.commit(mode=_mode(plan.version), mtime_ns=plan.version.mtime_ns, check=plan.target.guard)
         assert out.stat is not None
         plan.outcome.state = FileState.from_stat(os.path.abspath(plan.target.path), out.stat, out.observed_ns)
     plan.outcome.status, plan.pending = "downloaded", False

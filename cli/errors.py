@@ -54,6 +54,7 @@ _CODES: list[tuple[type[BaseException], int, str, str]] = [
      "check --tls-dir / STRATUS_TLS_DIR and the client certificate (`stratus certs init`)"),
     (cas_errors.PermissionDeniedError, ERROR, "permission_denied", "ask the server's operator for access"),
     (cas_errors.RateLimitedError, ERROR, "rate_limited", "retry later"),
+    (cas_errors.LocalChangedError, ERROR, "local_changed", "the file is looked at again on the next pass"),
     (FileNotFoundError, NOT_FOUND, "not_found", "check the local path"),
     (PermissionError, ERROR, "local_permission", "check the local file permissions"),
     (OSError, ERROR, "os_error", ""),

@@ -143,38 +143,41 @@ class Fetcher:
             call.cancel()
             return
         for batch in call:
+            # Each read of a bytes field copies it out of the message: read every field once.
+            chunks = [(c.digest, c.frame, c.base) for c in batch.chunks]
             seen: set[bytes] = set()
-            for c in batch.chunks:
-                if c.digest not in pending or c.digest in seen:
-                    raise IntegrityError(f"the server sent chunk {c.digest.hex()}, which was not requested")
-                seen.add(c.digest)
+            for d, _, _ in chunks:
+                if d not in pending or d in seen:
+                    raise IntegrityError(f"the server sent chunk {d.hex()}, which was not requested")
+                seen.add(d)
             # Decoding (zstd + BLAKE3) releases the GIL: a big batch is spread over the pool; the
             # frames of small files are decoded right here, cheaper than a hand-off to other threads.
-            big = sum(len(c.frame) for c in batch.chunks) >= POOL_DECODE_BYTES
-            datas = (pool.map if big else map)(partial(self._decode, bases), batch.chunks)
-            for c, data in zip(batch.chunks, datas, strict=True):
-                self._put((window.index, bytes(c.digest), data, pending.pop(c.digest), len(c.frame), bool(c.base)))
+            big = sum(len(f) for _, f, _ in chunks) >= POOL_DECODE_BYTES
+            datas = (pool.map if big else map)(partial(self._decode, bases), chunks)
+            for (d, frame, base), data in zip(chunks, datas, strict=True):
+                self._put((window.index, d, data, pending.pop(d), len(frame), bool(base)))
         if pending:
             first = next(iter(pending))
             raise IntegrityError(
                 f"the server did not send {len(pending)} requested chunk(s), e.g. {first.hex()}"
             )
 
-    def _decode(self, bases: Proposals, chunk: pb.ChunkData) -> bytes | CorruptChunkError | _Stale:
+    def _decode(self, bases: Proposals, chunk: tuple[bytes, bytes, bytes]) -> bytes | CorruptChunkError | _Stale:
+        d, frame, base_digest = chunk
         base = None
-        if chunk.base:
-            proposed = bases.get(chunk.digest)
-            if proposed is None or proposed[1][0].digest != chunk.base:
-                return CorruptChunkError(chunk.digest, "a delta frame against a base this client did not propose")
+        if base_digest:
+            proposed = bases.get(d)
+            if proposed is None or proposed[1][0].digest != base_digest:
+                return CorruptChunkError(d, "a delta frame against a base this client did not propose")
             assert self._read_base is not None
             number, refs = proposed
             parts = [self._read_base(number, ref) for ref in refs]
             if any(part is None for part in parts):
                 return _STALE
             base = b"".join(parts)  # type: ignore[arg-type]
-        data = _decoded(chunk.digest, chunk.frame, self._max_size, base)
+        data = _decoded(d, frame, self._max_size, base)
         if isinstance(data, CorruptChunkError):
-            self._corrupt.add(bytes(chunk.digest))  # set.add: safe from the decoding threads
+            self._corrupt.add(d)  # set.add: safe from the decoding threads
         return data
 
     def _report(self) -> None:

@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from cli.push import NoProgress, UploadProgress, UploadReport, UploadStats
     from cli.restore import GetOutcome, GetReport, GetStats, ProgressEvent
     from cli.statecache import StateCache
+    from cli.sync import SyncAction, SyncEngine, SyncOptions, SyncReport
     from cli.upload import FileOutcome
 
     GetProgress = Callable[[ProgressEvent], None]
@@ -99,6 +100,7 @@ else:  # gRPC, sqlite and the transfer engines load on first use
 _ENGINE_NAMES = {
     "UploadReport": "cli.push", "UploadStats": "cli.push", "UploadProgress": "cli.push", "NoProgress": "cli.push",
     "FileOutcome": "cli.upload",
+    "SyncAction": "cli.sync", "SyncEngine": "cli.sync", "SyncOptions": "cli.sync", "SyncReport": "cli.sync",
     "GetReport": "cli.restore", "GetStats": "cli.restore", "GetOutcome": "cli.restore", "ProgressEvent": "cli.restore",
 }
 
@@ -108,6 +110,7 @@ __all__ = [
     "InvalidInputError", "InvalidPathError", "InvalidPolicyError", "LimitExceededError", "MissingChunksError",
     "NoProgress", "NotFoundError", "Page", "PermissionDeniedError", "ProgressEvent", "RateLimitedError",
     "ServerInfo", "ServerUnavailableError", "SignatureError", "StorageFullError", "StoreStats",
+    "SyncAction", "SyncEngine", "SyncOptions", "SyncReport",
     "UnauthenticatedError", "UploadProgress", "UploadReport", "UploadStats", "UsageError", "Version",
     "VersionConflictError", "VersionVerdict", "parse_as_of", "retention_policy",
 ]
@@ -357,6 +360,41 @@ class Client:
                 raise UsageError(f"{remote} is a folder: --version selects a version of one file; use --as-of")
             return downloader.get_tree(target, Path(local), as_of_ms=as_of_ms)  # type: ignore[arg-type]
         return downloader.get_file(target, Path(local))  # type: ignore[arg-type]
+
+    # ---- sync -------------------------------------------------------------------------------------------
+
+    def sync_engine(
+        self, local: str | os.PathLike[str], prefix: str, *, options: SyncOptions | None = None,
+        progress: Callable[[SyncAction], None] | None = None,
+    ) -> SyncEngine:
+        """The two-way sync engine of folder ``local`` and remote ``prefix`` (close it, or use ``with``).
+
+        ``engine.run_once()`` reconciles once and returns a :class:`SyncReport`;
+        ``engine.watch(stop_event)`` keeps both in step until the event is set. ``progress`` receives
+        every :class:`SyncAction` (from the engine's thread). UsageError when the folder already
+        syncs with another prefix or namespace, or another engine runs on it.
+        """
+        from cli.sync import SyncEngine
+        from cli.tree import remote_prefix
+
+        target = remote_prefix(prefix)
+        normalize_prefix(target)
+        return SyncEngine(self.connection, local, target, server=self.settings.server, namespace=self.namespace,
+                          options=options, progress=progress)
+
+    def sync(
+        self, local: str | os.PathLike[str], prefix: str, *, jobs: int = 8,
+        progress: Callable[[SyncAction], None] | None = None,
+    ) -> SyncReport:
+        """One two-way reconciliation of folder ``local`` and remote ``prefix`` (README, "Sync").
+
+        Per-path failures are in :attr:`SyncReport.failures` (``first_error``); a failure of the
+        server or the credentials is raised.
+        """
+        from cli.sync import SyncOptions
+
+        with self.sync_engine(local, prefix, options=SyncOptions(jobs=jobs), progress=progress) as engine:
+            return engine.run_once()
 
     # ---- browsing ---------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +165,7 @@ class LocalTarget:
     parts: tuple[str, ...]
     name: str
     path: Path
+    guard: Callable[[Folder, str], None] | None = None  # called before the rename; raises to keep what is there
 
     @classmethod
     def below(cls, root: Folder, dest: Path) -> LocalTarget:

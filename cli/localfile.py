@@ -11,7 +11,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import blake3
@@ -190,14 +190,19 @@ class AtomicFile:
             return old.st_mode & 0o7777
         return 0o666 & ~current_umask()
 
-    def commit(self, *, mode: int | None = None, mtime_ns: int = 0) -> None:
+    def commit(self, *, mode: int | None = None, mtime_ns: int = 0,
+               check: Callable[[Folder, str], None] | None = None) -> None:
         """fsync the temp file, set its mode and mtime, rename it over the destination, fsync the folder.
 
         Mode and mtime are set on the fd before the rename, so the file never appears with the
         wrong ones. ``mode`` None keeps the replaced file's mode if it exists, else the umask default.
+        ``check(folder, name)`` runs right before the rename; what it raises discards the temp file
+        and leaves the destination as it is (a sync re-checks there that it did not change).
         """
         try:
             os.fsync(self.fd)
+            if check is not None:
+                check(self.folder, self.name)
             os.fchmod(self.fd, self._mode(mode))
             if mtime_ns:
                 os.utime(self.fd, ns=(time.time_ns(), mtime_ns))

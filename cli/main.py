@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli.commands import admin, browse, demo, retention, transfer
+from cli.commands import admin, browse, demo, retention, sync, transfer
 from cli.errors import report
 from cli.output import Output
 from cli.runtime import Runtime
@@ -92,6 +92,7 @@ browse.register(app)
 retention.register(app)
 admin.register(app)
 demo.register(app)
+sync.register(app)
 
 if __name__ == "__main__":
     app()

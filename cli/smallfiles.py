@@ -9,6 +9,7 @@ The results stay per file: each is its own version, with its own signature, and 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,22 @@ from cli.upload import (
     commit_request,
     committing,
     find_missing,
-    upload_path,
+    stream_source,
+    upload,
 )
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A small file already read into memory: its bytes, mode and mtime, where it goes, and the
+    head version its commit requires (``if_version``; None: any)."""
+
+    local: str
+    path: str
+    data: bytes
+    mode: int
+    mtime_ns: int
+    if_version: int | None = None
 
 
 @dataclass
@@ -44,8 +59,7 @@ class _Prepared:
     outcome: FileOutcome
     manifest: Manifest
     chunks: list[HashedChunk]
-    mode: int
-    mtime_ns: int
+    buffer: Buffer
     frames: dict[bytes, int] = field(default_factory=dict)  # digests this file sends for the group
 
 
@@ -56,22 +70,27 @@ class FileGrewError(OSError):
         super().__init__("the file grew while the tree was uploaded; run the upload again")
 
 
-def _prepare(remote: Remote, local: str, path: str) -> _Prepared:
+def _read(local: str, path: str) -> Buffer:
     with open(local, "rb") as f:
         st = os.fstat(f.fileno())
         data = f.read(SMALL_FILE_MAX + 1)
     if len(data) > SMALL_FILE_MAX:
         raise FileGrewError()
+    return Buffer(local, path, data, st.st_mode & 0o777, st.st_mtime_ns)
+
+
+def _prepare(remote: Remote, buffer: Buffer) -> _Prepared:
+    data = buffer.data
     builder = ManifestBuilder()
     chunks = []
     for chunk in chunk_bytes(data, remote.params.chunking):
         d = blake3_digest(chunk.data)
         builder.add(d, chunk.length)
         chunks.append(HashedChunk(chunk.offset, chunk.length, d, chunk.data))
-    outcome = FileOutcome(path, local, "uploaded", bytes_read=len(data), chunks_total=len(chunks))
+    outcome = FileOutcome(buffer.path, buffer.local, "uploaded", bytes_read=len(data), chunks_total=len(chunks))
     # A file of one chunk is hashed once: its file digest is that chunk's digest (the same bytes).
     whole = chunks[0].digest if len(chunks) == 1 else blake3_digest(data)
-    return _Prepared(outcome, builder.build(whole), chunks, st.st_mode & 0o777, st.st_mtime_ns)
+    return _Prepared(outcome, builder.build(whole), chunks, buffer)
 
 
 def _hints(
@@ -141,29 +160,41 @@ def upload_group(
     the group was committed by this call.
     """
     outcomes: list[FileOutcome] = []
-    prepared: list[_Prepared] = []
+    buffers: list[Buffer] = []
     for local, path in items:
         try:
-            p = _prepare(remote, local, path)
+            buffers.append(_read(local, path))
         except OSError as exc:
             outcomes.append(FileOutcome(path, local, "failed", error=exc))
             continue
-        outcomes.append(p.outcome)
-        prepared.append(p)
+        outcomes.append(FileOutcome(path, local, "pending"))
+    done = iter(upload_buffers(remote, buffers, sign_key=sign_key, cache=cache, existing=existing))
+    outcomes = [next(done) if o.status == "pending" else o for o in outcomes]
+    if advance is not None:
+        advance(sum(o.bytes_read for o in outcomes))
+    return outcomes
+
+
+def upload_buffers(
+    remote: Remote, buffers: Sequence[Buffer], *, sign_key: object = None, cache: ManifestCache | None = None,
+    existing: Container[str] | None = None,
+) -> list[FileOutcome]:
+    """Upload small files already in memory as one group (each with its own ``if_version``); one
+    outcome per buffer, in order. Errors of the group's calls are raised (see :func:`upload_group`)."""
+    prepared = [_prepare(remote, b) for b in buffers]
     if prepared:
         budget = RateLimitBudget()
         _send(remote, prepared, existing, budget)
         _commit(remote, prepared, sign_key, cache, budget)
-    if advance is not None:
-        advance(sum(o.bytes_read for o in outcomes))
-    return outcomes
+    return [p.outcome for p in prepared]
 
 
 def _commit(
     remote: Remote, prepared: list[_Prepared], sign_key: object, cache: ManifestCache | None, budget: RateLimitBudget
 ) -> None:
     requests = [
-        commit_request(p.outcome.remote, p.manifest, mode=p.mode, mtime_ns=p.mtime_ns, sign_key=sign_key)
+        commit_request(p.outcome.remote, p.manifest, mode=p.buffer.mode, mtime_ns=p.buffer.mtime_ns,
+                       if_version=p.buffer.if_version, sign_key=sign_key)
         for p in prepared
     ]
     with committing():
@@ -172,8 +203,11 @@ def _commit(
         o = p.outcome
         if isinstance(answer, MissingChunksError):
             # A garbage collection raced the group: this file alone takes the path that resends.
+            b = p.buffer
             try:
-                retry = upload_path(remote, o.local, o.remote, sign_key=sign_key, cache=cache)
+                retry = upload(remote, stream_source(io.BytesIO(b.data)), o.remote, local=o.local,
+                               if_version=b.if_version, mode=b.mode, mtime_ns=b.mtime_ns, sign_key=sign_key,
+                               cache=cache)
             except Exception as exc:  # noqa: BLE001 - the caller decides what is fatal
                 o.status, o.error = "failed", exc
                 continue

@@ -125,15 +125,23 @@ class WalkResult:
     skipped: list[Skipped] = field(default_factory=list)
     excluded: int = 0
     symlinks_skipped: int = 0
+    dirs: list[str] = field(default_factory=list)  # relative paths of the folders entered (not the root)
 
 
-def walk(root: str | os.PathLike[str], excludes: Excludes, *, follow_symlinks: bool = False) -> WalkResult:
-    """Walk the tree under ``root`` and stat every regular file once; files come sorted by path."""
+def walk(
+    root: str | os.PathLike[str], excludes: Excludes, *, follow_symlinks: bool = False, rel_root: str = ""
+) -> WalkResult:
+    """Walk the tree under ``root`` and stat every regular file once; files come sorted by path.
+
+    ``rel_root``: the relative path of ``root`` itself inside a larger tree (a subtree of a synced
+    folder); relative paths and exclude matching then start from there.
+    """
     result = WalkResult()
     top = os.path.abspath(root)
     top_st = os.stat(top)
     # (directory path, its relative path, the (dev, ino) chain above it to detect symlink loops)
-    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [(top, "", frozenset({(top_st.st_dev, top_st.st_ino)}))]
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        (top, rel_root, frozenset({(top_st.st_dev, top_st.st_ino)}))]
     while stack:
         folder, rel_folder, seen = stack.pop()
         try:
@@ -183,6 +191,7 @@ def _visit(
             result.skipped.append(Skipped(rel, "symlink loop: leads back to a directory above it"))
             return
         subdirs.append((entry.path, rel, seen | {key}))
+        result.dirs.append(rel)
     elif stat.S_ISREG(st.st_mode):
         if excludes and excludes.match(rel, False):
             result.excluded += 1

@@ -294,6 +294,24 @@ def find_missing(remote: Remote, digests: list[bytes]) -> set[bytes]:
     return set(resp.missing)
 
 
+def find_missing_later(remote: Remote, digests: list[bytes]) -> grpc.Future | None:
+    """Start a FindMissingChunks call for ``digests`` (None when there is nothing to ask);
+    :func:`missing_of` waits for its answer."""
+    if not digests:
+        return None
+    return remote.stub.FindMissingChunks.future(pb.FindMissingChunksRequest(digests=digests))
+
+
+def missing_of(remote: Remote, future: grpc.Future | None) -> set[bytes]:
+    """The answer of a :func:`find_missing_later` call, as a set (typed errors, like :func:`find_missing`)."""
+    if future is None:
+        return set()
+    try:
+        return set(future.result().missing)
+    except grpc.RpcError as err:
+        raise map_rpc_error(err, remote.target) from err
+
+
 def _check_limits(params: TransferParams, count: int) -> None:
     if params.max_manifest_chunks and count > params.max_manifest_chunks:
         raise InvalidInputError(
@@ -312,7 +330,13 @@ def _send_stream(
 ) -> tuple[ManifestBuilder, int, int, _Sender, int]:
     """Stages 1-3 over one source; returns the manifest builder, bytes read, chunk count, sender
     and how many digests were asked about. ``hints`` adds delta hints to the chunks sent. A
-    source that can be read again tolerates a rate-limited PutChunks (see ``_Sender.refused``)."""
+    source that can be read again tolerates a rate-limited PutChunks (see ``_Sender.refused``).
+
+    A window's FindMissingChunks answer is awaited only when the next window is ready, so the
+    round trip overlaps the reading and hashing of the next window instead of stalling it. A
+    digest asked about in two windows at once is still sent once (``queued`` is checked when the
+    answer is used).
+    """
     params = remote.params
     stream = source.stream
     builder = ManifestBuilder()
@@ -321,6 +345,7 @@ def _send_stream(
     window: list[HashedChunk] = []
     window_bytes = bytes_read = count = 0
     asked = [0]
+    pending: list[tuple[list[HashedChunk], grpc.Future | None]] = []  # asked, answer not used yet
 
     def flush() -> None:
         if sender.refused is not None:
@@ -329,9 +354,14 @@ def _send_stream(
         known = base.digests
         ask = list(dict.fromkeys(c.digest for c in window if c.digest not in queued and c.digest not in known))
         asked[0] += len(ask)
-        missing = find_missing(remote, ask)
+        pending.append((window, find_missing_later(remote, ask)))
+        while len(pending) > 1:
+            send_missing(*pending.pop(0))
+
+    def send_missing(asked_window: list[HashedChunk], future: grpc.Future | None) -> None:
+        missing = missing_of(remote, future)
         to_send = []
-        for c in window:
+        for c in asked_window:
             if c.digest in missing and c.digest not in queued:
                 queued.add(c.digest)
                 to_send.append(c)
@@ -356,8 +386,13 @@ def _send_stream(
             if window:
                 flush()
                 window = []
+        while pending:
+            send_missing(*pending.pop(0))
         sender.finish()
     except BaseException:
+        for _, future in pending:
+            if future is not None:
+                future.cancel()
         sender.abort()
         raise
     return builder, bytes_read, count, sender, asked[0]
@@ -465,9 +500,12 @@ def upload(
     sign_key: object = None,
     advance: Advance | None = None,
     cache: ManifestCache | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> FileOutcome:
     """Upload ``source`` to ``remote_path`` as a new version (see the module docstring).
 
+    ``before_commit`` is called once everything was read and sent, right before the commit; what
+    it raises cancels the commit (a sync checks there that the file did not change while read).
     Raises on failure: nothing was committed then, except after :class:`CommitUnansweredError`,
     when it may have been. The outcome is ``uploaded`` or ``unchanged``.
     """
@@ -490,6 +528,8 @@ def upload(
         again = _resend_missing(remote, source, manifest, _Meter(advance), budget)
         sender.chunks_sent += again.chunks_sent
         sender.bytes_sent += again.bytes_sent
+    if before_commit is not None:
+        before_commit()
     request = commit_request(path, manifest, mode=mode, mtime_ns=mtime_ns, if_version=if_version, sign_key=sign_key)
     delta = delta_request(request, base.manifest, manifest) if base.manifest is not None else None
     outcome = FileOutcome(path, local, "uploaded", bytes_read=bytes_read, chunks_total=count,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
+import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -59,6 +61,8 @@ from service.scoped import check_possession, list_within, show_manifest
 Ctx = grpc.aio.ServicerContext
 SERVER_VERSION = "0.1.0"
 DOWNLOAD_PIECE = 1 << 20
+# GetChunks windows (of batch_bytes) read ahead of the one being sent.
+READ_AHEAD = 3
 # How long ServerInfo waits for the first count of a large chunk store before answering without it.
 DISK_STATS_WAIT = 1.0
 
@@ -351,11 +355,12 @@ class StratusService(pb_grpc.StratusServicer):
         return chunks, _checked_hints(batch)
 
     def _checked_chunk(self, chunk: pb.ChunkData) -> tuple[bytes, bytes]:
-        digest.check_digest(chunk.digest)
+        # Each read of a bytes field copies it out of the message: read the frame once.
+        d, frame = digest.check_digest(chunk.digest), chunk.frame
         # A frame never exceeds its chunk by more than the header and zstd's worst-case overhead.
-        if len(chunk.frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
-            raise ChunkTooLargeError(f"chunk frame of {len(chunk.frame)} bytes exceeds the chunk size limit")
-        return chunk.digest, chunk.frame
+        if len(frame) > self.config.chunk_max_size + codec.HEADER_SIZE + 1024:
+            raise ChunkTooLargeError(f"chunk frame of {len(frame)} bytes exceeds the chunk size limit")
+        return d, frame
 
     async def _commit(self, caller: Caller, c: CommitRequest) -> pb.CommitFileResponse:
         await check_possession(self.repo, caller, c)
@@ -455,28 +460,28 @@ class StratusService(pb_grpc.StratusServicer):
         self, caller: Caller, digests: list[bytes], bases: dict[bytes, tuple[bytes, ...]]
     ) -> AsyncIterator[pb.ChunkBatch]:
         async with self.downloads.slot(caller.share):
-            # Read the next window while the current one is on the wire, so disk, hashing and
-            # network overlap; at most two windows are in memory.
+            # Read the next windows while the current one is on the wire, so disk, metadata
+            # round trips and network overlap; at most READ_AHEAD + 1 windows are in memory.
             window = max(1, self.config.batch_bytes // self.config.chunk_avg_size)
             parts = [digests[i:i + window] for i in range(0, len(digests), window)]
 
-            def read(n: int) -> asyncio.Future | None:
-                if n >= len(parts):
-                    return None
-                proposals = self._affordable(caller, parts[n], bases)
-                return asyncio.ensure_future(
-                    self.repo.read_frames(caller.namespace, parts[n], caller.view, proposals))
+            def read(part: list[bytes]) -> asyncio.Future:
+                proposals = self._affordable(caller, part, bases)
+                return asyncio.ensure_future(self.repo.read_frames(caller.namespace, part, caller.view, proposals))
 
-            ahead = read(0)
+            reads = (read(p) for p in parts)
+            ahead: collections.deque[asyncio.Future] = collections.deque(itertools.islice(reads, READ_AHEAD))
             try:
-                for n, part in enumerate(parts):
-                    answers = await ahead
-                    ahead = read(n + 1)
+                for part in parts:
+                    answers = await ahead.popleft()
+                    ahead.extend(itertools.islice(reads, 1))
                     chunks = [pb.ChunkData(digest=d, frame=f, base=b) for d, (f, b) in zip(part, answers, strict=True)]
                     yield pb.ChunkBatch(chunks=chunks)
             finally:
-                if ahead is not None:
-                    ahead.cancel()
+                for future in ahead:
+                    if future.done() and not future.cancelled():
+                        future.exception()  # the stream ended first: nothing waits for this one
+                    future.cancel()
 
     @rpc
     async def ReportDamagedChunks(

@@ -100,6 +100,10 @@ class ManifestStore:
         """Mark a manifest the metadata names but no copy holds (see :meth:`ChunkStore.mark_damaged`)."""
         return self.store.mark_damaged(digest)
 
+    def was_collected(self, digest: bytes) -> bool:
+        """True if the last garbage collection dropped the manifest's record on purpose."""
+        return self.store.was_collected(digest)
+
     def is_empty(self) -> bool:
         """True when neither the store nor the legacy folder holds anything."""
         return self.store.is_empty() and (self.legacy is None or self.legacy.is_empty())

@@ -84,17 +84,25 @@ def open_stores(
     return chunks, open_manifest_store(data_dir, packs, index("manifests") if packs else None)
 
 
-def _indexed(store: ChunkStore | ManifestStore, read: Callable[..., bytes], digest: bytes, *args: object) -> bytes:
-    """``read(digest, *args)`` of a chunk or manifest the metadata names: its absence from the disk
-    is data loss, so it is marked damaged (repaired when it is stored again) and reported corrupt,
-    unless garbage collection removed it on purpose (a read that raced it: NotFoundError)."""
+def _indexed(store: ChunkStore | ManifestStore, read: Callable[..., T], key: object, *args: object) -> T:
+    """``read(key, *args)`` of chunks or a manifest the metadata names (``key`` is a digest or a
+    list of them): an absence from the disk is data loss, so that chunk is marked damaged
+    (repaired when it is stored again) and reported corrupt, unless garbage collection removed
+    it on purpose (a read that raced it: NotFoundError)."""
     try:
-        return read(digest, *args)
-    except ChunkNotFoundError:
-        if store.was_collected(digest):  # a reader that raced a garbage collection: gone on purpose
-            raise NotFoundError(f"chunk {digest.hex()} was removed by garbage collection") from None
-        store.mark_damaged(digest)
-        raise CorruptChunkError(digest, "its file is missing from the store") from None
+        return read(key, *args)
+    except ChunkNotFoundError as exc:
+        if store.was_collected(exc.digest):  # a reader that raced a garbage collection: gone on purpose
+            raise NotFoundError(f"chunk {exc.digest.hex()} was removed by garbage collection") from None
+        store.mark_damaged(exc.digest)
+        raise CorruptChunkError(exc.digest, "its file is missing from the store") from None
+
+
+def _published_lost(store: ChunkStore, staged: Sequence[Staged]) -> set[bytes]:
+    """Publish ``staged`` (blocking); the digests garbage collection removed meanwhile, which the
+    caller must not name (see :meth:`cas.packstore.PackChunkStore.publish`)."""
+    store.publish(*staged)
+    return set().union(*(batch.lost for batch in staged))
 
 
 @dataclass(frozen=True)
@@ -214,9 +222,9 @@ class Repository:
 
     # ---- chunks ---------------------------------------------------------------------------
 
-    def verify(self, digest: bytes, frame: bytes) -> int:
-        """Decode and BLAKE3-check a frame; returns the chunk's length."""
-        return len(codec.decode_verified(digest, frame, self.params.max_size))
+    def verify(self, digest: bytes, frame: bytes) -> bytes:
+        """Decode and BLAKE3-check a frame; returns the chunk's bytes."""
+        return codec.decode_verified(digest, frame, self.params.max_size)
 
     def open_upload(self, ns: str, flush_bytes: int, view: str | None = None) -> ChunkUpload:
         """Start taking a stream of uploaded chunk batches into namespace ``ns`` (and ``view``)."""
@@ -257,10 +265,19 @@ class Repository:
         if absent:
             raise NotFoundError(f"{len(absent)} requested chunk(s) are not in this namespace, e.g. {absent[0].hex()}")
         usable = await self._held_bases(ns, bases or {}, view)
-        loop = asyncio.get_running_loop()
-        return list(
-            await asyncio.gather(*(loop.run_in_executor(self.pool, self._answer, d, usable.get(d)) for d in digests))
-        )
+        # A few slices on the worker threads, the plain frames of each read with one index query:
+        # not a task and a metadata round trip per chunk.
+        step = max(1, -(-len(digests) // self.store_parallelism))
+        parts = await asyncio.gather(*(
+            self.run_blocking(self._answers, digests[i:i + step], usable) for i in range(0, len(digests), step)
+        ))
+        return [answer for part in parts for answer in part]
+
+    def _answers(self, digests: list[bytes], usable: Mapping[bytes, tuple[bytes, ...]]) -> list[tuple[bytes, bytes]]:
+        """:meth:`_answer` of each digest, in order; those without usable bases in one index query."""
+        plain = [d for d in digests if not usable.get(d)]
+        frames = dict(zip(plain, _indexed(self.chunks, self.chunks.get_frames, plain, self.verify_reads), strict=True))
+        return [(frames[d], b"") if d in frames else self._answer(d, usable[d]) for d in digests]
 
     async def _held_bases(
         self, ns: str, bases: Mapping[bytes, tuple[bytes, ...]], view: str | None
@@ -533,6 +550,11 @@ class ChunkUpload:
     Temp files never outlive the stream: :meth:`discard` removes what is staged, and a batch
     whose staging thread finishes after that (the call was cancelled while it ran) removes its
     own files, so a stream that ends in any way leaves nothing in ``.staging``.
+
+    A publish made because ``flush_bytes`` gathered runs in the background while the next
+    batches are verified and staged (its barrier is the slow part); at most one runs at a time,
+    each indexes only what it published, and its failure is raised by the next flush or by
+    :meth:`finish`, so the stream never reports success for chunks that were not indexed.
     """
 
     def __init__(self, repo: Repository, ns: str, flush_bytes: int, view: str | None = None) -> None:
@@ -545,6 +567,7 @@ class ChunkUpload:
         self._closed = False
         self._index: list[tuple[bytes, int]] = []
         self._pending_bytes = 0
+        self._publishing: asyncio.Task | None = None
         self.received = self.stored = self.frame_bytes = 0
 
     async def add(self, chunks: Sequence[tuple[bytes, bytes]], hints: Hints | None = None) -> None:
@@ -560,9 +583,13 @@ class ChunkUpload:
         step = max(1, -(-len(items) // self.repo.store_parallelism))
         slices = [items[i:i + step] for i in range(0, len(items), step)]
         verified = await asyncio.gather(*(loop.run_in_executor(pool, self._verify, part) for part in slices))
-        lengths = [n for part in verified for n in part]
+        data = [b for part in verified for b in part]
+        lengths = [len(b) for b in data]
         bases = await self._own_hints(hints or {})
-        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases) for part in slices))
+        # The bytes the check decoded, for the chunks a delta may be encoded for (not decoded twice).
+        decoded = {d: b for (d, _), b in zip(items, data, strict=True) if d in bases}
+        del data, verified
+        await asyncio.gather(*(loop.run_in_executor(pool, self._stage, part, bases, decoded) for part in slices))
         if self._closed:  # discarded meanwhile: what was staged is gone, so nothing may be indexed
             return
         self._index += [(d, n) for (d, _), n in zip(chunks, lengths, strict=True)]
@@ -571,9 +598,10 @@ class ChunkUpload:
         self.frame_bytes += size
         self._pending_bytes += size
         if self._pending_bytes >= self.flush_bytes:
-            await self.flush()
+            await self._settle()
+            self._publishing = asyncio.ensure_future(self._publish(*self._take()))
 
-    def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[int]:
+    def _verify(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         return [self.repo.verify(d, f) for d, f in items]
 
     async def _own_hints(self, hints: Hints) -> Hints:
@@ -588,10 +616,10 @@ class ChunkUpload:
         own = {d: [b for b in bases if b not in not_held] for d, bases in hints.items()}
         return {d: bases for d, bases in own.items() if bases}
 
-    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints) -> None:
+    def _stage(self, items: Sequence[tuple[bytes, bytes]], bases: Hints, decoded: Mapping[bytes, bytes]) -> None:
         """Write ``items`` (on a worker thread), as deltas against ``bases`` where that pays, and
         record them, unless discarded."""
-        staged = self.repo.chunks.stage(items, bases=bases)
+        staged = self.repo.chunks.stage(items, bases=bases, decoded=decoded)
         with self._lock:
             if not self._closed:
                 self._staged.append(staged)
@@ -599,18 +627,37 @@ class ChunkUpload:
         self.repo.chunks.discard(staged)
 
     async def flush(self) -> None:
-        """Publish everything staged so far and add it to the namespace's chunk index."""
+        """Publish everything staged so far and add it to the namespace's chunk index (after a
+        background publish still running, whose failure is raised here)."""
+        await self._settle()
+        await self._publish(*self._take())
+
+    async def _settle(self) -> None:
+        """Wait for the background publish, if any; its failure is raised here."""
+        task, self._publishing = self._publishing, None
+        if task is not None:
+            await task
+
+    def _take(self) -> tuple[asyncio.Future | None, list[tuple[bytes, int]]]:
+        """Hand what is staged over to a publish, started now on a worker thread (so it runs
+        even if the call is cancelled: staged files never stay in ``.staging``), and return it
+        with the index entries to add once it is done."""
         with self._lock:
             staged, self._staged = self._staged, []
         index, self._index = self._index, []
         self._pending_bytes = 0
-        if index:
-            # Shielded: a cancelled call must not cancel a publish that has not started yet, or
-            # the staged files (already taken off the list above) would stay in .staging.
-            await asyncio.shield(self.repo.run_blocking(self.repo.chunks.publish, *staged))
+        if not index:
+            return None, index
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.repo.pool, _published_lost, self.repo.chunks, staged), index
+
+    async def _publish(self, barrier: asyncio.Future | None, index: list[tuple[bytes, int]]) -> None:
+        """Wait for the ``barrier`` publish, then add ``index`` to the namespace's chunk index."""
+        if barrier is not None:
+            # Shielded: cancelling the call must not drop the publish's outcome unseen.
+            lost = await asyncio.shield(barrier)
             # A chunk a garbage collection removed after it was staged as already stored is not
             # named: the commit reports it missing and the client uploads it again.
-            lost = set().union(*(batch.lost for batch in staged))
             if lost:
                 index = [(d, n) for d, n in index if d not in lost]
             # "stored" counts what is new to the uploader's own index: whether the disk already
@@ -626,7 +673,16 @@ class ChunkUpload:
         return IngestResult(received=self.received, stored=self.stored, frame_bytes=self.frame_bytes)
 
     def discard(self) -> None:
-        """Drop whatever is staged and unpublished; batches still being staged drop themselves."""
+        """Drop whatever is staged and unpublished; batches still being staged drop themselves.
+
+        A background publish is cancelled: its barrier still completes (shielded), but what it
+        published is not indexed, as for a stream cancelled during a flush.
+        """
+        task, self._publishing = self._publishing, None
+        if task is not None and not task.done():
+            task.cancel()
+        elif task is not None and not task.cancelled():
+            task.exception()  # the stream fails anyway; retrieved so that it is not logged as lost
         with self._lock:
             self._closed = True
             staged, self._staged, self._index = self._staged, [], []

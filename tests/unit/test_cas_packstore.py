@@ -376,3 +376,114 @@ def test_a_chunk_marked_missing_is_repaired_plain_even_with_a_hint(store):
     assert store.put_many([target], {target[0]: base[0]}) == [True]
     assert store.index.get(target[0]).type == RecordType.CHUNK
     assert store.get(target[0]) == versions[1] and store.damaged_among([target[0]]) == []
+
+
+def test_get_frames_reads_a_batch_in_order_like_get_frame(tmp_path):
+    store = PackChunkStore(tmp_path / "s", fsync=False)
+    items = [item(b"frame %d " % i * 200) for i in range(6)]
+    chain = put_chain(store, history(7, 3))  # delta records come back re-encoded, as from get_frame
+    store.put_many(items)
+    wanted = [items[3][0], chain[2], items[0][0], items[3][0]]
+    assert store.get_frames(wanted) == [store.get_frame(d) for d in wanted]
+    absent = digest(b"absent")
+    with pytest.raises(ChunkNotFoundError) as missing:
+        store.get_frames([items[1][0], absent])
+    assert missing.value.digest == absent
+    victim = items[4][0]
+    flip(store, victim)
+    with pytest.raises(CorruptChunkError):
+        store.get_frames([items[0][0], victim], verify=False)
+    assert store.damaged_among([victim]) == [victim]
+    with pytest.raises(CorruptChunkError):  # known damaged: refused before any read
+        store.get_frames([victim])
+    store.close()
+
+
+class CountingIndex(MemoryIndex):
+    """A real in-memory index that counts its lookups (single and batched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = self.batches = 0
+
+    def get(self, digest: bytes) -> IndexEntry | None:
+        self.gets += 1
+        return super().get(digest)
+
+    def get_many(self, digests):
+        self.batches += 1
+        return super().get_many(digests)
+
+
+class CountingStore(PackChunkStore):
+    """A pack store that counts the records it reads from its packs."""
+
+    reads = 0
+
+    def _read(self, digest: bytes, entry: IndexEntry) -> Record:
+        self.reads += 1
+        return super()._read(digest, entry)
+
+
+def file_versions(seed: int, count: int, chunks: int) -> list[list[bytes]]:
+    """``count`` versions of a file of ``chunks`` chunks, every chunk edited a little each version."""
+    lines = [history(seed + i, count) for i in range(chunks)]
+    return [[line[v] for line in lines] for v in range(count)]
+
+
+def put_versions(store: PackChunkStore, versions: list[list[bytes]]) -> list[list[bytes]]:
+    """Each version's chunks in one batch, each hinted at the previous version's chunk at its place."""
+    out, prev = [], None
+    for chunks in versions:
+        items = [item(c) for c in chunks]
+        hints = {d: [p] for (d, _), p in zip(items, prev, strict=True)} if prev else None
+        store.put_many(items, hints)
+        prev = [d for d, _ in items]
+        out.append(prev)
+    return out
+
+
+def test_a_batch_resolves_its_bases_with_batched_lookups_only(tmp_path):
+    index = CountingIndex()
+    store = PackChunkStore(tmp_path / "s", index, fsync=False, base_cache_bytes=0)
+    versions = file_versions(7, 7, 12)
+    digests = put_versions(store, versions[:6])  # chains reach the maximum depth: bases climb
+    index.gets = index.batches = 0
+    d, frame = item(versions[6][0])
+    hints = {digest(c): [p] for c, p in zip(versions[6], digests[5], strict=True)}
+    store.publish(store.stage([item(c) for c in versions[6]], hints))
+    assert index.gets == 0  # no round trip per chunk nor per chain step
+    assert 1 <= index.batches <= 2 + delta.DEFAULT_MAX_DEPTH
+    assert store.get_record(d).type == RecordType.DELTA
+    for chunks in versions:
+        assert [store.get(digest(c)) for c in chunks] == chunks
+
+
+def test_a_history_encodes_against_cached_bases_without_reading_packs(tmp_path):
+    store = CountingStore(tmp_path / "s", fsync=False)
+    versions = file_versions(11, 8, 10)
+    put_versions(store, versions[:2])  # the first version's plain chunks are read once, as bases
+    store.reads = 0
+    digests = put_versions(store, versions[1:])[1:]
+    assert store.reads == 0  # each base is the chunk just stored, or the anchor its chain climbs to
+    assert max(store.get_record(d).depth for d in digests[-1]) == delta.DEFAULT_MAX_DEPTH
+    assert [[store.get(d) for d in ds] for ds in digests] == versions[2:]
+
+
+def test_staging_encodes_the_decoded_bytes_it_is_given(tmp_path):
+    old, new = history(3, 2)
+    d, frame = item(new)
+    records = []
+    for name, decoded in (("plain", None), ("given", {d: new})):
+        store = PackChunkStore(tmp_path / name, fsync=False, base_cache_bytes=0)
+        base = put_chain(store, [old])[0]
+        store.publish(store.stage([(d, frame)], {d: [base]}, decoded=decoded))
+        records.append(store.get_record(d))
+        assert store.get(d) == new
+    assert records[0].type == RecordType.DELTA and records[0].payload == records[1].payload
+    # The bytes are trusted (the caller checked them): wrong ones make a record that fails its read.
+    store = PackChunkStore(tmp_path / "wrong", fsync=False, base_cache_bytes=0)
+    base = put_chain(store, [old])[0]
+    store.publish(store.stage([(d, frame)], {d: [base]}, decoded={d: b"x" + new[1:]}))
+    with pytest.raises(CorruptChunkError):
+        store.get(d)
