@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cli_helpers import Cli, isolated_env, write_random
+from cli_helpers import MIB, Cli, isolated_env, write_random
 from sync_helpers import Daemon, run_sync, snapshot, wait_same, wait_until
 
 from cli.library import Client
@@ -135,6 +135,38 @@ def test_killed_mid_transfer_restarts_without_resending(fresh_server, tmp_path: 
     B = tmp_path / "B"
     run_sync(fresh_server.address, B, "s/", tmp_path / "home-b")
     assert snapshot(A) == snapshot(B)
+
+
+def test_killed_mid_download_restarts_cleanly(server, tmp_path: Path, prefix: str, cli: Cli) -> None:
+    """SIGKILL while a large new version is being written over an old copy: the old copy stays whole
+    under its name, the restarted daemon resumes from the temp file and leaves none behind."""
+    size = 64 * MIB
+    B, home = tmp_path / "B", tmp_path / "home-b"
+    B.mkdir()
+    old = write_random(tmp_path / "v1.bin", size).read_bytes()
+    cli("put", str(tmp_path / "v1.bin"), f"{prefix}big.bin")
+    run_sync(server.address, B, prefix, home)
+    new = write_random(tmp_path / "v2.bin", size).read_bytes()
+    cli("put", str(tmp_path / "v2.bin"), f"{prefix}big.bin")
+    part = B / ".big.bin.svpart"
+    daemon = Daemon(server.address, B, prefix, home).start()
+    try:
+        wait_until(lambda: part.exists() and part.stat().st_size >= 8 * MIB, 120, "the download under way")
+    finally:
+        daemon.kill()
+    left = part.stat().st_size
+    assert 0 < left < size
+    assert (B / "big.bin").read_bytes() == old  # never a partial file under the final name
+    daemon = Daemon(server.address, B, prefix, home).start()
+    try:
+        wait_until(lambda: any(x["action"] == "download" and x["ok"] for x in daemon.actions()), 120,
+                   "the restarted download")
+    finally:
+        daemon.stop()
+    fetched = sum(x["bytes_fetched"] for x in daemon.actions())
+    assert fetched <= size - left + 2 * MIB  # the temp file's chunks were reused, not fetched again
+    assert (B / "big.bin").read_bytes() == new
+    assert sorted(p.name for p in B.iterdir()) == [".stratus-sync", "big.bin"]  # no temp file left
 
 
 def test_server_restart_while_daemons_run(fresh_server, tmp_path: Path) -> None:
