@@ -38,7 +38,7 @@ from cli.results import Event, Version
 from cli.syncexec import Done, Executor, root_folder
 from cli.syncplan import RACY_NS, SETTLE_NS, Act, Base, Decision, Local, Remote, decide, folder_of, is_folder_marker
 from cli.syncremote import FeedWatcher, head_of_event, head_of_version, refresh, relative
-from cli.syncscan import below, ignored, load_ignores, local_of, look, scan
+from cli.syncscan import below, ignored, load_ignores, local_of, look, scan, stamp_key
 from cli.syncstate import STATE_DIR, SyncState
 from cli.tree import Excludes
 
@@ -284,16 +284,16 @@ class SyncEngine:
     def _full_pass(self) -> bool:
         """Refresh the remote side, scan the folder, decide and act on every path; True if it acted.
 
-        Paths whose stamp equals their settled base (:meth:`SyncState.settled`) are decided
+        Paths whose stamp equals their settled base (:meth:`SyncState.known`) are decided
         "nothing" in bulk; paths below a folder that could not be read are left alone this pass.
         """
         self.ignores = load_ignores(self.root_path)
         refresh(self.client, self.state, self.prefix)
         found, unreadable, observed = scan(self.root_path, self.ignores)
-        settled = self.state.settled(RACY_NS)
+        known = self.state.known(RACY_NS)
         paths: dict[str, Local | None] = {rel: local_of(stamp) for rel, stamp in found.items()
-                                          if settled.get(rel) != stamp}
-        for rel in self.state.known_paths():
+                                          if known.get(rel) != stamp_key(stamp)}
+        for rel in known:
             if rel not in found and not ignored(self.ignores, rel) and not below(rel, unreadable):
                 paths[rel] = None
         return self._pass(paths, observed)

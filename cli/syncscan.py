@@ -47,6 +47,11 @@ def local_of(stamp: Stamp) -> Local:
     return FOLDER_LOCAL if stamp == FOLDER_STAMP else Local(Fingerprint(*stamp))
 
 
+def stamp_key(stamp: Stamp) -> str:
+    """A stamp as the state database spells it (cli/syncstate.py ``SyncState.known``)."""
+    return f"{stamp[0]} {stamp[1]} {stamp[2]} {stamp[3]}"
+
+
 def scan(root: Path, ignores: Excludes, under: str = "") -> tuple[dict[str, Stamp], list[str], int]:
     """Every file and folder marker below ``root`` (or its subfolder ``under``) with its stamp; the
     folders that could not be read (what lies below them is unknown, not absent); the time the
