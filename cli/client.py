@@ -56,8 +56,11 @@ _UPLOAD_PIECE = 1 << 20
 
 
 def channel_options() -> list[tuple[str, int | str]]:
-    """gRPC channel options: room for big batches and manifests, retries of idempotent calls."""
+    """gRPC channel options: room for big batches and manifests, retries of idempotent calls, and
+    a connection of the client's own (gRPC would otherwise share one between clients of the same
+    server in a process, and with it a plaintext caller's per-connection limits)."""
     return [
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),

@@ -244,13 +244,14 @@ def test_deltas_stop_when_the_callers_chunk_budget_is_spent(redis_url, tmp_path)
             writer.put_bytes(new, "f/new.bin")
             (base,) = chunk_digests(writer, old)
             (wanted,) = chunk_digests(writer, new)
-        # A connection of its own: a plaintext caller's budget is per connection.
-        with StratusClient.connect(running.address, insecure=True) as reader:
-            plain = answers(reader, [wanted], {})
-            kinds = [answers(reader, [wanted], {wanted: (base,) * 4})[0][2] for _ in range(20)]
-            assert kinds == [base] * 16 + [b""] * 4  # 16 x 4 tokens, then plain frames
-            assert answers(reader, [wanted], {wanted: (base,)}) == plain
-            assert answers(reader, [wanted], {}) == plain  # plain requests cost nothing and still work
+            # A connection of its own: a plaintext caller's budget is per connection (its address
+            # and port). The writer's stays open, so the reader's cannot reuse its port and budget.
+            with StratusClient.connect(running.address, insecure=True) as reader:
+                plain = answers(reader, [wanted], {})
+                kinds = [answers(reader, [wanted], {wanted: (base,) * 4})[0][2] for _ in range(20)]
+                assert kinds == [base] * 16 + [b""] * 4  # 16 x 4 tokens, then plain frames
+                assert answers(reader, [wanted], {wanted: (base,)}) == plain
+                assert answers(reader, [wanted], {}) == plain  # plain requests cost nothing and still work
     finally:
         running.stop()
         drop_prefix(redis_url, key_prefix)
