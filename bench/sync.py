@@ -97,15 +97,28 @@ def _big_edit(a: Path, b: Path, da: _Daemon, db: _Daemon, size: int) -> dict:
     time.sleep(1.0)
     sent0 = sum(x["bytes_sent"] for x in da.actions())
     fetched0 = sum(x["bytes_fetched"] for x in db.actions())
+    downloads0, uploads0 = _downloads(db), _uploads(da)
     edit = os.urandom(4096)
     with open(big, "r+b") as f:
         f.seek(size // 2)
         f.write(edit)
     seconds = _wait(lambda: _slice(b / "big.bin", size // 2) == edit, 600)
-    time.sleep(0.5)
+    # The content is visible from the rename on; the action line follows once the download is
+    # durable and recorded (the directory fsync after a big file can take a while): wait for it.
+    _wait(lambda: _downloads(db) > downloads0, 120)
+    _wait(lambda: _uploads(da) > uploads0, 120)
     return {"size": size, "first_copy_s": first, "edit_s": seconds,
             "edit_bytes_sent": sum(x["bytes_sent"] for x in da.actions()) - sent0,
             "edit_bytes_fetched": sum(x["bytes_fetched"] for x in db.actions()) - fetched0}
+
+
+def _downloads(daemon: _Daemon) -> int:
+    return sum(1 for x in daemon.actions() if x["action"] == "download" and x["path"] == "big.bin" and x["ok"])
+
+
+def _uploads(daemon: _Daemon) -> int:
+    return sum(1 for x in daemon.actions() if x["action"] in ("upload", "record") and x["path"] == "big.bin"
+               and x["ok"])
 
 
 def _slice(path: Path, offset: int) -> bytes | None:

@@ -36,9 +36,9 @@ from cli.errors import classify
 from cli.grouping import GROUP_FILES, SMALL_FILE_MAX, is_fatal
 from cli.results import Event, Version
 from cli.syncexec import Done, Executor, root_folder
-from cli.syncplan import SETTLE_NS, Act, Base, Decision, Local, Remote, decide, folder_of, is_folder_marker
+from cli.syncplan import RACY_NS, SETTLE_NS, Act, Base, Decision, Local, Remote, decide, folder_of, is_folder_marker
 from cli.syncremote import FeedWatcher, head_of_event, head_of_version, refresh, relative
-from cli.syncscan import ignored, load_ignores, look, scan
+from cli.syncscan import below, ignored, load_ignores, local_of, look, scan, stamp_key
 from cli.syncstate import STATE_DIR, SyncState
 from cli.tree import Excludes
 
@@ -256,8 +256,9 @@ class SyncEngine:
             names.update(self.state.bases(under))
             names.update(self.state.remotes(under))
             if (self.root_path / folder_of(marker)).is_dir() and not (self.root_path / folder_of(marker)).is_symlink():
-                found, _, _ = scan(self.root_path, self.ignores, folder_of(marker))
-                out.update(found)
+                found, unreadable, _ = scan(self.root_path, self.ignores, folder_of(marker))
+                out.update((rel, local_of(stamp)) for rel, stamp in found.items())
+                names = {n for n in names if not below(n, unreadable)}
             for name in names:
                 if name not in out and not ignored(self.ignores, name):
                     out[name] = look(self.root, name)
@@ -281,14 +282,21 @@ class SyncEngine:
     # ---- passes -----------------------------------------------------------------------------------
 
     def _full_pass(self) -> bool:
-        """Refresh the remote side, scan the folder, decide and act on every path; True if it acted."""
+        """Refresh the remote side, scan the folder, decide and act on every path; True if it acted.
+
+        Paths whose stamp equals their settled base (:meth:`SyncState.known`) are decided
+        "nothing" in bulk; paths below a folder that could not be read are left alone this pass.
+        """
         self.ignores = load_ignores(self.root_path)
         refresh(self.client, self.state, self.prefix)
-        found, _, observed = scan(self.root_path, self.ignores)
-        paths: dict[str, Local | None] = dict.fromkeys(self.state.bases(), None)
-        paths.update((rel, None) for rel, head in self.state.remotes().items() if not head.deleted)
-        paths.update(found)
-        return self._pass({rel: local for rel, local in paths.items() if not ignored(self.ignores, rel)}, observed)
+        found, unreadable, observed = scan(self.root_path, self.ignores)
+        known = self.state.known(RACY_NS)
+        paths: dict[str, Local | None] = {rel: local_of(stamp) for rel, stamp in found.items()
+                                          if known.get(rel) != stamp_key(stamp)}
+        for rel in known:
+            if rel not in found and not ignored(self.ignores, rel) and not below(rel, unreadable):
+                paths[rel] = None
+        return self._pass(paths, observed)
 
     def _pass(self, paths: dict[str, Local | None], observed: int) -> bool:
         """Decide and act on ``paths`` (their local state as given); True when anything was done."""

@@ -28,15 +28,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cas.errors import CasError, LocalChangedError
-from cli import upload as _upload
 from cli.client import StratusClient
-from cli.download import get_files
 from cli.grouping import SMALL_FILE_MAX
+from cli.lazy import lazy
 from cli.localdir import Folder, LocalTarget
 from cli.results import Version
-from cli.smallfiles import Buffer, upload_buffers
 from cli.syncplan import (
     EMPTY_DIGEST,
     FOLDER,
@@ -50,6 +49,16 @@ from cli.syncplan import (
 )
 from cli.syncremote import head_of_version
 from cli.syncscan import fingerprint
+
+if TYPE_CHECKING:
+    from cli import upload as _upload
+    from cli.download import get_files
+    from cli.smallfiles import Buffer, upload_buffers
+else:  # the transfer machinery loads with the first transfer: an unchanged sync never needs it
+    _upload = lazy("cli.upload")
+    get_files = lazy("cli.download", "get_files")
+    Buffer = lazy("cli.smallfiles", "Buffer")
+    upload_buffers = lazy("cli.smallfiles", "upload_buffers")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from cli.localdir import PART_SUFFIX, Folder, UnsafeLocalPathError
 from cli.syncplan import EMPTY_DIGEST, FOLDER, FOLDER_MARKER, Fingerprint, Local, folder_of, is_folder_marker, marker_of
 from cli.syncstate import STATE_DIR
-from cli.tree import Excludes, Skipped, walk
+from cli.tree import Excludes
 
 IGNORE_FILE = ".stratusignore"
 BUILTIN_IGNORES = (f"/{STATE_DIR}", f"*{PART_SUFFIX}", FOLDER_MARKER, f"/{IGNORE_FILE}")
@@ -38,22 +38,59 @@ def fingerprint(st: os.stat_result) -> Fingerprint:
 
 
 FOLDER_LOCAL = Local(FOLDER, EMPTY_DIGEST)
+Stamp = tuple[int, int, int, int]  # (size, mtime_ns, ctime_ns, inode): a Fingerprint without the object
+FOLDER_STAMP: Stamp = (0, 0, 0, 0)
 
 
-def scan(root: Path, ignores: Excludes, under: str = "") -> tuple[dict[str, Local], list[Skipped], int]:
-    """Every file and folder marker below ``root`` (or its subfolder ``under``); also the skipped
-    entries and the time the scan started (``time.time_ns()``, the observation time of its stats)."""
+def local_of(stamp: Stamp) -> Local:
+    """The planner's ``Local`` for a scanned stamp (a folder's marker for the all-zero stamp)."""
+    return FOLDER_LOCAL if stamp == FOLDER_STAMP else Local(Fingerprint(*stamp))
+
+
+def stamp_key(stamp: Stamp) -> str:
+    """A stamp as the state database spells it (cli/syncstate.py ``SyncState.known``)."""
+    return f"{stamp[0]} {stamp[1]} {stamp[2]} {stamp[3]}"
+
+
+def scan(root: Path, ignores: Excludes, under: str = "") -> tuple[dict[str, Stamp], list[str], int]:
+    """Every file and folder marker below ``root`` (or its subfolder ``under``) with its stamp; the
+    folders that could not be read (what lies below them is unknown, not absent); the time the
+    scan started (``time.time_ns()``, the observation time of its stats).
+
+    The walk of cli/tree.py without its per-file objects, so that an unchanged folder costs little
+    more than its stats: one ``lstat`` per regular file, none per folder; symlinks, FIFOs and
+    devices are left out.
+    """
     started = time.time_ns()
-    top = root / under if under else root
-    found = walk(top, ignores, rel_root=under)
-    entries = {f.rel: Local(fingerprint_of(f.state)) for f in found.files}
-    entries.update((marker_of(d), FOLDER_LOCAL) for d in found.dirs)
-    return entries, found.skipped, started
+    found: dict[str, Stamp] = {}
+    unreadable: list[str] = []
+    stack = [(os.path.join(root, under) if under else os.fspath(root), under)]
+    match = ignores.match if ignores else None
+    while stack:
+        folder, rel_folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            unreadable.append(rel_folder)
+            continue
+        for entry in entries:
+            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if match is None or not match(rel, True):
+                    stack.append((entry.path, rel))
+                    found[marker_of(rel)] = FOLDER_STAMP
+            elif entry.is_file(follow_symlinks=False) and (match is None or not match(rel, False)):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                found[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return found, unreadable, started
 
 
-def fingerprint_of(state: object) -> Fingerprint:
-    """The fingerprint of a cli.statecache.FileState."""
-    return Fingerprint(state.size, state.mtime_ns, state.ctime_ns, state.inode)  # type: ignore[attr-defined]
+def below(rel: str, folders: list[str]) -> bool:
+    """Whether ``rel`` lies in (or is the marker of) one of ``folders`` ("" is the root)."""
+    return any(not f or rel.startswith(f + "/") for f in folders)
 
 
 def look(root: Folder, rel: str) -> Local | None:

@@ -147,6 +147,24 @@ class SyncState:
             rows = self.db.execute(sql)
         return {r[0]: _base(r[1:]) for r in rows}
 
+    def known(self, racy_ns: int) -> dict[str, str | None]:
+        """Every path with a base or a live remote head, in one query; for a *settled* one the stamp
+        of its base as ``"size mtime_ns ctime_ns inode"`` (cli/syncscan.py ``stamp_key``), else None.
+
+        Settled: the remote head is the agreed version, the base fingerprint is trusted (observed
+        more than ``racy_ns`` after its mtime, or a folder's) and no problem waits. The planner
+        decides "nothing" for a settled path whose scanned stamp equals this one (cli/syncplan.py),
+        so a full pass skips it without building its Base, Local and Remote.
+        """
+        return dict(self.db.execute(
+            "SELECT b.path, CASE WHEN r.version = b.version AND r.deleted = 0 "
+            "AND (b.mtime_ns + ? < b.observed_ns OR (b.size = 0 AND b.mtime_ns = 0 AND b.ctime_ns = 0 "
+            "AND b.inode = 0)) AND NOT EXISTS (SELECT 1 FROM problems p WHERE p.path = b.path) "
+            "THEN b.size || ' ' || b.mtime_ns || ' ' || b.ctime_ns || ' ' || b.inode END "
+            "FROM base b LEFT JOIN remote r ON r.path = b.path "
+            "UNION ALL SELECT r.path, NULL FROM remote r WHERE r.deleted = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM base b WHERE b.path = r.path)", (racy_ns,)))
+
     def base(self, path: str) -> Base | None:
         """The base of one path."""
         row = self.db.execute("SELECT version, digest, size, mtime_ns, ctime_ns, inode, observed_ns FROM base "

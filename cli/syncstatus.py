@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cli.syncplan import Act, decide
-from cli.syncscan import ignored, load_ignores, scan
+from cli.syncscan import ignored, load_ignores, local_of, scan
 from cli.syncstate import SyncState
 
 
@@ -53,7 +53,8 @@ def status(root: Path) -> SyncStatus:
     finally:
         state.close()
     ignores = load_ignores(root)
-    found, _, _ = scan(root, ignores)
+    stamps, _, _ = scan(root, ignores)
+    found = {rel: local_of(stamp) for rel, stamp in stamps.items()}
     result.synced = len(bases)
     result.conflicts = sorted(rel for rel in found if ".sync-conflict-" in rel.rsplit("/", 1)[-1])
     now = time.time_ns()

@@ -80,13 +80,17 @@ class Excludes:
             body = _glob_to_regex(pattern.lstrip("/"))
             regex = body if anchored else "(?:.*/)?" + body
             self._rules.append(_Rule(re.compile(regex, re.DOTALL), dir_only))
+        # one alternation per kind of entry: a single fullmatch per path, however many rules
+        self._any = _union(r.regex for r in self._rules)
+        self._files = _union(r.regex for r in self._rules if not r.dir_only)
 
     def __bool__(self) -> bool:
         return bool(self._rules)
 
     def match(self, rel: str, is_dir: bool) -> bool:
         """Whether the entry ``rel`` itself is excluded (its parents are not looked at)."""
-        return any((is_dir or not r.dir_only) and r.regex.fullmatch(rel) for r in self._rules)
+        regex = self._any if is_dir else self._files
+        return regex is not None and regex.fullmatch(rel) is not None
 
     def excludes_file(self, rel: str) -> bool:
         """Whether a file at ``rel`` would be excluded, by its own name or by any parent directory."""
@@ -97,6 +101,11 @@ class Excludes:
             if self.match("/".join(parts[:depth]), True):
                 return True
         return self.match(rel, False)
+
+
+def _union(regexes: Iterable[re.Pattern[str]]) -> re.Pattern[str] | None:
+    bodies = [f"(?:{r.pattern})" for r in regexes]
+    return re.compile("|".join(bodies), re.DOTALL) if bodies else None
 
 
 @dataclass(frozen=True, slots=True)

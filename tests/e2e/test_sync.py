@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cli_helpers import Cli, isolated_env, write_random
+from cli_helpers import MIB, Cli, isolated_env, write_random
 from sync_helpers import Daemon, run_sync, snapshot, wait_same, wait_until
 
 from cli.library import Client
@@ -114,27 +114,60 @@ def test_conflicts_and_delete_against_edit(server, tmp_path: Path, prefix: str) 
     assert status["pending"] == [] and status["conflicts"] == copies and status["problems"] == []
 
 
-def test_killed_mid_transfer_restarts_without_resending(fresh_server, tmp_path: Path) -> None:
+def test_killed_mid_transfer_restarts_without_resending(server, tmp_path: Path, prefix: str) -> None:
     A = tmp_path / "A"
     size, count = 6 << 20, 8
     for i in range(count):
         write_random(A / f"big{i}.bin", size)
     time.sleep(0.25)
-    daemon = Daemon(fresh_server.address, A, "s/", tmp_path / "home", "--jobs", "1").start()
+    daemon = Daemon(server.address, A, prefix, tmp_path / "home", "--jobs", "1").start()
     try:
         wait_until(lambda: sum(x["action"] == "upload" for x in daemon.actions()) >= 2, 60, "two files uploaded")
     finally:
         daemon.kill()  # SIGKILL, with the next file in flight
     done_before = sum(x["action"] == "upload" for x in daemon.actions())
     assert done_before < count, "killed too late: nothing left to resume"
-    doc = run_sync(fresh_server.address, A, "s/", tmp_path / "home")
+    doc = run_sync(server.address, A, prefix, tmp_path / "home")
     sent = sum(x["bytes_sent"] for x in doc["actions"])
     uploaded = doc["upload"]
     assert uploaded + doc["record"] + done_before == count
     assert sent <= uploaded * size * 1.01  # nothing committed before the kill was sent again
     B = tmp_path / "B"
-    run_sync(fresh_server.address, B, "s/", tmp_path / "home-b")
+    run_sync(server.address, B, prefix, tmp_path / "home-b")
     assert snapshot(A) == snapshot(B)
+
+
+def test_killed_mid_download_restarts_cleanly(server, tmp_path: Path, prefix: str, cli: Cli) -> None:
+    """SIGKILL while a large new version is being written over an old copy: the old copy stays whole
+    under its name, the restarted daemon resumes from the temp file and leaves none behind."""
+    size = 64 * MIB
+    B, home = tmp_path / "B", tmp_path / "home-b"
+    old = write_random(B / "big.bin", size).read_bytes()
+    time.sleep(0.25)
+    run_sync(server.address, B, prefix, home)  # B uploads the old version: both sides agree on it
+    new = write_random(tmp_path / "v2.bin", size).read_bytes()
+    cli("put", str(tmp_path / "v2.bin"), f"{prefix}big.bin")
+    part = B / ".big.bin.svpart"
+    daemon = Daemon(server.address, B, prefix, home).start()
+    try:
+        wait_until(lambda: (part.exists() and part.stat().st_size >= 8 * MIB) or bool(daemon.actions()), 120,
+                   "the download under way")
+    finally:
+        daemon.kill()
+    assert not daemon.actions(), "killed too late: the download had finished"
+    left = part.stat().st_size
+    assert 0 < left < size
+    assert (B / "big.bin").read_bytes() == old  # never a partial file under the final name
+    daemon = Daemon(server.address, B, prefix, home).start()
+    try:
+        wait_until(lambda: any(x["action"] == "download" and x["ok"] for x in daemon.actions()), 120,
+                   "the restarted download")
+    finally:
+        daemon.stop()
+    fetched = sum(x["bytes_fetched"] for x in daemon.actions())
+    assert fetched <= size - left + 2 * MIB  # the temp file's chunks were reused, not fetched again
+    assert (B / "big.bin").read_bytes() == new
+    assert sorted(p.name for p in B.iterdir()) == [".stratus-sync", "big.bin"]  # no temp file left
 
 
 def test_server_restart_while_daemons_run(fresh_server, tmp_path: Path) -> None:

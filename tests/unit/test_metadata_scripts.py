@@ -18,10 +18,14 @@ def test_every_script_constant_is_a_file_with_its_includes_expanded():
     assert "write_version.lua" in lua_files() and "each_slice.lua" in lua_files()
     write = scripts.WRITE_VERSION
     assert "#include" not in write
-    # write_version includes find_missing, which includes each_slice: each defined once, in order
-    assert write.count("local function each_slice") == 1 and write.count("local function find_missing") == 1
+    # write_version includes put_version, which includes find_missing, which includes each_slice:
+    # each defined once, before what uses it
+    for fn in ("each_slice", "find_missing", "put_version"):
+        assert write.count(f"local function {fn}(") == 1, fn
     assert write.index("local function each_slice") < write.index("local function find_missing")
-    assert write.index("local function find_missing") < write.index("local kind = ARGV[1]")
+    assert write.index("local function find_missing") < write.index("local function put_version")
+    assert write.index("local function put_version") < write.index("return put_version(")
+    assert scripts.WRITE_VERSIONS.count("local function put_version(") == 1
     assert scripts.ADD_CHUNKS.count("local function each_slice") == 1
     assert "local function" not in scripts.READ_VERSIONS
     # every script through which a writer relies on a chunk resurrects it (garbage collection)
