@@ -20,11 +20,11 @@ old pack with fewer live records (rewritten or removed by a later repack).
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cas.duty import DutyCycle
 from cas.pack import (
     FILE_HEADER_SIZE,
     HEADER_SIZE,
@@ -168,13 +168,12 @@ def repack(
     """
     listed = _listed(stores)
     result = RepackResult()
+    pacer = DutyCycle(duty)
     writer = PackWriter(listed[0].root, listed[0].writer.max_pack_size, listed[0].fsync)
     try:
         for pack in plan.rewrite:
-            started = time.monotonic()
             _rewrite(listed, writer, pack, result, checkpoint)
-            if duty < 1:
-                time.sleep((time.monotonic() - started) * (1 - duty) / max(duty, 0.01))
+            pacer.pause()
     finally:
         writer.close()
     result.freed_bytes -= PACK_OVERHEAD * len(result.new_packs)  # each new pack's header and seal
@@ -284,6 +283,7 @@ def rebase_plan(
 def rebase(
     store: PackChunkStore, plan: Sequence[tuple[bytes, IndexEntry, bytes | None]],
     entries: Mapping[bytes, IndexEntry], checkpoint: Checkpoint = lambda phase: None, batch: int = 256,
+    duty: float = 1.0,
 ) -> RebaseResult:
     """Re-encode the records of ``plan`` (:func:`rebase_plan`) so their dead bases can be dropped.
 
@@ -295,8 +295,12 @@ def rebase(
     entry names them, each entry is switched with a compare-and-set from the exact old entry (a
     concurrent repair or move wins, and the old base then stays, since the caller drops only bases
     no entry names after this), and nothing is deleted here. A kill leaves at worst unindexed new
-    records (reclaimed by a later repack)."""
+    records (reclaimed by a later repack).
+
+    ``duty`` < 1 pauses after each base's records are re-encoded and after each batch is written,
+    so the step works at most that fraction of the time (as :func:`repack`)."""
     result = RebaseResult()
+    pacer = DutyCycle(duty)
     writer = PackWriter(store.root, store.writer.max_pack_size, store.fsync)
     by_base: dict[bytes, list[tuple[bytes, IndexEntry, bytes | None]]] = defaultdict(list)
     for item in plan:
@@ -305,6 +309,7 @@ def rebase(
     try:
         for base, group in by_base.items():
             records = [store.reencode(d, entry, new) for d, entry, new in group]
+            pacer.pause()
             grown = sum(HEADER_SIZE + len(r.payload) - e.length for (_, e, _), r in zip(group, records, strict=True))
             held = entries.get(base)
             if held is None or grown >= held.length:
@@ -314,6 +319,7 @@ def rebase(
             if len(pending) >= batch:
                 _switch_reencoded(store, writer, pending, result, checkpoint)
                 pending = []
+                pacer.pause()
         _switch_reencoded(store, writer, pending, result, checkpoint)
     finally:
         writer.close()

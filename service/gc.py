@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cas import repack as packs
+from cas.duty import DutyCycle
 from cas.errors import BackendUnavailableError, UnsupportedStoreError
 from cas.packstore import IndexEntry, PackChunkStore
 from service.metadata.condemned import CondemnedChunks
@@ -64,7 +65,7 @@ class GcSettings:
     min_live_fraction: float = 0.5
     min_reclaim_bytes: int = 0
     lock_ttl_s: float = 15.0
-    repack_duty: float = 0.5  # fraction of the time a repack may work (it pauses the rest)
+    repack_duty: float = 0.5  # fraction of the time mark, rebase and repack may work (they pause the rest)
 
 
 @dataclass
@@ -216,8 +217,10 @@ class GarbageCollector:
 
     async def _mark(self, report: GcReport) -> _Mark:
         """Every namespace's referenced chunks (a manifest that cannot be read aborts: its chunks
-        would look unreferenced)."""
+        would look unreferenced). Paced by ``repack_duty``: decoding manifests runs partly on the
+        event loop, which the uploads share."""
         mark = _Mark({}, set())
+        pacer = DutyCycle(self.settings.repack_duty)
         for ns in await self._namespaces():
             chunks: set[bytes] = set()
             seen: set[bytes] = set()
@@ -229,6 +232,7 @@ class GarbageCollector:
                     mark.manifests.add(record.manifest_digest)
                 manifest = await self.repo.manifest(record)
                 chunks.update(ref.digest for ref in manifest.chunks)
+                await pacer.apause()
             mark.refs[ns] = chunks
         report.namespaces = len(mark.refs)
         report.manifests_live = len(mark.manifests)
@@ -338,7 +342,9 @@ class GarbageCollector:
         plan = packs.rebase_plan(entries, keep)
         if not plan:
             return False
-        done = await self.repo.run_blocking(packs.rebase, store, plan, entries, self.checkpoint)
+        done = await self.repo.run_blocking(
+            packs.rebase, store, plan, entries, self.checkpoint, 256, self.settings.repack_duty
+        )
         report.chunks_rebased += done.rebased
         report.rebased_bytes += done.written_bytes
         return done.rebased > 0
