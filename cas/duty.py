@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class DutyCycle:
@@ -42,6 +45,14 @@ class DutyCycle:
             self._sleep(owed)
             self.paused_s += owed
             self._since = self._clock()
+
+    def paced(self, items: Iterable[T], every: int = 1024) -> Iterator[T]:
+        """``items`` unchanged, pausing after every ``every`` of them (an index scan read lazily
+        pauses between its reads; blocking: worker threads)."""
+        for i, item in enumerate(items, 1):
+            yield item
+            if i % every == 0:
+                self.pause()
 
     async def apause(self) -> None:
         """:meth:`pause` for the event loop (awaits instead of blocking it)."""

@@ -121,11 +121,12 @@ def _owner(stores: list[PackChunkStore], kind: RecordType) -> PackChunkStore | N
     return next((s for s in stores if kind in s.kinds()), None)
 
 
-def live_entries(stores: Stores) -> dict[str, list[tuple[bytes, IndexEntry]]]:
-    """The index entries of every pack (one pass over each store's index)."""
+def live_entries(stores: Stores, duty: float = 1.0) -> dict[str, list[tuple[bytes, IndexEntry]]]:
+    """The index entries of every pack (one pass over each store's index, paced by ``duty``)."""
     by_pack: dict[str, list[tuple[bytes, IndexEntry]]] = defaultdict(list)
+    pacer = DutyCycle(duty)
     for store in _listed(stores):
-        for d, entry in store.index.iterate():
+        for d, entry in pacer.paced(store.index.iterate()):
             by_pack[entry.pack].append((d, entry))
     return by_pack
 

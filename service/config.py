@@ -169,7 +169,7 @@ class ServerConfig:
     gc_repack_live_fraction: float = 0.5
     gc_min_reclaim_bytes: int = 0
     gc_lock_ttl_s: float = 15.0
-    gc_repack_duty: float = 0.5  # a repack pauses so it works at most this fraction of the time
+    gc_repack_duty: float = 0.5  # mark, rebase and repack pause so each works at most this fraction of the time
     # Retention rules the server applies itself (service/retention_schedule.py), every this often.
     retention: tuple[RetentionRule, ...] = ()
     retention_interval_s: float = 3600.0

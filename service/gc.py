@@ -243,8 +243,11 @@ class GarbageCollector:
         return sorted(with_files | set(await self.marks.chunk_namespaces()))
 
     async def _entries(self) -> dict[bytes, IndexEntry]:
+        """The whole location index (a scan paced by ``repack_duty``: it shares the metadata
+        server with uploads)."""
         store, _ = self._store()
-        return await self.repo.run_blocking(lambda: dict(store.index.iterate()))
+        pacer = DutyCycle(self.settings.repack_duty)
+        return await self.repo.run_blocking(lambda: dict(pacer.paced(store.index.iterate())))
 
     async def _condemn(self, index: RedisLocationIndex, report: GcReport) -> int:
         """Phase 2: new epoch, old marks cleared, candidates condemned; returns the time of it."""
@@ -353,7 +356,7 @@ class GarbageCollector:
         """Phase 6: rewrite sparse packs, remove empty ones; the counters shown by ``stratus info``."""
         t0 = time.monotonic()
         stores = self._pack_stores()
-        by_pack = await self.repo.run_blocking(packs.live_entries, stores)
+        by_pack = await self.repo.run_blocking(packs.live_entries, stores, self.settings.repack_duty)
         usage = await self.repo.run_blocking(packs.pack_usage, stores, by_pack)
         plan = packs.plan_repack(usage, self.settings.min_live_fraction, self.settings.min_reclaim_bytes)
         done = await self.repo.run_blocking(

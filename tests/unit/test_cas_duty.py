@@ -82,3 +82,16 @@ def test_async_pause_owes_the_same_and_leaves_the_loop_free():
 
     asyncio.run(main())
     assert abs(pacer.paused_s - 0.002) < 1e-9
+
+
+def test_paced_iteration_yields_everything_and_pauses_every_n_items():
+    clock = FakeClock()
+    pacer = DutyCycle(0.5, min_pause_s=0.001, clock=clock, sleep=clock.sleep)
+
+    def scan():  # noqa: ANN202 - each item costs 0.01 s of work
+        for i in range(10):
+            clock.advance(0.01)
+            yield i
+
+    assert list(pacer.paced(scan(), every=4)) == list(range(10))
+    assert clock.slept == pytest.approx([0.04, 0.04])  # after items 4 and 8; the last 2 owe the next pause
