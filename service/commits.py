@@ -4,8 +4,10 @@ Both paths share the same steps (a single file is a batch of one), so a file com
 and a file committed in a batch end up with the same version record: validate (limits,
 signature), store the manifests that are too large to live in the record (service/manifests.py;
 one durability barrier for the batch, before any record names them), skip the write when nothing
-changed, diff against the previous version, and run the metadata commit script, then journal the
-records (service/journal.py) with one barrier before anyone is told; an unchanged commit journals
+changed, diff against the previous version, and run the metadata commit script, then claim the
+stored manifests back from garbage collection (storing again one it dropped between the save and
+the commit, :meth:`service.manifests.ManifestStore.reclaim`), then journal the records
+(service/journal.py) with one barrier before anyone is told; an unchanged commit journals
 the head it found again, so whatever is acknowledged is in the journal. The whole batch is one
 commit script call (one metadata round trip for new files, see :meth:`Committer._write_all`), and
 each file of it succeeds or fails on its own.
@@ -145,6 +147,9 @@ class Committer:
         outcomes = await self._write_all(ns, identity, [c for _, c in ready])
         done = [o.record for o in outcomes if isinstance(o, CommitOutcome)]
         try:
+            await self.repo.reclaim_manifests(
+                [c.manifest for (_, c), o in zip(ready, outcomes, strict=True) if isinstance(o, CommitOutcome)]
+            )
             await self.repo.journal_versions(ns, done)
         except Exception as exc:  # noqa: BLE001 - not durable, so not acknowledged
             outcomes = [exc if isinstance(o, CommitOutcome) else o for o in outcomes]

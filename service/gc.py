@@ -20,10 +20,14 @@ relies on atomic scripts at the few points where it and a writer meet:
    referenced, nor in any namespace's chunk index after the sweep, nor a base of a record that is.
    Manifests: an inline one lives in its version record and goes with it. A manifest pack record
    (own location index, service/manifests.py) no version names is condemned in step 2 and dropped
-   here if still condemned and still unnamed: a save claims its record back before the commit
-   that names it (a dropped one is written again), and save and commit are one server call, far
-   shorter than the grace period. Manifest files of ``DATA/manifests/`` (stores written before
-   packs held manifests; new saves never go there) no version names are deleted.
+   here if still condemned and still unnamed. The commit that names it claims it again after its
+   commit script (service/commits.py, :meth:`service.manifests.ManifestStore.reclaim`) and
+   writes it again if the claim finds it dropped, before the client is answered. A commit that
+   landed before the second mark read its path is seen by that mark; one that landed after it
+   claims after the condemnation: before the drop (the mark is gone, the drop skips the record)
+   or after it (the record is written again). So no timing is assumed. Manifest files of
+   ``DATA/manifests/`` (stores written before packs held manifests; new saves never go there) no
+   version names are deleted.
 6. *repack* (:mod:`cas.repack`): rewrite packs whose live fraction fell below the threshold
    (chunk and manifest records alike, each live by its own index).
 

@@ -62,8 +62,10 @@ class ManifestStore:
     def put_many(self, manifests: Sequence[Manifest]) -> list[bytes]:
         """Store the manifests with one durability barrier (idempotent); their digests in order.
 
-        On return every one is indexed and unmarked by garbage collection (service/gc.py drops only
-        manifest records still condemned, so a commit that names them next keeps them)."""
+        On return every one is indexed and unmarked by garbage collection (a record indexed before
+        is claimed, one a collection dropped meanwhile is written again). A collection may still
+        condemn and drop it before the commit that names it lands: the committer calls
+        :meth:`reclaim` after the commit, which is what protects it (service/gc.py)."""
         digests = [m.digest() for m in manifests]
         unique = {d: m for d, m in zip(digests, manifests, strict=True)}
         items = [(d, codec.encode(m.to_bytes(), 1)) for d, m in unique.items()]
@@ -78,6 +80,25 @@ class ManifestStore:
             self.store.publish(staged)
             items = [(d, f) for d, f in items if d in staged.lost]
         return digests
+
+    def reclaim(self, manifests: Sequence[Manifest]) -> int:
+        """After the commit that names them: take the manifests' records off garbage collection's
+        condemned marks (one round trip) and store again any a collection dropped meanwhile;
+        returns how many were stored again.
+
+        This, not the claim of :meth:`put_many`, is what keeps a committed version's manifest: a
+        drop removes only records still condemned after the collection's second mark. A commit
+        that landed before that mark read its path is seen by it; one that landed after it runs
+        this claim after the condemnation, so either before the drop (the mark is gone and the
+        drop skips the record) or after it (the record is found gone and written again before
+        the commit is acknowledged). No interval of time is assumed."""
+        if not manifests or not isinstance(self.store, PackChunkStore):
+            return 0  # the files layout is never collected (DATA/manifests/ gets no new saves)
+        unique = list({m.digest(): m for m in manifests}.items())
+        held = self.store.index.claim_many([d for d, _ in unique])
+        lost = [m for (_, m), ok in zip(unique, held, strict=True) if not ok]
+        self.put_many(lost)
+        return len(lost)
 
     def get(self, digest: bytes) -> bytes:
         """The verified canonical encoding of a stored manifest; ChunkNotFoundError if held nowhere."""

@@ -448,6 +448,14 @@ class Repository:
             await self.run_blocking(self.manifests.put_many, stored)
         return [(blake3(raw), kept) for raw, kept in zip(encoded, inline, strict=True)]
 
+    async def reclaim_manifests(self, manifests: Sequence[Manifest]) -> int:
+        """After a commit: claim the stored (non-inline) ``manifests`` back from garbage collection
+        and store again any it dropped (:meth:`service.manifests.ManifestStore.reclaim`); how many."""
+        stored = [m for m in manifests if not inline_form(m.to_bytes())]
+        if not stored:
+            return 0
+        return await self.run_blocking(self.manifests.reclaim, stored)
+
     async def stored_manifests(self) -> list[bytes]:
         """Digests of the manifests kept as files in ``DATA/manifests/`` (a files-layout store, or
         one written before packs held manifests): what garbage collection deletes one by one."""
