@@ -60,7 +60,9 @@ def test_put_get_file_delta_and_cache(cli, prefix, tmp_path):
 
     old = cli.json("get", "--version", "1", remote, str(dest))  # delta: reuses what the local copy has
     f = old["files"][0]
-    assert f["version"] == 1 and f["chunks_reused"] > 0 and f["chunks_fetched"] <= 3
+    # A 4 KiB edit changes the chunks it overlaps, and the re-cut can spill into one or two more
+    # before content-defined cuts fall back in step: at most 4 of the ~48 chunks.
+    assert f["version"] == 1 and f["chunks_reused"] > 0 and f["chunks_fetched"] <= 4
     assert digest(dest.read_bytes()) == bytes.fromhex(cli.json("stat", "--version", "1", remote)["file_digest"])
 
     into_dir = cli.json("get", remote, str(tmp_path / "out"))  # a folder gets the remote name

@@ -80,8 +80,11 @@ def test_watch_exits_0_on_ctrl_c(server, tmp_path):
     watcher = start_process(["--server", server.address, "--insecure", "watch"], env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert watcher.stderr is not None
-    assert "watching" in watcher.stderr.readline()  # connected and waiting
-    time.sleep(0.3)
+    assert "watching" in watcher.stderr.readline()
+    # An event on stdout shows the stream is up, however long a loaded machine took to open it.
+    with StratusClient.connect(server.address, insecure=True) as writer:
+        writer.put_bytes(b"ping", f"watch-{tmp_path.name}/ping")
+    assert watcher.stdout is not None and "ping" in watcher.stdout.readline()
     watcher.send_signal(signal.SIGINT)
     _, err = watcher.communicate(timeout=20)
     assert watcher.returncode == 0, err
