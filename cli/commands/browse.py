@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -172,6 +173,9 @@ def watch(
     """Print changes as they happen, each with the cursor to resume from."""
     rt = Runtime.of(ctx)
     events = rt.library.watch(prefix, since=since)
+    # Ctrl-C stops it even when the process was started with SIGINT ignored (as a shell does for
+    # commands it runs in the background), which would otherwise leave it running forever.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not rt.out.json:
         rt.out.note(f"[dim]watching {prefix or 'everything'} (Ctrl-C to stop; resume with --since CURSOR)[/dim]")
     seen = 0
